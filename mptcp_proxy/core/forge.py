@@ -1,0 +1,49 @@
+"""Building whole IPv4/IPv6 TCP packets for segments the proxy forges itself
+(MP_JOIN handshakes, ACKs of its own subflows, FINs, RSTs, signalling on
+duplicate ACKs). Checksums are computed in full: these packets are rare."""
+
+from __future__ import annotations
+
+import struct
+
+from .tcp import IPPROTO_TCP, TcpPacket, ipv4_header_checksum, pad_options, tcp_checksum
+
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBHHH")
+
+DEFAULT_TTL = 64
+
+
+def build_segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
+                  flags: int, win: int, options: bytes = b"", payload: bytes = b"",
+                  ttl: int = DEFAULT_TTL) -> bytearray:
+    """A complete IPv4 (4-byte addresses) or IPv6 (16-byte) packet with one TCP
+    segment. ``options`` is padded with NOPs to a multiple of 4 bytes (≤ 40).
+    ``seq``/``ack`` are 32-bit wire values, ``win`` the raw 16-bit field."""
+    opts = pad_options(options)
+    if len(opts) > 40:
+        raise ValueError("TCP options exceed 40 bytes")
+    hl = 20 + len(opts)
+    tcp = bytearray(_TCP.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                              hl << 2, flags, win & 0xFFFF, 0, 0))
+    tcp += opts
+    tcp += payload
+    csum = tcp_checksum(src, dst, tcp)
+    struct.pack_into("!H", tcp, 16, csum)
+    if len(src) == 4:
+        total = 20 + len(tcp)
+        ip = bytearray(_IPV4.pack(0x45, 0, total, 0, 0x4000, ttl, IPPROTO_TCP, 0, src, dst))
+        struct.pack_into("!H", ip, 10, ipv4_header_checksum(ip))
+    else:
+        ip = bytearray(_IPV6.pack(6 << 28, len(tcp), IPPROTO_TCP, ttl, src, dst))
+    return ip + tcp
+
+
+def reply_rst_for(pkt: TcpPacket) -> bytearray:
+    """An RST answering ``pkt`` as a closed port would (RFC 9293 §3.10.7.1)."""
+    from .constants import TCP_ACK, TCP_RST
+    if pkt.flags & TCP_ACK:
+        return build_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, 0, TCP_RST, 0)
+    return build_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, 0, pkt.end_seq,
+                         TCP_RST | TCP_ACK, 0)

@@ -1,0 +1,382 @@
+"""IPv4/IPv6 + TCP header views over a ``bytearray``, TCP option lists, checksums.
+
+The per-packet path of the proxy: parse once with precompiled structs, rewrite
+fields in place, and keep the TCP (and IPv4 header) checksum right with
+incremental updates (RFC 1624) instead of a full recomputation.
+
+Checksum arithmetic uses one identity throughout: the ones'-complement sum of
+the 16-bit words of an even-length byte string is congruent, modulo 0xFFFF, to
+the big-endian integer of that string (2**16 ≡ 1 mod 0xFFFF). So the sum of a
+whole option block is ``int.from_bytes(block, "big") % 0xFFFF`` (one C call),
+and changing a 16-bit-aligned field from ``old`` to ``new`` of any width changes
+the sum by ``new - old`` (mod 0xFFFF).
+
+No I/O here: the core is sans-I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .constants import (
+    TCP_MAX_OPTION_SPACE,
+    TCPOPT_EOL,
+    TCPOPT_NOP,
+)
+
+__all__ = [
+    "TcpPacket",
+    "parse_packet",
+    "ones_sum",
+    "fold_checksum",
+    "tcp_checksum",
+    "ipv4_header_checksum",
+    "walk_options",
+    "pad_options",
+    "MalformedPacket",
+]
+
+_TCP_FIXED = struct.Struct("!HHIIBBHHH")  # sport dport seq ack doff_res flags win csum urg
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_IPV4_FIXED = struct.Struct("!BBHHHBBH4s4s")
+
+IPPROTO_TCP = 6
+M16 = 0xFFFF
+
+
+class MalformedPacket(Exception):
+    """Raised by :func:`parse_packet` with ``strict=True`` for a packet that is TCP but
+    structurally broken (bad data offset, truncated header). Never escapes the core."""
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """Ones'-complement sum of the 16-bit big-endian words of ``data`` (odd length
+    padded with a zero byte), as a value in 0..0xFFFF with 0 only for all-zero data."""
+    n = len(data)
+    v = int.from_bytes(data, "big")
+    if n & 1:
+        v <<= 8
+    if v == 0:
+        return 0
+    r = v % M16
+    return r or M16
+
+
+def fold_checksum(total: int) -> int:
+    """Checksum field value for a ones'-complement sum given as any non-negative integer
+    congruent to it mod 0xFFFF; ``total`` must not be 0 unless the data is all zeros."""
+    r = total % M16
+    if r == 0 and total:
+        r = M16
+    return M16 - r if r else M16
+
+
+def _pseudo_sum(src: bytes, dst: bytes, tcp_len: int) -> int:
+    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + IPPROTO_TCP + tcp_len
+
+
+def tcp_checksum(src: bytes, dst: bytes, segment: bytes | bytearray | memoryview) -> int:
+    """Full TCP checksum (RFC 9293 §3.1) of ``segment`` (header with its checksum field
+    zeroed, plus payload) for IPv4 or IPv6 addresses; returns the field value."""
+    return fold_checksum(_pseudo_sum(src, dst, len(segment)) + ones_sum(segment))
+
+
+def ipv4_header_checksum(hdr: bytes | bytearray | memoryview) -> int:
+    """IPv4 header checksum of ``hdr`` with its checksum field zeroed (RFC 791)."""
+    return fold_checksum(ones_sum(hdr))
+
+
+def walk_options(buf: bytes | bytearray, start: int, end: int) -> list[tuple[int, int, int]] | None:
+    """List the TCP options in ``buf[start:end]`` as ``(kind, offset, length)``.
+
+    NOP and EOL are skipped (EOL ends the list). Returns ``None`` if the list is
+    malformed (an option length < 2 or running past ``end``), like Linux
+    ``tcp_parse_options`` which stops at such "silly options".
+    """
+    out = []
+    i = start
+    while i < end:
+        kind = buf[i]
+        if kind == TCPOPT_NOP:
+            i += 1
+            continue
+        if kind == TCPOPT_EOL:
+            break
+        if i + 1 >= end:
+            return None
+        olen = buf[i + 1]
+        if olen < 2 or i + olen > end:
+            return None
+        out.append((kind, i, olen))
+        i += olen
+    return out
+
+
+def pad_options(opts: bytes | bytearray) -> bytes:
+    """Left-pad an option block with NOPs to a multiple of 4 bytes (Linux style)."""
+    rem = len(opts) & 3
+    if rem:
+        return b"\x01" * (4 - rem) + bytes(opts)
+    return bytes(opts)
+
+
+class TcpPacket:
+    """A parsed IPv4 or IPv6 TCP segment over a mutable ``bytearray``.
+
+    Fields are decoded once at parse time (``sport``, ``dport``, ``seq``, ``ack``,
+    ``flags``, ``win`` are plain attributes holding the *current* values).
+    Rewrites go through the ``set_*`` methods, which patch the bytes and add to a
+    pending checksum delta; :meth:`finish` writes the TCP checksum once. The
+    packet may be rebuilt with another option block (:meth:`set_options`).
+
+    Offsets: ``th`` is the TCP header's offset in ``buf``; ``hl`` the TCP header
+    length in bytes (20..60); ``plen`` the payload length in bytes.
+    """
+
+    __slots__ = (
+        "buf",
+        "v6",
+        "th",
+        "hl",
+        "plen",
+        "sport",
+        "dport",
+        "seq",
+        "ack",
+        "flags",
+        "win",
+        "_delta",
+        "_ipdelta",
+    )
+
+    def __init__(self, buf: bytearray, v6: bool, th: int, hl: int, plen: int,
+                 sport: int, dport: int, seq: int, ack: int, flags: int, win: int) -> None:
+        self.buf = buf
+        self.v6 = v6
+        self.th = th
+        self.hl = hl
+        self.plen = plen
+        self.sport = sport
+        self.dport = dport
+        self.seq = seq
+        self.ack = ack
+        self.flags = flags
+        self.win = win
+        self._delta = 0
+        self._ipdelta = 0
+
+    # -- addresses -----------------------------------------------------------
+    @property
+    def src(self) -> bytes:
+        b = self.buf
+        return bytes(b[8:24]) if self.v6 else bytes(b[12:16])
+
+    @property
+    def dst(self) -> bytes:
+        b = self.buf
+        return bytes(b[24:40]) if self.v6 else bytes(b[16:20])
+
+    @property
+    def opt_start(self) -> int:
+        return self.th + 20
+
+    @property
+    def opt_end(self) -> int:
+        return self.th + self.hl
+
+    @property
+    def payload(self) -> bytes:
+        return bytes(self.buf[self.th + self.hl:self.th + self.hl + self.plen])
+
+    @property
+    def end_seq(self) -> int:
+        """Sequence number after this segment (SYN and FIN count one each), 32-bit."""
+        return (self.seq + self.plen + (self.flags & 1) + ((self.flags >> 1) & 1)) & 0xFFFFFFFF
+
+    def options(self) -> list[tuple[int, int, int]] | None:
+        """Options as ``(kind, offset, length)`` (see :func:`walk_options`)."""
+        th = self.th
+        return walk_options(self.buf, th + 20, th + self.hl)
+
+    def option_bytes(self) -> bytes:
+        return bytes(self.buf[self.th + 20:self.th + self.hl])
+
+    # -- field rewrites (incremental checksum) -------------------------------
+    def set_seq(self, value: int) -> None:
+        value &= 0xFFFFFFFF
+        self._delta += value - self.seq
+        _U32.pack_into(self.buf, self.th + 4, value)
+        self.seq = value
+
+    def set_ack(self, value: int) -> None:
+        value &= 0xFFFFFFFF
+        self._delta += value - self.ack
+        _U32.pack_into(self.buf, self.th + 8, value)
+        self.ack = value
+
+    def set_win(self, value: int) -> None:
+        self._delta += value - self.win
+        _U16.pack_into(self.buf, self.th + 14, value)
+        self.win = value
+
+    def set_flags(self, value: int) -> None:
+        # flags are the low byte of the 16-bit word at th+12
+        self._delta += value - self.flags
+        self.buf[self.th + 13] = value
+        self.flags = value
+
+    def set_sport(self, value: int) -> None:
+        self._delta += value - self.sport
+        _U16.pack_into(self.buf, self.th, value)
+        self.sport = value
+
+    def set_dport(self, value: int) -> None:
+        self._delta += value - self.dport
+        _U16.pack_into(self.buf, self.th + 2, value)
+        self.dport = value
+
+    def set_src(self, addr: bytes) -> None:
+        b = self.buf
+        if self.v6:
+            old = b[8:24]
+            b[8:24] = addr
+        else:
+            old = b[12:16]
+            b[12:16] = addr
+            self._ipdelta += int.from_bytes(addr, "big") - int.from_bytes(old, "big")
+        self._delta += int.from_bytes(addr, "big") - int.from_bytes(old, "big")
+
+    def set_dst(self, addr: bytes) -> None:
+        b = self.buf
+        if self.v6:
+            old = b[24:40]
+            b[24:40] = addr
+        else:
+            old = b[16:20]
+            b[16:20] = addr
+            self._ipdelta += int.from_bytes(addr, "big") - int.from_bytes(old, "big")
+        self._delta += int.from_bytes(addr, "big") - int.from_bytes(old, "big")
+
+    def patch_bytes(self, offset: int, data: bytes) -> None:
+        """Overwrite ``len(data)`` bytes of the TCP header at absolute ``offset``
+        (any alignment, no length change), updating the checksum delta."""
+        b = self.buf
+        th = self.th
+        s = offset - ((offset - th) & 1)
+        e = offset + len(data)
+        e += (e - th) & 1
+        old = int.from_bytes(b[s:e], "big")
+        b[offset:offset + len(data)] = data
+        self._delta += int.from_bytes(b[s:e], "big") - old
+
+    def set_options(self, opts: bytes) -> None:
+        """Replace the whole option block with ``opts`` (length a multiple of 4, at
+        most 40 bytes), moving the payload and fixing data offset, IP lengths and
+        checksums incrementally. Pending field changes are kept."""
+        n = len(opts)
+        if n & 3 or n > TCP_MAX_OPTION_SPACE:
+            raise ValueError("option block must be a multiple of 4 bytes, at most 40")
+        b = self.buf
+        th = self.th
+        old_hl = self.hl
+        old = b[th + 20:th + old_hl]
+        new_hl = 20 + n
+        grow = new_hl - old_hl
+        # options sum change, data offset nibble (high nibble of the word at th+12)
+        self._delta += (int.from_bytes(opts, "big") - int.from_bytes(old, "big")
+                        + ((new_hl - old_hl) << 10)
+                        + grow)  # pseudo-header TCP length
+        b[th + 20:th + old_hl] = opts
+        b[th + 12] = (new_hl << 2) | (b[th + 12] & 0x0F)
+        self.hl = new_hl
+        if grow:
+            if self.v6:
+                plen = _U16.unpack_from(b, 4)[0] + grow
+                _U16.pack_into(b, 4, plen)
+            else:
+                tot = _U16.unpack_from(b, 2)[0]
+                _U16.pack_into(b, 2, tot + grow)
+                self._ipdelta += grow
+
+    def finish(self) -> bytearray:
+        """Apply pending checksum deltas; return the buffer."""
+        b = self.buf
+        if self._delta:
+            off = self.th + 16
+            s = M16 - _U16.unpack_from(b, off)[0]  # the ones' sum the old field encodes
+            s = (s + self._delta) % M16
+            _U16.pack_into(b, off, M16 - (s or M16))
+            self._delta = 0
+        if self._ipdelta:
+            s = M16 - _U16.unpack_from(b, 10)[0]
+            s = (s + self._ipdelta) % M16
+            _U16.pack_into(b, 10, M16 - (s or M16))
+            self._ipdelta = 0
+        return b
+
+    def recompute_checksums(self) -> bytearray:
+        """Full checksum computation (forged packets, tests); returns the buffer."""
+        b = self.buf
+        th = self.th
+        if not self.v6:
+            b[10:12] = b"\x00\x00"
+            _U16.pack_into(b, 10, ipv4_header_checksum(b[:th]))
+        b[th + 16:th + 18] = b"\x00\x00"
+        seg = memoryview(b)[th:th + self.hl + self.plen]
+        _U16.pack_into(b, th + 16, tcp_checksum(self.src, self.dst, seg))
+        self._delta = 0
+        self._ipdelta = 0
+        return b
+
+    def checksum_ok(self) -> bool:
+        """True if the TCP checksum (and IPv4 header checksum) verify."""
+        b = self.buf
+        th = self.th
+        if not self.v6 and ones_sum(b[:th]) != M16:
+            return False
+        seg = memoryview(b)[th:th + self.hl + self.plen]
+        total = _pseudo_sum(self.src, self.dst, len(seg)) + ones_sum(seg)
+        return total % M16 == 0
+
+
+def parse_packet(buf: bytearray) -> TcpPacket | None:
+    """Parse an IPv4 or IPv6 packet holding a TCP segment.
+
+    Returns ``None`` for anything that is not an unfragmented TCP segment we can
+    rewrite safely (other protocols, IPv4 fragments or options are fine, IPv6
+    extension headers are not) or that is truncated/malformed; the caller then
+    passes the packet on untouched and counts it.
+    """
+    n = len(buf)
+    if n < 40:
+        return None
+    ver = buf[0] >> 4
+    if ver == 4:
+        ihl = (buf[0] & 0x0F) << 2
+        if ihl < 20 or buf[9] != IPPROTO_TCP:
+            return None
+        tot = (buf[2] << 8) | buf[3]
+        if tot > n or tot < ihl + 20:
+            return None
+        if (buf[6] & 0x3F) or buf[7]:  # MF flag or fragment offset
+            return None
+        th = ihl
+        v6 = False
+    elif ver == 6:
+        if n < 60 or buf[6] != IPPROTO_TCP:
+            return None
+        tot = 40 + ((buf[4] << 8) | buf[5])
+        if tot > n:
+            return None
+        th = 40
+        v6 = True
+    else:
+        return None
+    sport, dport, seq, ack, doff, flags, win, _csum, _urg = _TCP_FIXED.unpack_from(buf, th)
+    hl = (doff >> 4) << 2
+    if hl < 20 or th + hl > tot:
+        return None
+    if tot < n:
+        del buf[tot:]
+    return TcpPacket(buf, v6, th, hl, tot - th - hl, sport, dport, seq, ack, flags, win)

@@ -1,0 +1,249 @@
+"""``mptcp-proxy``: the daemon (DESIGN.md §1).
+
+Runs in the foreground in the current network namespace, as root::
+
+    mptcp-proxy --iface eth0 [--iface wlan0 ...] [--port 80 --port 443]
+                [--queue N] [--control PATH] [--log-level info] [--checksum]
+
+The first ``--iface`` is the primary path. It binds NFQUEUE ``N`` (outbound) and
+``N+1`` (inbound), installs its own netfilter chains, prints a line containing
+``ready`` once traffic is being converted, and on SIGINT/SIGTERM resets the
+MPTCP connections it carries, removes every rule it installed and exits 0.
+
+Exit codes: 0 clean exit; 1 runtime failure; 2 bad command line; 3 not root;
+4 unknown or unusable interface; 5 queue already bound; 6 rules could not be
+installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .core.proxy import Proxy, ProxyConfig
+
+log = logging.getLogger("mptcp_proxy")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_IFACE, EXIT_QUEUE, EXIT_RULES = range(7)
+DEFAULT_QUEUE = 4700
+DEFAULT_MARK = 0x4D500000
+DEFAULT_CONTROL = "/run/mptcp-proxy.sock"
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {v}")
+    return v
+
+
+def _queue(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a queue number: {text!r}") from None
+    if not 0 <= v <= 65534:
+        raise argparse.ArgumentTypeError(f"queue number out of range 0-65534: {v}")
+    return v
+
+
+def _mark(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a mark: {text!r}") from None
+    if not 0 < v < 1 << 32:
+        raise argparse.ArgumentTypeError("mark must be a nonzero 32-bit value")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mptcp-proxy",
+        description="Lightweight MPTCP proxy: converts the plain TCP of local applications "
+                    "into MPTCP v1 (RFC 8684) on the wire by header rewriting.")
+    p.add_argument("--iface", "-i", action="append", required=True, metavar="IF",
+                   help="interface the proxy may use (repeat; the first is the primary path)")
+    p.add_argument("--port", "-p", action="append", type=_port, default=[], metavar="PORT",
+                   help="convert only connections to this destination port (repeat; "
+                        "default: all TCP)")
+    p.add_argument("--queue", "-q", type=_queue, default=DEFAULT_QUEUE, metavar="N",
+                   help=f"NFQUEUE numbers N (outbound) and N+1 (inbound) (default {DEFAULT_QUEUE})")
+    p.add_argument("--control", "-c", default=DEFAULT_CONTROL, metavar="PATH",
+                   help=f"control socket path, root-only (default {DEFAULT_CONTROL}; "
+                        "'none' disables it)")
+    p.add_argument("--mark", type=_mark, default=DEFAULT_MARK, metavar="MARK",
+                   help=f"fwmark of forged packets, skipped by the queue rules "
+                        f"(default {DEFAULT_MARK:#x})")
+    p.add_argument("--subflows", choices=["backup", "active", "manual"], default="backup",
+                   help="extra MP_JOIN subflows from the other interfaces at connection "
+                        "setup: as backup paths (default; ready for make-before-break), as "
+                        "active paths (the peer may send on all), or only on command")
+    p.add_argument("--no-rejoin", action="store_true",
+                   help="do not re-create subflows when an interface comes back")
+    p.add_argument("--checksum", action="store_true",
+                   help="ask the peer for DSS checksums (RFC 8684 §3.3)")
+    p.add_argument("--no-rp-filter", action="store_true",
+                   help="do not switch the interfaces to loose reverse-path filtering")
+    p.add_argument("--log-level", "-l", default="info",
+                   choices=["debug", "info", "warning", "error"], help="log level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def fail(code: int, msg: str) -> int:
+    print(f"mptcp-proxy: error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+class RpFilter:
+    """Switch interfaces to loose reverse-path filtering (rp_filter=2) where the
+    effective value is strict, and restore them (DESIGN.md §3.10)."""
+
+    def __init__(self, ifaces: list[str]) -> None:
+        self.ifaces = ifaces
+        self.saved: dict[str, str] = {}
+
+    @staticmethod
+    def _path(name: str) -> Path:
+        return Path("/proc/sys/net/ipv4/conf") / name / "rp_filter"
+
+    def apply(self) -> None:
+        try:
+            all_v = int(self._path("all").read_text())
+        except OSError:
+            return
+        for name in self.ifaces:
+            p = self._path(name)
+            try:
+                v = int(p.read_text())
+            except OSError:
+                continue
+            if max(all_v, v) == 1:
+                self.saved[name] = str(v)
+                p.write_text("2")
+                log.info("%s: rp_filter %d -> 2 (loose) while the proxy runs", name, v)
+
+    def restore(self) -> None:
+        for name, v in self.saved.items():
+            try:
+                self._path(name).write_text(v)
+            except OSError:
+                pass
+        self.saved.clear()
+
+
+async def run(args, ifaces: dict[str, dict]) -> int:
+    from .control import ControlServer
+    from .core.pm import LocalIface, PathManager, PmConfig
+    from .links import LinkMonitor, PortReservations
+    from .nfqueue import Injector, NfqueueDriver, QueueBusyError
+    from .rules import RuleParams, RulesError, RuleSet, load_ruleset
+
+    loop = asyncio.get_running_loop()
+    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum)
+    proxy = Proxy(config, random_bytes=os.urandom)
+    ports = PortReservations()
+    pm = PathManager(
+        proxy,
+        [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
+                    up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
+        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin),
+        alloc_port=ports.alloc)
+    pm.release_port = ports.release
+    local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
+    injector = Injector(args.mark, local_addrs)
+    driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector)
+    driver.on_event = lambda ev: log.info("conn %d %s", ev[1].id, ev[0])
+    try:
+        driver.bind()
+    except QueueBusyError as e:
+        return fail(EXIT_QUEUE, str(e))
+    params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
+                        mark=args.mark, ports=sorted(args.port))
+    rp = RpFilter(list(ifaces))
+    rules = None
+    control = None
+
+    def on_link(name: str, up: bool, v4: list, v6: list) -> None:
+        now = time.monotonic()
+        if up:
+            pm.link_up(name, now, v4, v6)
+        else:
+            pm.link_down(name, now)
+        driver._after()
+
+    monitor = LinkMonitor(list(ifaces), on_link)
+    try:
+        try:
+            rules = RuleSet(load_ruleset("endhost", params))
+            rules.install()
+        except RulesError as e:
+            return fail(EXIT_RULES, str(e))
+        if not args.no_rp_filter:
+            rp.apply()
+        driver.start(loop)
+        monitor.start(loop)
+        if args.control and args.control != "none":
+            control = ControlServer(args.control, proxy, driver, ifaces, pm)
+            try:
+                await control.start()
+            except OSError as e:
+                return fail(EXIT_FAIL, f"control socket {args.control}: {e.strerror or e}")
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        ports = ",".join(map(str, params.ports)) or "all"
+        print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={ports} "
+              f"queues={args.queue},{args.queue + 1}", flush=True)
+        await stop.wait()
+        log.info("stopping: resetting %d connection(s)", len(proxy.connections))
+        proxy.abort_all(time.monotonic())
+        driver.flush()
+        return EXIT_OK
+    finally:
+        if control is not None:
+            await control.stop()
+        monitor.stop()
+        driver.unbind()
+        ports.close()
+        if rules is not None:
+            rules.remove()
+        rp.restore()
+        injector.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    if os.geteuid() != 0:
+        return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")
+    from .links import read_ifaces
+    try:
+        ifaces = read_ifaces(args.iface)
+    except ValueError as e:
+        return fail(EXIT_IFACE, str(e))
+    except Exception as e:
+        return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
+    try:
+        return asyncio.run(run(args, ifaces))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

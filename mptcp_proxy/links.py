@@ -1,0 +1,154 @@
+"""Interfaces, addresses and link events (pyroute2), and local ports for the
+proxy's own subflows. Driver side: the core only hears "link down/up".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger("mptcp_proxy.links")
+
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+
+
+def packed(addr: str) -> bytes:
+    return ipaddress.ip_address(addr).packed
+
+
+def read_ifaces(names: list[str]) -> dict[str, dict]:
+    """Interface name → ``{"index", "up", "v4": [bytes], "v6": [bytes]}`` (global
+    addresses only); raises ValueError for unknown names or ``lo``."""
+    from pyroute2 import IPRoute
+    out: dict[str, dict] = {}
+    with IPRoute() as ipr:
+        for name in names:
+            if name == "lo":
+                raise ValueError("the loopback interface is never proxied")
+            if name in out:
+                raise ValueError(f"interface given twice: {name}")
+            idx = ipr.link_lookup(ifname=name)
+            if not idx:
+                raise ValueError(f"unknown interface: {name}")
+            link = ipr.get_links(idx[0])[0]
+            info = {"index": idx[0], "up": bool(link["flags"] & 1) and
+                    link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"), "v4": [], "v6": []}
+            for a in ipr.get_addr(index=idx[0]):
+                addr = a.get_attr("IFA_ADDRESS")
+                if a["family"] == socket.AF_INET:
+                    info["v4"].append(packed(addr))
+                elif a["family"] == socket.AF_INET6 and a["scope"] == 0:
+                    info["v6"].append(packed(addr))
+            out[name] = info
+    return out
+
+
+class LinkMonitor:
+    """Watches rtnetlink for link and address changes of the given interfaces and
+    calls ``on_change(name, up, v4, v6)`` in the asyncio loop with the interface's
+    new state. The netlink socket is read in a thread (pyroute2's synchronous API
+    cannot run inside the daemon's event loop)."""
+
+    def __init__(self, names: list[str], on_change: Callable[[str, bool, list, list], None]):
+        self.names = set(names)
+        self.on_change = on_change
+        self.loop = None
+        self.state: dict[str, tuple] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ipr = None
+
+    def start(self, loop) -> None:
+        self.loop = loop
+        self._thread = threading.Thread(target=self._run, name="linkmon", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from pyroute2 import IPRoute
+        try:
+            ipr = IPRoute()
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        except Exception as e:
+            log.error("cannot watch links: %s", e)
+            return
+        self._ipr = ipr
+        self.refresh(initial=True)
+        while not self._stop.is_set():
+            try:
+                msgs = ipr.get()
+            except Exception:
+                if self._stop.is_set():
+                    break
+                time.sleep(0.1)
+                continue
+            if any(m.get("event") in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR",
+                                      "RTM_DELADDR") for m in msgs):
+                self.refresh()
+
+    def refresh(self, initial: bool = False) -> None:
+        """Re-read every watched interface and report the ones that changed."""
+        now: dict[str, dict] = {}
+        for name in self.names:
+            try:
+                now.update(read_ifaces([name]))
+            except Exception:
+                now[name] = {"up": False, "v4": [], "v6": []}
+        for name, info in now.items():
+            up = info["up"] and bool(info["v4"] or info["v6"])
+            st = (up, info["v4"], info["v6"])
+            if self.state.get(name) != st:
+                self.state[name] = st
+                if initial:
+                    continue
+                log.info("%s: %s v4=%s", name, "up" if up else "down",
+                         [str(ipaddress.ip_address(a)) for a in info["v4"]])
+                self.loop.call_soon_threadsafe(self.on_change, name, up, info["v4"],
+                                               info["v6"])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ipr is not None:
+            try:
+                self._ipr.close()
+            except Exception:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+
+class PortReservations:
+    """Local ports for the proxy's subflows, reserved by binding a TCP socket to
+    ``(addr, 0)`` so the local stack never hands the same port out."""
+
+    def __init__(self) -> None:
+        self.socks: dict[tuple[bytes, int], socket.socket] = {}
+
+    def alloc(self, addr: bytes) -> int:
+        fam = socket.AF_INET6 if len(addr) == 16 else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.bind((str(ipaddress.ip_address(addr)), 0))
+        except OSError:
+            s.close()
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
+        port = s.getsockname()[1]
+        self.socks[(addr, port)] = s
+        return port
+
+    def release(self, addr: bytes, port: int) -> None:
+        s = self.socks.pop((addr, port), None)
+        if s is not None:
+            s.close()
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+        self.socks.clear()
+
