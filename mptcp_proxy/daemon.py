@@ -203,8 +203,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        ports = ",".join(map(str, params.ports)) or "all"
-        print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={ports} "
+        port_txt = ",".join(map(str, params.ports)) or "all"
+        print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={port_txt} "
               f"queues={args.queue},{args.queue + 1}", flush=True)
         await stop.wait()
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
@@ -212,15 +212,21 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         driver.flush()
         return EXIT_OK
     finally:
-        if control is not None:
-            await control.stop()
-        monitor.stop()
-        driver.unbind()
-        ports.close()
+        # every step on its own: the rules must go even if another step fails
+        steps = [monitor.stop, driver.unbind, ports.close]
         if rules is not None:
-            rules.remove()
-        rp.restore()
-        injector.close()
+            steps.append(rules.remove)
+        steps += [rp.restore, injector.close]
+        if control is not None:
+            try:
+                await control.stop()
+            except Exception:
+                log.exception("stopping the control socket failed")
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
 
 
 def main(argv: list[str] | None = None) -> int:

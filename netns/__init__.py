@@ -1,5 +1,48 @@
-"""Test bed: namespaces, links and native MPTCP peers (see DESIGN.md "netns/")."""
+"""Test bed: network namespaces, links, link emulation and native MPTCP peers.
 
-from .topology import CommandError, Topology, ns_pids, python_argv, reap_stale
+Modules (DESIGN.md "netns/"):
 
-__all__ = ["Topology", "CommandError", "ns_pids", "python_argv", "reap_stale"]
+- :mod:`netns.topology` — :class:`Topology`: client — router — server namespaces (pyroute2),
+  policy routing per client link, process tracking and cleanup.
+- :mod:`netns.peer` — bulk-transfer peer (``python -m netns.peer``) and its library API.
+- :mod:`netns.httpd` — tiny HTTP/1.1 server for ``mptcpize run`` + curl tests.
+- :mod:`netns.nstat` — ``MPTcpExt``/``TcpExt`` counters, deltas, error-counter checks.
+- :mod:`netns.capture` — tcpdump captures, tshark MPTCP checks and summaries.
+- :mod:`netns.emulation` / :mod:`netns.delay` — rate, loss, delay, link down/up.
+
+The names below are re-exported lazily, so ``python -m netns.peer`` inside a namespace does
+not pay for importing pyroute2. (The capture context manager is not among them: its name is
+its module's, use ``from netns.capture import capture``.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Topology": "topology", "CommandError": "topology", "ns_pids": "topology",
+    "python_argv": "topology", "reap_stale": "topology",
+    "start_server": "peer", "run_client": "peer", "measure_rtt": "peer",
+    "expected_sha": "peer", "ServerHandle": "peer", "socket_facts": "peer",
+    "mptcp_info": "peer",
+    "mptcp_counters": "nstat", "tcp_counters": "nstat", "diff": "nstat",
+    "assert_no_errors": "nstat", "ERROR_COUNTERS": "nstat", "EXPECTED_COUNTERS": "nstat",
+    "tshark_failures": "capture", "mptcp_summary": "capture",
+    "Emulation": "emulation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'netns' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -113,8 +113,10 @@ def capture(topo: Any, ns: str, iface: str, path: str, filter: str = "tcp",
     """
     if snaplen < 200:
         raise ValueError("snaplen must keep full TCP headers (>= 200 bytes)")
-    argv = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen), "-Z", "root",
-            "-w", path, *filter.split()]
+    # --immediate-mode: without it packets reach tcpdump in ring-buffer blocks (up to 1 s
+    # late) and the ones still in the ring when it is stopped are lost.
+    argv = ["tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
+            "-Z", "root", "-w", path, *filter.split()]
     kw: dict[str, Any] = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if topo is not None:
         proc = topo.popen(ns, argv, **kw)

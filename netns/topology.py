@@ -210,7 +210,8 @@ def _close_all() -> None:
     with _LIVE_LOCK:
         beds = list(_LIVE.values())
     for bed in beds:
-        bed.close()
+        if bed._owner_pid == os.getpid():  # never from a forked child (pyroute2 forks)
+            bed.close()
 
 
 class Topology:
@@ -274,6 +275,7 @@ class Topology:
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
+        self._owner_pid = os.getpid()
         self._state_file = STATE_DIR / f"{self.tag}.json"
 
     # ---------------------------------------------------------------- life cycle
@@ -292,6 +294,7 @@ class Topology:
         if self._started:
             return self
         self._started = True
+        self._owner_pid = os.getpid()
         with _LIVE_LOCK:
             _LIVE[id(self)] = self
         try:
@@ -331,7 +334,7 @@ class Topology:
     def close(self, timeout: float = 3.0) -> None:
         """Kill tracked processes (SIGTERM, SIGKILL after ``timeout`` s), then any process left
         in the namespaces, then delete the namespaces. Idempotent; never raises."""
-        if self._closed:
+        if self._closed or self._owner_pid != os.getpid():
             return
         self._closed = True
         try:
@@ -340,7 +343,8 @@ class Topology:
             try:
                 _remove_namespaces(self._created)
             finally:
-                self._state_file.unlink(missing_ok=True)
+                if self._started:  # an attached (never started) bed owns no state file
+                    self._state_file.unlink(missing_ok=True)
                 with _LIVE_LOCK:
                     _LIVE.pop(id(self), None)
 
@@ -438,7 +442,8 @@ class Topology:
         deadline = time.monotonic() + timeout
         for ns in self.namespaces:
             with self.iproute(ns) as ipr:
-                veths = {l["index"] for l in ipr.get_links() if l.get_attr("IFLA_IFNAME") != "lo"}
+                veths = {link["index"] for link in ipr.get_links()
+                         if link.get_attr("IFLA_IFNAME") != "lo"}
                 while True:
                     addrs = ipr.get_addr(family=AF_INET6)
                     ready = not any((a.get_attr("IFA_FLAGS") or a["flags"]) & IFA_F_TENTATIVE

@@ -25,4 +25,4 @@ fi
 
 # No path arguments: pytest takes testpaths (tests/) from pyproject.toml.
 exec timeout -s INT -k 60 "${MPTCP_PROXY_TEST_TIMEOUT:-4800}" \
-    .venv/bin/python -m pytest -ra "$@"
+    .venv/bin/python -m pytest -rfEs "$@"

@@ -144,6 +144,7 @@ class Connection:
         self.remote_addrs: dict[int, tuple] = {}
         self.handovers = 0
         self.joins_opened = False
+        self.closed_by_reset = False
         self.join_at: float | None = None
         self.syn_time = now
         self.srtt = 0.0
@@ -154,8 +155,10 @@ class Connection:
         return f"<Connection {self.id} {self.state.name} token={self.remote_token:#x}>"
 
     def ts_now(self, now: float) -> int:
-        """A TSval in the local stack's clock (1 ms ticks) for forged segments."""
-        return (self.ts_local + int((now - self.ts_local_time) * 1000)) & MASK32
+        """A TSval for forged segments: the local stack's latest one. Never an estimate
+        ahead of its clock, or the peer's PAWS check (RFC 7323 §5) would drop the local
+        stack's next segments on that subflow."""
+        return self.ts_local
 
     def _dsn_l(self, d: int) -> int:
         return (self.idsn_local + 1 + d) & MASK64
@@ -203,12 +206,12 @@ class Connection:
             return ACCEPT
         flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if self.csum_wanted else 0)
         mpc = push_option(MpCapable(flags=flags))
-        old = pkt.option_bytes()
-        if len(old.rstrip(b"\x00")) + len(mpc) > 40:
+        old = _used_options(pkt)
+        if len(old) + len(mpc) > 40:
             self.syn_mpc = False
             self.counters.inc("MPCapableSYNTXDrop")
             return ACCEPT
-        pkt.set_options(pad_options(_strip_eol(old) + mpc))
+        pkt.set_options(pad_options(old + mpc))
         self.counters.inc("MPCapableSYNTX")
         return pkt.finish()
 
@@ -229,7 +232,7 @@ class Connection:
                 o = pull_option(raw, syn=True)
                 if isinstance(o, MpCapable) and o.sndr_key is not None and o.rcvr_key is None:
                     mpc = o
-                elif (raw[2] >> 4) == MPTCPOPT_MP_CAPABLE:
+                elif olen < 3 or (raw[2] >> 4) == MPTCPOPT_MP_CAPABLE:
                     self.counters.inc("OptMalformed")
                 continue
             if kind == TCPOPT_MSS and olen == 4:
@@ -594,13 +597,13 @@ class Connection:
                 continue
             self.counters.inc("MPFastcloseTx")
             if sf is self.sf0:
-                pkt.set_seq(sf.snd_wire(sf.snd_nxt))
+                pkt.set_seq(sf.snd_wire(sf.seq_nxt))
                 pkt.set_options(opt)
                 verdict = pkt.finish()
             else:
-                self.proxy.send(self._segment(sf, sf.snd_wire(sf.snd_nxt), TCP_RST | TCP_ACK,
+                self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), TCP_RST | TCP_ACK,
                                               opt))
-        self._close(now)
+        self._close(now, reset=True)
         return verdict
 
     def reset_local(self, now: float) -> None:
@@ -628,9 +631,11 @@ class Connection:
         if self.state == ConnState.ESTABLISHED:
             self.reset_peer(now, reason)
             self.reset_local(now)
-        self._close(now)
+        self._close(now, reset=True)
 
-    def _close(self, now: float) -> None:
+    def _close(self, now: float, reset: bool = False) -> None:
+        if reset:
+            self.closed_by_reset = True
         if self.state != ConnState.CLOSED:
             self.state = ConnState.CLOSED
             self.closed_at = now
@@ -715,6 +720,22 @@ class Connection:
             elif kind == TCPOPT_SACK:
                 peer_sacks = read_sack(b, off, olen)
         flags = pkt.flags
+        plen = pkt.plen
+        # RFC 9293 §3.10.7.4: only an acceptable segment may change state. The window
+        # is judged against what this subflow has seen; checksums are verified (in
+        # full, so only when) a segment is about to change state, since the proxy acts
+        # before the local stack's own checks (RFC 1624 updates keep a bad sum bad).
+        s_pkt = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
+        win = self._rcv_window()
+        if not (sf.rcv_acked - win <= s_pkt <= sf.rcv_high + win):
+            counters.inc("PktOutOfWindow")
+            return DROP
+        verified = False
+        if flags & (TCP_RST | TCP_FIN) or others:
+            if not pkt.checksum_ok():
+                counters.inc("PktBadChecksum")
+                return DROP
+            verified = True
         if flags & TCP_RST:
             return self._peer_reset(pkt, sf, others, now)
         sf.last_rx = now
@@ -725,7 +746,6 @@ class Connection:
         signalling = False
         if others:
             signalling = self.proxy.handle_mptcp_options(self, sf, pkt, others, now)
-        plen = pkt.plen
         # -- subflow-level ACK of our data
         san_moved = False
         if flags & TCP_ACK:
@@ -750,6 +770,11 @@ class Connection:
                     dack -= 1 << 64
                 top = self.d_nxt + (1 if self.snd_data_fin is not None else 0)
                 if self.d_una < dack <= top:
+                    if not verified:
+                        if not pkt.checksum_ok():
+                            counters.inc("PktBadChecksum")
+                            return DROP
+                        verified = True
                     self.d_una = dack
                     self._prune_sent()
                     if self.snd_data_fin is not None and dack > self.snd_data_fin:
@@ -772,19 +797,37 @@ class Connection:
                 if r >= 1 << 63:
                     r -= 1 << 64
                 nbytes = dll
-                if dflags & MPTCP_DSS_DATA_FIN:
+                s_map = unwrap(ssn, 1, sf.rcv_high)
+                if nbytes > (1 if dflags & MPTCP_DSS_DATA_FIN else 0):
+                    # Linux validate_mapping: a mapping is taken only from a segment
+                    # whose own data it covers
+                    if not plen or s_map >= s_pkt + plen or s_map + nbytes <= s_pkt:
+                        counters.inc("DSSNoMatchTCP")
+                        nbytes = -1
+                if nbytes >= 0 and not verified:
+                    e = sf.rcv_map.lookup(s_map) if nbytes > 1 else None
+                    known = e is not None and e[1] - e[0] == r - s_map
+                    if not known or dflags & MPTCP_DSS_DATA_FIN:
+                        if not pkt.checksum_ok():
+                            counters.inc("PktBadChecksum")
+                            return DROP
+                        verified = True
+                if nbytes >= 0 and dflags & MPTCP_DSS_DATA_FIN:
                     nbytes -= 1
+                    fin_r = r + nbytes
                     if self.rcv_data_fin is None:
                         counters.inc("DataFinRx")
+                        self.rcv_data_fin = fin_r
                         self.proxy.emit_event("data_fin_received", self)
-                    self.rcv_data_fin = r + nbytes
-                    if ssn == 0 and nbytes == 0:
+                    elif self.rcv_data_fin != fin_r:
+                        counters.inc("DataFinMismatch")
+                    if ssn == 0 and nbytes == 0 and self.rcv_data_fin == fin_r:
                         dfin_only = True
                 if nbytes > 0:
-                    s_map = unwrap(ssn, 1, sf.rcv_high)
                     if not sf.rcv_map.add(s_map, r, nbytes):
                         counters.inc("DSSNotMatching")
-                    elif csum is not None and plen:
+                        return self._subflow_protocol_error(sf, now, MPTCP_RST_EMPTCP)
+                    if csum is not None and plen:
                         if not self._check_csum(pkt, sf, s_map, r, ssn, dll, nbytes, csum):
                             counters.inc("DataCsumErr")
                             return self._subflow_protocol_error(sf, now, MPTCP_RST_EMIDDLEBOX)
@@ -798,7 +841,7 @@ class Connection:
         # -- the segment's own sequence space
         local_fin = False
         if plen:
-            s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
+            s = s_pkt
             e = sf.rcv_map.lookup(s)
             if e is None:
                 counters.inc("DSSNoMapping")
@@ -823,7 +866,7 @@ class Connection:
         else:
             tsn = self.tcp_rcv_base + max(self.r_ack, 0)
         if flags & TCP_FIN:
-            s_fin = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high) + plen
+            s_fin = s_pkt + plen
             if sf.peer_fin is None:
                 sf.peer_fin = s_fin
                 counters.inc("SubflowFinRx")
@@ -878,6 +921,12 @@ class Connection:
         if self.snd_data_fin is not None and self.rcv_data_fin is not None:
             self._check_close(now)
         return pkt.finish()
+
+    def _rcv_window(self) -> int:
+        """Bytes of sequence space a peer segment may lie away from what this
+        subflow has seen and still be acceptable: twice the local stack's window."""
+        w = self.win_local << max(self.local_wscale, 0)
+        return 2 * max(w, 65535)
 
     def _ts_to_local(self, sf: Subflow, tsval: int) -> int:
         """Map the peer's TSval on ``sf`` into one monotonic series for the local
@@ -943,7 +992,7 @@ class Connection:
             return DROP
         self.reset_peer(now, reason)
         self.reset_local(now)
-        self._close(now)
+        self._close(now, reset=True)
         return DROP
 
     def _infinite_mapping(self, pkt: TcpPacket, sf: Subflow, now: float):
@@ -976,9 +1025,13 @@ class Connection:
                     self.counters.inc("MPFastcloseRx")
             elif sub == MPTCPOPT_RST:
                 self.counters.inc("MPRstRx")
-        # RFC 5961: the RST must hit the peer's next expected sequence exactly
+        # RFC 5961 §3.2: an RST is accepted only at exactly the next expected sequence;
+        # in the window it earns a challenge ACK (the peer answers it with an exact RST)
         s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
-        if not fastclose and abs(s - sf.rcv_high) > (1 << 20):
+        exact = s == sf.rcv_high or (sf.peer_fin is not None and s == sf.peer_fin + 1)
+        if not exact:
+            self.counters.inc("RstChallenged")
+            self.send_ack(sf, now)
             return DROP
         sf.state = SubflowState.CLOSED
         alive = [x for x in self.subflows if x.alive]
@@ -987,12 +1040,12 @@ class Connection:
                 r = self.r_high
                 pkt.set_seq((self.tcp_rcv_base + r) & MASK32)
                 pkt.set_options(b"")
-                self._close(now)
+                self._close(now, reset=True)
                 if self.r_ack != self.r_high:
                     self.reset_local(now)
                 return pkt.finish()
             self.reset_local(now)
-            self._close(now)
+            self._close(now, reset=True)
             return DROP
         self.proxy.subflow_lost(self, sf, now)
         return DROP
@@ -1062,8 +1115,19 @@ class Connection:
             self._set_timer(when)
 
     def _closed_ack(self, pkt: TcpPacket, sf: Subflow, now: float):
-        """A late FIN on a subflow of a closed connection: acknowledge it."""
+        """A segment on a closed connection. After a reset, answer anything but an RST
+        with an RST at the sequence the peer expects (what a closed socket does), so
+        a challenge ACK to our reset ends the peer's side too; after a normal close,
+        acknowledge a late FIN."""
         from .forge import build_segment
+        if self.closed_by_reset:
+            if not pkt.flags & TCP_RST and pkt.flags & TCP_ACK and self.remote_key:
+                opt = pad_options(push_option(MpFastclose(self.remote_key))
+                                  + push_option(MpTcpRst(0, MPTCP_RST_EUNSPEC)))
+                self.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
+                                              pkt.ack, 0, TCP_RST, 0, opt))
+                self.counters.inc("RstTx")
+            return DROP
         if pkt.flags & TCP_FIN and not pkt.flags & TCP_RST and sf.rcv_base:
             s_fin = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high) + pkt.plen
             opts = build_ts(self.ts_now(now), sf.ts_recent) if sf.ts_ok else b""
@@ -1109,12 +1173,14 @@ class Connection:
         return False
 
 
-def _strip_eol(opts: bytes) -> bytes:
-    """Option bytes without trailing EOL/zero padding (so options can be appended)."""
-    i = len(opts)
-    while i and opts[i - 1] == 0:
-        i -= 1
-    return opts[:i]
+def _used_options(pkt: TcpPacket) -> bytes:
+    """The option bytes up to the end of the last real option (no EOL/padding), so
+    more options can be appended; NOPs between options are kept."""
+    opts = pkt.options()
+    if not opts:
+        return b""
+    _kind, off, olen = opts[-1]
+    return bytes(pkt.buf[pkt.th + 20:off + olen])
 
 
 def _truncate_payload(pkt: TcpPacket, n: int) -> None:

@@ -52,7 +52,8 @@ def _dump(topo: Topology) -> None:
 
 
 @pytest.fixture
-def make_topology(netns_ok: None, request: pytest.FixtureRequest) -> Iterator[Callable[..., Topology]]:
+def make_topology(netns_ok: None,
+                  request: pytest.FixtureRequest) -> Iterator[Callable[..., Topology]]:
     beds: list[Topology] = []
 
     def make(**kw: Any) -> Topology:

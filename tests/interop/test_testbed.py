@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
-from netns import Topology, ns_pids
+from netns import Topology, ns_pids, reap_stale
 from netns.capture import capture, mptcp_summary, tshark_failures
 from netns.nstat import assert_no_errors, diff, mptcp_counters
 from netns.peer import ServerHandle, expected_sha, run_client, start_server
-from netns.topology import NETNS_DIR, python_argv
+from netns.topology import NETNS_DIR, _child_env, python_argv
 
 pytestmark = pytest.mark.interop
 
@@ -204,3 +204,47 @@ def test_close_modes(topo: Topology, mode: str) -> None:
     else:
         assert cli["error"] is None and cli["sent"] == upload
         assert rec["error"] in ("reset", "broken-pipe")
+
+
+_CRASH = """
+import os, sys, time
+from netns import Topology
+bed = Topology(tag=sys.argv[1]).start()
+bed.popen("server", ["sleep", "300"])
+print("up", flush=True)
+sys.stdin.readline()
+if sys.argv[2] == "raise":
+    raise SystemExit("crash")      # uncaught: the atexit guard must clean up
+time.sleep(300)                     # killed with SIGKILL: only reap_stale() can clean up
+"""
+
+
+@pytest.mark.parametrize("how", ["raise", "sigkill"])
+def test_crashed_run_is_cleaned_up(netns_ok: None, how: str) -> None:
+    tag = "crash" + os.urandom(2).hex()
+    names = Topology(tag=tag).namespaces
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH, tag, how], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_child_env(None))
+    try:
+        assert proc.stdout.readline().strip() == "up", proc.stderr.read()
+        deadline = time.monotonic() + 5
+        while not (pids := ns_pids(names)) and time.monotonic() < deadline:
+            time.sleep(0.02)  # `ip netns exec` may not have entered the namespace yet
+        assert pids
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        if how == "sigkill":
+            proc.kill()
+            proc.wait(10)
+            assert all((NETNS_DIR / n).exists() for n in names)
+            assert sorted(reap_stale()) == sorted(names)
+        else:
+            proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reap_stale()
+    assert not any((NETNS_DIR / n).exists() for n in names)
+    assert not any(_alive(p) for p in pids)

@@ -31,7 +31,7 @@ import hashlib
 import random
 import struct
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from mptcp_proxy.core.forge import build_segment
@@ -739,7 +739,7 @@ class LinuxPeer:
     def __init__(self, pair: "ProxyPair", addr: bytes, port: int, key: int, isn: int,
                  checksum: bool = False, mode: str = "mptcp", synack_mpc: bytes | None = None,
                  mss: int = 1460, wscale: int = 7, seg_size: int = 1400, ts_base: int = 7000000,
-                 win: int = 1024) -> None:
+                 win: int = 1024, force_ack64: bool | None = None) -> None:
         self.pair = pair
         self.addr, self.port = addr, port
         self.key = key
@@ -751,6 +751,7 @@ class LinuxPeer:
         self.mss, self.ws, self.seg_size = mss, wscale, seg_size
         self.ts_base = ts_base
         self.win = win
+        self.force_ack64 = force_ack64  # None: Linux's rule (64-bit after a 64-bit mapping)
         self.state = "LISTEN"
         self.mptcp = mode == "mptcp"
         self.violations: list[str] = []
@@ -855,12 +856,16 @@ class LinuxPeer:
         rng.reverse()
         return [(self.rwire(lo), self.rwire(hi)) for lo, hi in rng]
 
+    @property
+    def ack64(self) -> bool:
+        return self.use_64bit_ack if self.force_ack64 is None else self.force_ack64
+
     def dss_ack(self) -> bytes:
         """DSS with only a DATA_ACK, 64-bit if the last mapping received was (Linux)."""
         if not self.mptcp:
             return b""
         v = (self.remote_idsn + 1 + self.data_ack_value()) & M64
-        return dss_opt(data_ack=v, ack64=self.use_64bit_ack)
+        return dss_opt(data_ack=v, ack64=self.ack64)
 
     def ack_pkt(self) -> bytes:
         return self._build(0, self.snd_nxt + (1 if self.fin_s is not None else 0), self.dss_ack())
@@ -908,11 +913,11 @@ class LinuxPeer:
             if seg.mapping is not None:
                 drel, ssn, dll, fin, cs, dsn64 = seg.mapping
                 dsn = (self.idsn + 1 + drel) & M64
-                mp = dss_opt(data_ack=dack, ack64=self.use_64bit_ack,
+                mp = dss_opt(data_ack=dack, ack64=self.ack64,
                              dsn=dsn if dsn64 else dsn & M32, dsn64=dsn64, ssn=ssn, dll=dll,
                              csum=cs, fin=fin)
             else:
-                mp = dss_opt(data_ack=dack, ack64=self.use_64bit_ack)
+                mp = dss_opt(data_ack=dack, ack64=self.ack64)
         return self._build(PSH | (FIN if seg.fin else 0), seg.s, mp, seg.payload, sack=False)
 
     def push(self, window: int | None = None) -> list[bytes]:
@@ -932,7 +937,7 @@ class LinuxPeer:
         dsn = (self.idsn + 1 + self.dfin) & M64
         cs = dss_csum(dsn, 0, 1, b"") if self.csum_enabled else None
         dack = (self.remote_idsn + 1 + self.data_ack_value()) & M64
-        return [self._build(0, self.snd_nxt, dss_opt(data_ack=dack, ack64=self.use_64bit_ack,
+        return [self._build(0, self.snd_nxt, dss_opt(data_ack=dack, ack64=self.ack64,
                                                      dsn=dsn, ssn=0, dll=1, csum=cs, fin=True))]
 
     def subflow_fin(self) -> list[bytes]:
@@ -940,14 +945,16 @@ class LinuxPeer:
         return [self._build(FIN, self.snd_nxt, self.dss_ack())]
 
     def rst(self, fastclose: bool = True, key: int | None = None, reason: int | None = 1,
-            seq_rel: int | None = None) -> list[bytes]:
+            seq_rel: int | None = None, forged: bool = False) -> list[bytes]:
+        """An RST from the peer (``forged``: built by a third party; the peer lives on)."""
         mp = b""
         if fastclose:
             mp += fastclose_opt(self.remote_key if key is None else key)
         if reason is not None:
             mp += tcprst_opt(reason)
         seq = self.snd_nxt + (1 if self.fin_s is not None else 0) if seq_rel is None else seq_rel
-        self.state = "CLOSED"
+        if not forged:
+            self.state = "CLOSED"
         return [self._build(RST, seq, mp, sack=False)]
 
     def retransmit(self, only_first: bool = False) -> list[bytes]:

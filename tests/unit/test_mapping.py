@@ -112,6 +112,18 @@ class TestMapTableExamples:
         t.prune_below_key(25)  # keeps the entry that straddles 25 whole
         assert t.entries == [[20, 40, 10]]
 
+    def test_prune_edges_are_half_open(self):
+        t = MapTable()
+        t.add(0, 30, 10)  # keys 0..9 -> values 30..39
+        t.prune_below_key(9)
+        t.prune_below_value(39)
+        assert t.entries == [[0, 30, 10]]  # the last byte 9 -> 39 is still above
+        t.prune_below_value(40)
+        assert t.entries == []
+        t.add(0, 30, 10)
+        t.prune_below_key(10)
+        assert t.entries == []
+
     def test_empty_add_is_a_no_op(self):
         t = MapTable()
         assert t.add(3, 4, 0) and t.add(3, 4, -1)
@@ -163,6 +175,23 @@ class MapTableMachine(RuleBasedStateMachine):
     def prune_below_value(self, b):
         self.table.prune_below_value(b)
         self.model = expand(r for r in runs(self.model) if r[1] + r[2] > b)
+
+    @precondition(lambda self: self.table.entries)
+    @rule(data=st.data(), nudge=st.integers(-1, 1))
+    def prune_at_an_edge(self, data, nudge):
+        """Prune exactly at (or next to) an entry's start or end, key or value side."""
+        ka, kb, kn = data.draw(st.sampled_from(self.table.entries))
+        edge = data.draw(st.sampled_from([ka, ka + kn, kb, kb + kn])) + nudge
+        if data.draw(st.booleans()):
+            self.prune_below_key(edge)
+        else:
+            self.prune_below_value(edge)
+
+    @precondition(lambda self: self.table.entries)
+    @rule(data=st.data(), nudge=st.integers(-1, 1))
+    def lookup_at_an_edge(self, data, nudge):
+        ka, _kb, kn = data.draw(st.sampled_from(self.table.entries))
+        self.lookup(data.draw(st.sampled_from([ka, ka + kn])) + nudge)
 
     @rule(k=st.integers(-2, 60))
     def lookup(self, k):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import struct
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -197,11 +198,9 @@ def scapy_packet(spec: Spec):
     tcp = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=win, urgptr=urg,
               dataofs=len(spec.hdr) // 4, options=opts)
     if spec.v6:
-        from ipaddress import IPv6Address
         ip = IPv6(src=str(IPv6Address(spec.src)), dst=str(IPv6Address(spec.dst)), tc=spec.tos,
                   fl=spec.flow, hlim=spec.ttl)
     else:
-        from ipaddress import IPv4Address
         ip = IP(src=str(IPv4Address(spec.src)), dst=str(IPv4Address(spec.dst)), tos=spec.tos,
                 id=spec.ident, flags="DF" if spec.df else 0, ttl=spec.ttl,
                 options=spec.ip_opts or [])
@@ -516,10 +515,6 @@ class TestParsePacket:
 
 # --- Incremental checksum updates -------------------------------------------------------------
 
-OP_NAMES = ("seq", "ack", "win", "flags", "sport", "dport", "src", "dst", "patch", "options",
-            "finish")
-
-
 def op_strategy():
     return st.one_of(
         st.tuples(st.just("seq"), u32),
@@ -807,10 +802,13 @@ class TestNegativeZero:
 
 # --- forge.build_segment ----------------------------------------------------------------------
 
+def _fits(items) -> bool:
+    total = sum(2 + len(body) for _kind, body in items)
+    return total + (-total % 4) <= 40
+
+
 raw_options = st.lists(option_items.filter(lambda o: o != b"\x01"), max_size=5).map(
-    lambda items: [(o[0], o[2:]) for o in items]).filter(
-    lambda items: sum(2 + len(b) for _k, b in items) <= 40 - (-sum(2 + len(b) for _k, b in
-                                                                   items) % 4))
+    lambda items: [(o[0], o[2:]) for o in items]).filter(_fits)
 
 
 class TestBuildSegment:
