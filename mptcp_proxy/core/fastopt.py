@@ -91,8 +91,8 @@ def parse_dss(buf, off: int, olen: int):
         expected += 8 if flags & MPTCP_DSS_ACK64 else 4
     if flags & MPTCP_DSS_HAS_MAP:
         expected += 14 if flags & MPTCP_DSS_DSN64 else 10
-    if olen != expected and not (flags & MPTCP_DSS_HAS_MAP and olen == expected + 2):
-        return None
+    if olen != expected and olen != expected + 2:
+        return None  # Linux accepts +2 (a checksum) even without M, and ignores it
     p = off + 4
     data_ack = None
     ack64 = bool(flags & MPTCP_DSS_ACK64)

@@ -269,6 +269,9 @@ class TcpPacket:
         old = int.from_bytes(b[s:e], "big")
         b[offset:offset + len(data)] = data
         self._delta += int.from_bytes(b[s:e], "big") - old
+        if offset < th + 16:  # a fixed-header field changed: re-decode the fields
+            (self.sport, self.dport, self.seq, self.ack, _doff, self.flags,
+             self.win) = _TCP_FIXED.unpack_from(b, th)[:7]
 
     def set_options(self, opts: bytes) -> None:
         """Replace the whole option block with ``opts`` (length a multiple of 4, at

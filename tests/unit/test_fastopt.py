@@ -123,12 +123,6 @@ def dss_bytes(draw) -> bytes:
     return (bytes((30, n, 0x20 | low, flags)) + body)[:n]
 
 
-def known_divergence(data: bytes) -> bool:
-    """The case of test_no_map_with_two_extra_bytes (xfail): no M flag, length + 2."""
-    return (len(data) >= 4 and not data[3] & M
-            and len(data) == dss_len(data[3] & 0x1F, False) + 2)
-
-
 def check_agrees(data: bytes) -> None:
     pulled = pull_option(data)
     got = parse_dss(data, 0, len(data))
@@ -151,13 +145,10 @@ class TestParseDss:
     @settings(max_examples=600, deadline=None)
     @given(dss_bytes())
     def test_agrees_with_pull_option(self, data):
-        if known_divergence(data):
-            return  # covered by the xfail test below
         check_agrees(data)
 
-    @pytest.mark.parametrize("flags,extra", [
-        (f, e) for f in range(32) for e in (-1, 0, 1, 2, 3)
-        if not (e == 2 and not f & M)])  # that case: test_no_map_with_two_extra_bytes
+    @pytest.mark.parametrize("flags", range(32))
+    @pytest.mark.parametrize("extra", [-1, 0, 1, 2, 3])
     def test_every_flag_and_length(self, flags, extra):
         n = dss_len(flags, False) + extra
         data = (bytes((30, n, 0x20, flags)) + bytes(range(100, 140)))[:n]
@@ -189,11 +180,10 @@ class TestParseDss:
         assert parse_dss(data, 0, len(data)) == (
             A | a | M | m, 0xC8072FB90EDAB04E, True, 0xA28E87FDDD1D30F2, True, 1, 0x2000, None)
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: parse_dss rejects a DSS without M that carries the 2 checksum bytes "
-        "(length = expected + 2); options.pull_option and Linux mptcp_parse_option accept it"))
     @pytest.mark.parametrize("flags", [A, A | a, A | F, 0, F])
     def test_no_map_with_two_extra_bytes(self, flags):
+        """Regression: without M, Linux ``mptcp_parse_option`` (and ``pull_option``) accept
+        the length + 2 form and ignore the two bytes; parse_dss used to reject it."""
         n = dss_len(flags, False) + 2
         data = (bytes((30, n, 0x20, flags)) + bytes(range(1, 20)))[:n]
         pulled = pull_option(data)

@@ -535,7 +535,7 @@ _FIELD = {"seq": ("!I", 4), "ack": ("!I", 8), "win": ("!H", 14), "sport": ("!H",
           "dport": ("!H", 2)}
 
 
-def apply_op(pkt, spec: Spec, op, patch_from: int = 16) -> None:
+def apply_op(pkt, spec: Spec, op, patch_from: int = 0) -> None:
     """Apply ``op`` to the packet under test and to the model ``spec``.
 
     Patches land in ``[patch_from, hl)`` of the TCP header, at any alignment and length.
@@ -610,8 +610,8 @@ class TestIncrementalUpdate:
     @given(specs(), st.lists(op_strategy(), max_size=6), st.integers(0, 63),
            st.binary(min_size=1, max_size=20))
     def test_patch_anywhere_in_header(self, spec, ops, where, data):
-        """``patch_bytes`` over any bytes of the header (fixed fields included; the data
-        offset byte is kept), as the last rewrite before ``finish``."""
+        """``patch_bytes`` over any bytes of the header (the data offset byte is kept) as
+        the last rewrite before ``finish``: its own delta, at every alignment."""
         pkt = parse_packet(spec.assemble())
         for op in ops:
             apply_op(pkt, spec, op)
@@ -664,18 +664,23 @@ class TestIncrementalUpdate:
                 buf[8] ^= 0x01  # TTL: only the IPv4 header checksum breaks
                 assert not pkt.checksum_ok()
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "BUG: patch_bytes over a fixed header field leaves the decoded attribute "
-        "(seq/ack/win/flags/ports) stale, so a later set_* adds new - stale_old to the "
-        "checksum delta and writes a wrong checksum"))
-    def test_patch_then_set_same_field(self):
-        spec = Spec(False, b"\x0a\0\0\x01", b"\x0a\0\0\x02", tcp_header(seq=1000), b"abc")
+    @pytest.mark.parametrize("field", ["seq", "ack", "win", "sport", "dport", "flags"])
+    def test_patch_then_set_same_field(self, field):
+        """Regression: ``patch_bytes`` over a fixed field must update the decoded
+        attribute, or a later ``set_*`` of that field computes its delta from a stale
+        value and writes a wrong checksum."""
+        fmt, off = _FIELD.get(field, ("!B", 13))
+        width = struct.calcsize(fmt)
+        spec = Spec(False, b"\x0a\0\0\x01", b"\x0a\0\0\x02",
+                    tcp_header(seq=1000, ack=7, flags=0x18), b"abc")
         pkt = parse_packet(spec.assemble())
-        pkt.patch_bytes(pkt.th + 4, struct.pack("!I", 2000))
-        pkt.set_seq(3000)
+        patched = struct.pack(fmt, 0x5A)[-width:]
+        pkt.patch_bytes(pkt.th + off, patched)
+        assert getattr(pkt, field) == 0x5A
+        getattr(pkt, "set_" + field)(0x11)
         pkt.finish()
-        struct.pack_into("!I", spec.hdr, 4, 3000)
-        assert pkt.seq == 3000
+        struct.pack_into(fmt, spec.hdr, off, 0x11)
+        assert getattr(pkt, field) == 0x11
         assert pkt.checksum_ok()
         assert bytes(pkt.buf) == bytes(spec.assemble())
 
