@@ -254,8 +254,13 @@ def _handover(srv: "ControlServer", args: dict) -> list:
     for conn in conns:
         sf = pm.handover(conn, iface, now, break_=brk)
         if sf is None:
-            raise ControlError(Fault.NOT_POSSIBLE,
-                               f"connection {conn.id}: cannot open a subflow on {iface.name}")
+            if not every:
+                raise ControlError(Fault.NOT_POSSIBLE,
+                                   f"connection {conn.id}: cannot open a subflow on {iface.name}")
+            # with --all, one connection failing must not hide what the others did
+            out.append({"conn": conn.id, "subflow": None, "pending": False,
+                        "error": f"cannot open a subflow on {iface.name}"})
+            continue
         out.append({"conn": conn.id, "subflow": sf.index, "pending": not sf.alive})
     return out
 
@@ -375,5 +380,8 @@ class ControlServer:
             log.exception("control command %s failed", req["cmd"])
             return self._error(Fault.INTERNAL, f"internal error: {e}")
         if self.driver is not None:
-            self.driver._after()
+            try:
+                self.driver._after()  # send what the command forged, re-arm timers
+            except Exception:
+                log.exception("flushing after control command %s failed", req["cmd"])
         return {"ok": True, "result": result}

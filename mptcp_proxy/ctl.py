@@ -386,6 +386,8 @@ class Controller:
             if not moves:
                 return "no established connections to hand over"
             return "\n".join(
+                f"connection {m.get('conn')}: handover to {ns.to} failed: {m['error']}"
+                if m.get("error") else
                 f"connection {m.get('conn')}: handover to {ns.to} on subflow "
                 f"{m.get('subflow')} ({kind}; "
                 + ("pending until the subflow is established)" if m.get("pending")

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     p.add_argument("--no-rp-filter", action="store_true",
                    help="do not switch the interfaces to loose reverse-path filtering")
+    p.add_argument("--accept-all", action="store_true",
+                   help="benchmark floor: bind the queues and accept every packet unmodified "
+                        "(no conversion at all)")
     p.add_argument("--log-level", "-l", default="info",
                    choices=["debug", "info", "warning", "error"], help="log level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -163,7 +166,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     pm.release_port = ports.release
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
     injector = Injector(args.mark, local_addrs)
-    driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector)
+    driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
+                           accept_all=args.accept_all)
     driver.on_event = lambda ev: log.info("conn %d %s", ev[1].id, ev[0])
     try:
         driver.bind()

@@ -78,8 +78,10 @@ class NfqueueDriver:
     """Binds the two queues and runs the proxy core from the asyncio loop."""
 
     def __init__(self, proxy: Proxy, queue_out: int, queue_in: int, injector: Injector,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 accept_all: bool = False) -> None:
         self.proxy = proxy
+        self.accept_all = accept_all
         self.queue_out = queue_out
         self.queue_in = queue_in
         self.injector = injector
@@ -93,7 +95,10 @@ class NfqueueDriver:
     def bind(self) -> None:
         """Bind both queues; raises :class:`QueueBusyError` if one is taken."""
         from netfilterqueue import COPY_PACKET, NetfilterQueue
-        for num, cb in ((self.queue_out, self._cb_out), (self.queue_in, self._cb_in)):
+        cbs = ((self.queue_out, self._cb_out), (self.queue_in, self._cb_in))
+        if self.accept_all:
+            cbs = ((self.queue_out, self._cb_accept), (self.queue_in, self._cb_accept))
+        for num, cb in cbs:
             q = NetfilterQueue()
             try:
                 q.bind(num, cb, max_len=MAX_QUEUE_LEN, mode=COPY_PACKET, range=COPY_RANGE,
@@ -137,6 +142,13 @@ class NfqueueDriver:
         else:
             p.set_payload(bytes(v))
             p.accept()
+
+    def _cb_accept(self, p) -> None:
+        """Benchmark floor (``--accept-all``): the same queue, library and loop, every
+        packet accepted unmodified."""
+        self.packets += 1
+        p.get_payload()
+        p.accept()
 
     def _cb_out(self, p) -> None:
         self.packets += 1
