@@ -301,6 +301,15 @@ class Connection:
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
             return self._local_reset(pkt, now)
+        if not self.active.alive:
+            pm = self.proxy.pm
+            live = pm.usable(self) if pm is not None else []
+            if not live:
+                # break before make, the new subflow not up yet: nowhere to send; the
+                # local stack retransmits once it is (never map data onto a dead path)
+                self.counters.inc("NoUsableSubflow")
+                return DROP
+            pm._switch(self, live[0], now, signal=True)
         return self._out_established(pkt, now)
 
     def _out_established(self, pkt: TcpPacket, now: float):
@@ -395,7 +404,8 @@ class Connection:
         fwd.append([lo, hi])
         if len(fwd) > 1:
             merged = merge_ranges([tuple(x) for x in fwd if x[1] > self.r_ack])
-            self.r_fwd = [list(x) for x in merged[-64:]]
+            # bounded: keep the lowest ranges, the ones that move subflow ACKs forward
+            self.r_fwd = [list(x) for x in merged[:64]]
 
     def _assign(self, d: int, n: int) -> list[tuple[Subflow, int, int, int]]:
         """Choose subflow and subflow sequence for data bytes ``[d, d+n)`` (paper §3.3):

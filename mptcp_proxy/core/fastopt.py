@@ -26,6 +26,7 @@ _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _U16 = struct.Struct("!H")
 _II = struct.Struct("!II")
+_IH = struct.Struct("!IH")
 
 # DSS with DATA_ACK (32-bit) + 64-bit mapping, with and without checksum: the
 # form the proxy sends on data segments (24 / 24+2 bytes before padding).
@@ -52,8 +53,7 @@ def dss_len(flags: int, csum: bool) -> int:
 
 
 def build_dss_ack(data_ack: int) -> bytes:
-    """NOP,NOP + DSS carrying only a 32-bit DATA_ACK (8 bytes → 10 → padded... ) —
-    returns 8 bytes: the option is exactly 8 bytes, already 4-aligned."""
+    """A DSS carrying only a 32-bit DATA_ACK: exactly 8 bytes, already 4-aligned."""
     return _DSS_A4.pack(TCPOPT_MPTCP, 8, 0x20, MPTCP_DSS_HAS_ACK, data_ack & 0xFFFFFFFF)
 
 
@@ -112,7 +112,7 @@ def parse_dss(buf, off: int, olen: int):
         else:
             data_seq = _U32.unpack_from(buf, p)[0]
             p += 4
-        ssn, dll = struct.unpack_from("!IH", buf, p)
+        ssn, dll = _IH.unpack_from(buf, p)
         p += 6
         if olen == expected + 2:
             csum = _U16.unpack_from(buf, p)[0]

@@ -277,13 +277,14 @@ class PathManager:
     def _after_join(self, conn: Connection, sf: Subflow, now: float) -> None:
         """A join completed: if the connection has no usable sending subflow (break
         before make), or a handover waits for it, move new data there."""
-        pending = getattr(conn, "pending_handover", None)
+        pending = conn.pending_handover
         if pending is not None and pending[0] == sf.iface:
             conn.pending_handover = None
             self._switch(conn, sf, now, signal=True)
-            return
-        if not conn.active.alive:
+        elif not conn.active.alive:
             self._switch(conn, sf, now, signal=True)
+        if conn.pending_signals:
+            self.flush_signals(conn, now)
 
     def _reset_join(self, conn: Connection, sf: Subflow, now: float, reason: int) -> None:
         from .forge import build_segment

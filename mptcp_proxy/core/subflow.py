@@ -142,7 +142,8 @@ class Subflow:
         subflow (paper §3.4–3.5, TCP → MPTCP direction).
 
         ``r_ack`` is what the local stack acknowledged (data level); ``held`` are
-        data ranges above it that the local stack holds (forwarded to it, or SACKed).
+        data ranges above it that the local stack holds (forwarded to it, or SACKed),
+        sorted and merged (as :meth:`Connection._held` returns them).
         The ACK covers subflow bytes whose data is acknowledged or held, in subflow
         order; it never goes below the last ACK sent (``rcv_acked``) nor beyond what
         arrived (``rcv_high``), and covers the peer's subflow FIN once all data before

@@ -33,7 +33,6 @@ __all__ = [
     "ipv4_header_checksum",
     "walk_options",
     "pad_options",
-    "MalformedPacket",
 ]
 
 _TCP_FIXED = struct.Struct("!HHIIBBHHH")  # sport dport seq ack doff_res flags win csum urg
@@ -43,11 +42,6 @@ _IPV4_FIXED = struct.Struct("!BBHHHBBH4s4s")
 
 IPPROTO_TCP = 6
 M16 = 0xFFFF
-
-
-class MalformedPacket(Exception):
-    """Raised by :func:`parse_packet` with ``strict=True`` for a packet that is TCP but
-    structurally broken (bad data offset, truncated header). Never escapes the core."""
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:

@@ -5,6 +5,9 @@ stack) per test; ``make_topology(**kw)`` builds custom ones. Both skip when the 
 cannot run them (not root, no ``ip netns``, no MPTCP); strict mode turns those skips into
 failures (tests/conftest.py). On a test failure the fixture prints ``ss -Menita`` and the
 non-zero MPTCP counters of the client and server namespaces before tearing down.
+``run_proxy(topo, ifaces=None, extra=(), **kw)`` starts ``mptcp-proxy`` in a bed (see
+:func:`netns.proxyd.start_proxy`) and stops every daemon it started at teardown (before the
+beds go), printing each daemon's log, exit code and leftover rules when the test failed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 
 from netns import Topology, reap_stale
 from netns.nstat import mptcp_counters, nonzero
+from netns.proxyd import ProxyHandle, start_proxy
 
 
 def _unusable() -> str | None:
@@ -51,6 +55,11 @@ def _dump(topo: Topology) -> None:
             print(f"--- {ns}: diagnostics failed: {exc!r}")
 
 
+def _failed(request: pytest.FixtureRequest) -> bool:
+    return any(getattr(request.node, f"rep_{w}", None) is not None
+               and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+
+
 @pytest.fixture
 def make_topology(netns_ok: None,
                   request: pytest.FixtureRequest) -> Iterator[Callable[..., Topology]]:
@@ -62,8 +71,7 @@ def make_topology(netns_ok: None,
         return bed
 
     yield make
-    failed = any(getattr(request.node, f"rep_{w}", None) is not None
-                 and getattr(request.node, f"rep_{w}").failed for w in ("setup", "call"))
+    failed = _failed(request)
     for bed in beds:
         if failed:
             _dump(bed)
@@ -73,6 +81,31 @@ def make_topology(netns_ok: None,
 @pytest.fixture
 def topo(make_topology: Callable[..., Topology]) -> Topology:
     return make_topology()
+
+
+@pytest.fixture
+def run_proxy(make_topology: Callable[..., Topology],
+              request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyHandle]]:
+    """Factory starting ``mptcp-proxy`` (default: client namespace, every client link);
+    every daemon it started is stopped (SIGTERM) at teardown, before the beds are closed."""
+    handles: list[ProxyHandle] = []
+
+    def start(topo: Topology, ifaces: Any = None, extra: Any = (), **kw: Any) -> ProxyHandle:
+        handle = start_proxy(topo, ifaces, extra, **kw)
+        handles.append(handle)
+        return handle
+
+    yield start
+    failed = _failed(request)
+    for handle in handles:
+        try:
+            handle.stop()
+        except Exception as exc:  # never mask the test's own failure
+            print(f"--- mptcp-proxy stop failed: {exc!r}")
+        if failed:
+            print(f"--- mptcp-proxy in {handle.ns}: exit {handle.exit_code}, "
+                  f"rules left {handle.rules_left}, last log lines:")
+            print("\n".join(handle.log[-80:]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
