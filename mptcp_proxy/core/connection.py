@@ -301,7 +301,7 @@ class Connection:
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
             return self._local_reset(pkt, now)
-        if not self.active.alive:
+        if not self.active.can_send:
             pm = self.proxy.pm
             live = pm.usable(self) if pm is not None else []
             if not live:

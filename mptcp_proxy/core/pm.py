@@ -330,7 +330,7 @@ class PathManager:
 
     # ----------------------------------------------------------- handover
     def usable(self, conn: Connection) -> list[Subflow]:
-        return [s for s in conn.subflows if s.alive and self._iface_up(s)]
+        return [s for s in conn.subflows if s.can_send and self._iface_up(s)]
 
     def _iface_up(self, sf: Subflow) -> bool:
         i = self.ifaces.get(sf.iface)

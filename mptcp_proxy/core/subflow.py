@@ -110,6 +110,13 @@ class Subflow:
         return self.snd_nxt + (1 if self.fin_sent is not None else 0)
 
     @property
+    def can_send(self) -> bool:
+        """Our direction is open: established, or half-closed by the peer only."""
+        st = self.state
+        return st == SubflowState.ESTABLISHED or (st == SubflowState.CLOSING
+                                                  and self.fin_sent is None)
+
+    @property
     def alive(self) -> bool:
         """Usable for data (established, not closed or closing)."""
         return self.state == SubflowState.ESTABLISHED
