@@ -307,7 +307,8 @@ class Connection:
             if not live:
                 # break before make, the new subflow not up yet: nowhere to send; the
                 # local stack retransmits once it is (never map data onto a dead path)
-                self.counters.inc("NoUsableSubflow")
+                if not self.data_closed():
+                    self.counters.inc("NoUsableSubflow")
                 return DROP
             pm._switch(self, live[0], now, signal=True)
         return self._out_established(pkt, now)

@@ -1,0 +1,208 @@
+"""``mptcp-proxy`` command line: bad input gets a clear message and the documented exit code
+(mptcp_proxy/daemon.py: 0 ok, 1 runtime, 2 usage, 3 not root, 4 bad interface, 5 queue busy,
+6 rules), and no failed start leaves a netfilter rule behind (DESIGN.md §3.11). Also: a stale
+chain of a SIGKILLed daemon is replaced by the next start, and reverse-path filtering is
+loosened only while the daemon runs (DESIGN.md §3.10).
+
+Every daemon runs in the client namespace of a test bed, never in the host's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from typing import Sequence
+
+import pytest
+
+import mptcp_proxy
+from netns import Topology
+from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
+from netns.peer import run_client, start_server
+from netns.proxyd import _py, count_proxy_rules
+from netns.topology import REPO_ROOT
+
+pytestmark = pytest.mark.interop
+
+MB = 1_000_000
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_IFACE, EXIT_QUEUE = range(6)
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _daemon(topo: Topology, args: Sequence[str], pre: Sequence[str] = (),
+            control: bool = True, timeout: float = 15.0) -> subprocess.CompletedProcess:
+    """Run the daemon to completion in the client namespace (a start that should fail).
+
+    A control socket path of the bed's own is added unless ``control`` is False, so a
+    daemon that starts by mistake never touches the host's default path."""
+    argv = [*pre, _py(), "-m", "mptcp_proxy.daemon", *args]
+    if control:
+        argv += ["--control", f"/run/mptcp-proxy-cli-{topo.client}.sock"]
+    return topo.run(topo.client, argv, check=False, timeout=timeout,
+                    env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+
+
+def _failed_cleanly(topo: Topology, cp: subprocess.CompletedProcess, code: int,
+                    pattern: str, rules: int = 0) -> None:
+    """Exit ``code``, one clear ``mptcp-proxy: error:`` line matching ``pattern``, never
+    'ready', no traceback, and ``rules`` MPTCP_PROXY rules in the namespace afterwards."""
+    out = f"exit {cp.returncode}\nstdout: {cp.stdout}\nstderr: {cp.stderr}"
+    assert cp.returncode == code, out
+    assert "ready" not in cp.stdout, out
+    assert "Traceback" not in cp.stderr, out
+    errors = [ln for ln in cp.stderr.splitlines() if ln.startswith("mptcp-proxy: error:")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), out
+    assert count_proxy_rules(topo, topo.client) == rules
+
+
+# ------------------------------------------------------------------ interfaces (exit 4)
+
+def test_unknown_interface(topo: Topology) -> None:
+    cp = _daemon(topo, ["--iface", "c0", "--iface", "wlan9"])
+    _failed_cleanly(topo, cp, EXIT_IFACE, r"wlan9")
+
+
+def test_loopback_interface(topo: Topology) -> None:
+    cp = _daemon(topo, ["--iface", "lo"])
+    _failed_cleanly(topo, cp, EXIT_IFACE, r"\blo\b|loopback")
+
+
+# ------------------------------------------------------------------ usage (exit 2)
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--iface", "c0", "--bogus"], r"--bogus"),
+    (["--iface", "c0", "--port", "70000"], r"70000"),
+    (["--iface", "c0", "--port", "http"], r"http"),
+    (["--iface", "c0", "--queue", "65535"], r"65535"),
+    (["--iface", "c0", "--subflows", "sometimes"], r"sometimes"),
+    ([], r"--iface"),
+], ids=["bad-option", "port-70000", "port-name", "queue-65535", "bad-subflows",
+        "missing-iface"])
+def test_usage_errors(topo: Topology, args: list[str], pattern: str) -> None:
+    cp = _daemon(topo, args)
+    _failed_cleanly(topo, cp, EXIT_USAGE, pattern)
+    assert "usage: mptcp-proxy" in cp.stderr
+
+
+def test_version(topo: Topology) -> None:
+    cp = _daemon(topo, ["--version"], control=False)
+    assert cp.returncode == EXIT_OK, cp.stderr
+    assert cp.stdout.strip() == f"mptcp-proxy {mptcp_proxy.__version__}"
+    script = REPO_ROOT / ".venv" / "bin" / "mptcp-proxy"  # the console script, if installed
+    if script.exists():
+        cp = topo.run(topo.client, [script, "--version"], check=False, timeout=15)
+        assert (cp.returncode, cp.stdout.strip()) == (
+            EXIT_OK, f"mptcp-proxy {mptcp_proxy.__version__}")
+    assert count_proxy_rules(topo, topo.client) == 0
+
+
+# ------------------------------------------------------------------ not root (exit 3)
+
+def test_not_root(topo: Topology) -> None:
+    cp = _daemon(topo, ["--iface", "c0"], pre=AS_NOBODY)
+    _failed_cleanly(topo, cp, EXIT_NOT_ROOT, r"root")
+
+
+# ------------------------------------------------------------------ runtime (exit 1)
+
+def test_control_socket_unusable(topo: Topology) -> None:
+    """The control socket fails after the rules went in: they must come out again."""
+    cp = _daemon(topo, ["--iface", "c0", "--control", "/nonexistent-dir/ctl.sock"],
+                 control=False)
+    _failed_cleanly(topo, cp, EXIT_FAIL, r"/nonexistent-dir/ctl\.sock")
+
+
+# ------------------------------------------------------------------ queue busy (exit 5)
+
+def _converted_transfer(topo: Topology, srv, px, n: int, seed: int) -> None:
+    """One transfer through ``px``: hashes match and it became MPTCP on the wire."""
+    p0, s0 = px.stats(), mptcp_counters(topo.server)
+    (cli,) = run_client(topo, topo.server_addr, 5001, upload=MB, download=MB, seed=seed)
+    rec = srv.wait(n, timeout=15)[n - 1]
+    sd = diff(s0, mptcp_counters(topo.server))
+    assert cli["error"] is None and rec["error"] is None, (cli, rec)
+    assert cli["sent_sha256"] == rec["recv_sha256"] and cli["recv_sha256"] == rec["sent_sha256"]
+    assert rec["is_mptcp"] and rec["fallback"] is False, rec
+    assert sd["MPCapableACKRX"] == 1, nonzero(sd)
+    assert_no_errors(sd)
+    assert px.stats()["MPCapableSYNACKRX"] - p0["MPCapableSYNACKRX"] == 1
+
+
+def test_queue_busy(topo: Topology, run_proxy) -> None:
+    srv = start_server(topo, 5001, mptcp=True)
+    px = run_proxy(topo, extra=["--subflows", "manual"], queue=4700)
+    rules = count_proxy_rules(topo, topo.client)
+    assert rules > 0
+    # the same queue pair, then a pair whose inbound queue (N+1 = 4700) is the busy one
+    for queue in ("4700", "4699"):
+        cp = _daemon(topo, ["--iface", "c0", "--queue", queue])
+        _failed_cleanly(topo, cp, EXIT_QUEUE, r"\b4700\b", rules=rules)
+    assert px.proc.poll() is None, "the first daemon died"
+    _converted_transfer(topo, srv, px, 1, seed=80)
+    assert px.stop() == 0 and px.rules_left == 0
+
+
+# ------------------------------------------------------------------ stale chains
+
+def test_stale_chain_after_sigkill_is_replaced(topo: Topology, run_proxy) -> None:
+    srv = start_server(topo, 5001, mptcp=True)
+    px1 = run_proxy(topo, extra=["--subflows", "manual"], queue=4700)
+    rules = count_proxy_rules(topo, topo.client)
+    os.killpg(px1.proc.pid, signal.SIGKILL)
+    px1.proc.wait(10)
+    assert count_proxy_rules(topo, topo.client) == rules, "SIGKILL cannot remove rules"
+
+    # no daemon on the queue: queue-bypass lets new connections through as plain TCP
+    (cli,) = run_client(topo, topo.server_addr, 5001, upload=MB, download=MB, seed=90,
+                        timeout=10)
+    (rec,) = srv.wait(1, timeout=10)
+    assert cli["error"] is None and rec["error"] is None, (cli, rec)
+    assert cli["sent_sha256"] == rec["recv_sha256"] and rec["is_mptcp"] is False
+
+    px2 = run_proxy(topo, extra=["--subflows", "manual"], queue=4700)
+    assert any("stale chain" in line for line in px2.log), px2.log
+    assert count_proxy_rules(topo, topo.client) == rules, "stale rules not replaced"
+    _converted_transfer(topo, srv, px2, 2, seed=91)
+    assert px2.stop() == 0
+    assert px2.rules_left == 0 and count_proxy_rules(topo, topo.client) == 0
+
+
+# ------------------------------------------------------------------ rp_filter
+
+def _rp(topo: Topology, iface: str) -> int:
+    path = f"/proc/sys/net/ipv4/conf/{iface}/rp_filter"
+    return int(topo.run(topo.client, ["cat", path]).stdout)
+
+
+def test_strict_rp_filter_loosened_while_running(make_topology, run_proxy) -> None:
+    """DESIGN.md §3.10: inbound packets are queued in raw PREROUTING, which needs loose
+    reverse-path filtering on a multihomed host; the daemon sets it and puts it back."""
+    topo = make_topology(client_rp_filter=1)
+    before = {i: _rp(topo, i) for i in topo.client_ifaces}
+    assert set(before.values()) == {1}
+    srv = start_server(topo, 5001, mptcp=True)
+    px = run_proxy(topo, extra=["--subflows", "manual"])
+    assert {i: _rp(topo, i) for i in topo.client_ifaces} == {i: 2 for i in topo.client_ifaces}
+    _converted_transfer(topo, srv, px, 1, seed=95)
+    assert px.stop() == 0 and px.rules_left == 0
+    assert {i: _rp(topo, i) for i in topo.client_ifaces} == before
+
+
+# ------------------------------------------------------------------ log level
+
+@pytest.mark.xfail(strict=True, reason="BUG: --log-level debug floods the log with pyroute2 "
+                   "netlink message dumps (~150 lines, ~70 KB at start-up alone): main() sets "
+                   "the 'pyroute2' logger to WARNING before pyroute2 is imported, and importing "
+                   "pyroute2 resets that logger's level to NOTSET")
+def test_debug_log_is_the_proxys_own(topo: Topology, run_proxy) -> None:
+    """``--log-level debug`` is for the proxy's own debug output; the daemon means to keep
+    pyroute2 at WARNING (daemon.py main)."""
+    srv = start_server(topo, 5001, mptcp=True)
+    px = run_proxy(topo, extra=["--subflows", "manual", "--log-level", "debug"])
+    _converted_transfer(topo, srv, px, 1, seed=97)
+    assert px.stop() == 0
+    assert any("mptcp_proxy" in line for line in px.log), px.log[-5:]
+    noise = [line for line in px.log if " pyroute2" in line and " DEBUG " in line]
+    assert noise == [], f"{len(noise)} pyroute2 DEBUG lines, e.g. {noise[0][:200]}"
