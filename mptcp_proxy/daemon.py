@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    import pyroute2  # noqa: F401  (imported first: importing it resets its loggers)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")

@@ -145,6 +145,7 @@ class Connection:
         self.handovers = 0
         self.joins_opened = False
         self.closed_by_reset = False
+        self.next_sf_index = 0
         self.join_at: float | None = None
         self.syn_time = now
         self.srtt = 0.0
@@ -246,10 +247,8 @@ class Connection:
                 self.sf0.ts_recent = int.from_bytes(raw[2:6], "big")
             keep += raw
         if mpc is None or not self.syn_mpc or mpc.version != 1:
-            self.state = ConnState.FALLBACK
             self.counters.inc("MPCapableFallbackSYNACK")
-            self.counters.inc("FallbackConnections")
-            self.proxy.emit_event("fallback", self)
+            self._fallback(now)
             return ACCEPT
         self.remote_key = mpc.sndr_key
         self.remote_token, self.idsn_remote = crypto.key_sha(mpc.sndr_key)
@@ -263,6 +262,8 @@ class Connection:
         self.peer_wscale0 = sf.rcv_wscale
         sf.sack_ok = sack and self.local_sack
         sf.ts_ok = ts and self.local_ts
+        if sf.ts_ok:
+            self.ts_shown = sf.ts_recent  # the local stack's ts_recent from now on
         sf.state = SubflowState.ESTABLISHED
         sf.last_rx = now
         self.local_sack = sf.sack_ok
@@ -644,6 +645,20 @@ class Connection:
             self.reset_local(now)
         self._close(now, reset=True)
 
+    def _fallback(self, now: float) -> None:
+        """Plain TCP from now on, untouched (RFC 8684 §3.7). The proxy keeps nothing for
+        it: the entry stays visible for ``linger`` seconds, then packets of the 4-tuple
+        simply pass as unknown, and a new SYN on it starts a new connection."""
+        self.state = ConnState.FALLBACK
+        self.counters.inc("FallbackConnections")
+        self.proxy.emit_event("fallback", self)
+        self.closed_at = now
+        pm = self.proxy.pm
+        for sf in self.subflows[1:]:
+            if sf.state != SubflowState.CLOSED and pm is not None:
+                pm.reset_subflow(self, sf, now, MPTCP_RST_EMPTCP)
+        self._set_timer(now + self.proxy.config.linger)
+
     def _close(self, now: float, reset: bool = False) -> None:
         if reset:
             self.closed_by_reset = True
@@ -845,9 +860,7 @@ class Connection:
         elif plen and not self.fully_established and sf is self.sf0:
             # RFC 8684 §3.1 / Linux check_fully_established: the peer fell back
             counters.inc("MPCapableDataFallback")
-            self.state = ConnState.FALLBACK
-            counters.inc("FallbackConnections")
-            self.proxy.emit_event("fallback", self)
+            self._fallback(now)
             return ACCEPT
         # -- the segment's own sequence space
         local_fin = False
@@ -1015,9 +1028,7 @@ class Connection:
                     and all(x[0] == x[1] for x in e)
                     and all(x[0] == x[1] for x in sf.send_map.entries))
         if identity:
-            self.state = ConnState.FALLBACK
-            self.counters.inc("FallbackConnections")
-            self.proxy.emit_event("fallback", self)
+            self._fallback(now)
             return ACCEPT
         return self._subflow_protocol_error(sf, now, MPTCP_RST_EMIDDLEBOX)
 
@@ -1151,7 +1162,7 @@ class Connection:
     def on_timer(self, now: float) -> bool:
         """Handle due timers; returns True when the connection can be forgotten."""
         st = self.state
-        if st == ConnState.CLOSED:
+        if st == ConnState.CLOSED or st == ConnState.FALLBACK:
             return self.closed_at is not None and now >= self.closed_at + \
                 self.proxy.config.linger - 1e-9
         if st == ConnState.SYN_SENT:
@@ -1180,6 +1191,8 @@ class Connection:
                     self.proxy.pm.subflow_timer(self, sf, now)
         self._maybe_finished(now)
         if self.state == ConnState.ESTABLISHED:
+            if self.proxy.pm is not None and len(self.subflows) > 1:
+                self.proxy.pm.prune(self, now)
             self._rearm()
         return False
 

@@ -152,9 +152,11 @@ class PathManager:
                 self.counters.inc("MPJoinDenied")
                 return None
             raddr, rport = conn.sf0.raddr, conn.sf0.rport
+        self.prune(conn, now)
         lport = self.alloc_port(laddr)
         isn = self._rand32()
-        sf = Subflow(len(conn.subflows), laddr, lport, raddr, rport or conn.sf0.rport, isn,
+        conn.next_sf_index += 1
+        sf = Subflow(conn.next_sf_index, laddr, lport, raddr, rport or conn.sf0.rport, isn,
                      addr_id=0 if iface.name == conn.sf0.iface and laddr == conn.sf0.laddr
                      else iface.addr_id)
         sf.iface = iface.name
@@ -294,10 +296,29 @@ class PathManager:
         self.counters.inc("MPRstTx")
         self._dead(conn, sf, now, "join failed")
 
+    def prune(self, conn: Connection, now: float) -> None:
+        """Forget the proxy's own subflows closed for longer than ``linger`` seconds
+        (late segments are absorbed until then), so link flaps cannot make a
+        connection's state grow without bound."""
+        linger = self.proxy.config.linger
+        keep = [conn.sf0]
+        for sf in conn.subflows[1:]:
+            if sf.state == SubflowState.CLOSED:
+                if sf.closed_at is None:
+                    sf.closed_at = now
+                if now - sf.closed_at >= linger:
+                    cur = self.proxy.conns.get(sf.key)
+                    if cur is not None and cur[1] is sf:
+                        del self.proxy.conns[sf.key]
+                    continue
+            keep.append(sf)
+        conn.subflows = keep
+
     def _dead(self, conn: Connection, sf: Subflow, now: float, why: str) -> None:
         if sf.state == SubflowState.CLOSED:
             return
         sf.state = SubflowState.CLOSED
+        sf.closed_at = now
         sf.timer = None
         if sf is not conn.sf0:
             self.release_port(sf.laddr, sf.lport)

@@ -145,7 +145,7 @@ class Proxy:
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         entry = self.conns.get(key)
         flags = pkt.flags
-        if entry is None or (entry[0].state == ConnState.CLOSED
+        if entry is None or (entry[0].state in (ConnState.CLOSED, ConnState.FALLBACK)
                              and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
             if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
                 self.counters.inc("PktUnknownConn")

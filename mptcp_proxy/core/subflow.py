@@ -51,7 +51,7 @@ class Subflow:
         "rcv_wnd_sent", "sack_ok", "ts_ok", "ts_recent", "ts_off", "snd_wscale",
         "rcv_wscale", "mss", "backup", "peer_backup", "peer_fin", "fin_sent",
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
-        "remote_nonce", "join_hmac", "iface", "dup_acks", "last_dsack",
+        "remote_nonce", "join_hmac", "iface", "dup_acks", "last_dsack", "closed_at",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -99,6 +99,7 @@ class Subflow:
         self.iface = ""
         self.dup_acks = 0
         self.last_dsack = None
+        self.closed_at: float | None = None
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32

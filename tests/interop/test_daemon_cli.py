@@ -192,10 +192,6 @@ def test_strict_rp_filter_loosened_while_running(make_topology, run_proxy) -> No
 
 # ------------------------------------------------------------------ log level
 
-@pytest.mark.xfail(strict=True, reason="BUG: --log-level debug floods the log with pyroute2 "
-                   "netlink message dumps (~150 lines, ~70 KB at start-up alone): main() sets "
-                   "the 'pyroute2' logger to WARNING before pyroute2 is imported, and importing "
-                   "pyroute2 resets that logger's level to NOTSET")
 def test_debug_log_is_the_proxys_own(topo: Topology, run_proxy) -> None:
     """``--log-level debug`` is for the proxy's own debug output; the daemon means to keep
     pyroute2 at WARNING (daemon.py main)."""

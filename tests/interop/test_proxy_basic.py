@@ -224,9 +224,6 @@ def test_plain_tcp_server_falls_back(topo: Topology, run_proxy) -> None:
     assert [c["state"] for c in px.connections()] == ["fallback"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a fallback (plain TCP) connection is never "
-                   "forgotten: its state stays 'fallback' forever (no FIN/RST tracking or idle "
-                   "timeout in ConnState.FALLBACK; on_timer never returns True for it)")
 def test_fallback_connection_is_forgotten(topo: Topology, run_proxy) -> None:
     """Like MPTCP connections (test_many_connections), a plain-TCP connection the proxy let
     through must be forgotten once it ended, or the table grows without bound."""
@@ -260,9 +257,6 @@ s.close()  # RST: no TIME_WAIT, the 4-tuple can be used again at once
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a new SYN on the 4-tuple of a previous fallback "
-                   "connection is passed through untouched (Proxy.outbound only replaces a "
-                   "CLOSED entry), so the new connection is never converted to MPTCP")
 def test_new_connection_on_fallback_tuple_is_converted(topo: Topology, run_proxy) -> None:
     """Connection 1 (src port 40001) meets a plain TCP server and falls back; the server then
     becomes MPTCP on the same port and connection 2 reuses the exact 4-tuple: it must be

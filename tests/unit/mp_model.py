@@ -223,6 +223,7 @@ class TcpSender:
         self.lost = RangeSet()
         self.rexmit = RangeSet()
         self.dupacks = 0
+        self.reno_sacked = 0  # without SACK, Linux counts dup ACKs as SACKed packets
         self.state = "open"  # open | recovery (fast) | loss (after an RTO)
         self.recover = 0
         self.srtt: float | None = None
@@ -246,19 +247,24 @@ class TcpSender:
         return self.nxt - self.una
 
     def pipe(self) -> int:
-        return self.outstanding - self.sacked.total() - self.lost.total() + self.rexmit.total()
+        return self.outstanding - self.sacked.total() - self.lost.total() + \
+            self.rexmit.total() - self.reno_sacked
 
     def room(self) -> int:
         """Bytes that may enter the network now (cwnd minus pipe)."""
         return self.cwnd - self.pipe()
 
     def _mark_holes_lost(self) -> None:
-        """SACK: every un-SACKed byte below the highest SACKed byte is lost."""
+        """SACK (RFC 6675 IsLost): a hole is lost once DupThresh segments' worth of
+        data above it is SACKed."""
         top = self.sacked.max()
         if top is None:
             return
+        need = 3 * self.mss
         for a, b in self.sacked.missing(self.una, top):
-            self.lost.add(a, b)
+            above = sum(max(0, h - max(lo, b)) for lo, h in self.sacked)
+            if above >= need:
+                self.lost.add(a, b)
 
     def _mark_first_lost(self) -> None:
         a = self.una
@@ -328,6 +334,7 @@ class TcpSender:
             self.lost.remove_below(ack)
             self.rexmit.remove_below(ack)
             self.dupacks = 0
+            self.reno_sacked = 0
             self.backoff = 0
             self.consecutive_rtos = 0
             self.rto = self.base_rto
@@ -381,8 +388,13 @@ class TcpSender:
                 self._mark_holes_lost()
             elif dup_candidate:
                 self.cwnd += self.mss  # NewReno inflation
-        elif self.state == "loss" and self.sack:
-            self._mark_holes_lost()
+        elif self.state == "loss":
+            if self.sack:
+                self._mark_holes_lost()
+            elif dup_candidate and self.reno_sacked + self.mss <= self.outstanding:
+                # Linux tcp_process_loss (Reno): a dup ACK is tcp_add_reno_sack, one
+                # packet out of the network, so one more lost packet may go again
+                self.reno_sacked += self.mss
         return False
 
     def on_rto(self, now: float) -> None:
@@ -393,6 +405,7 @@ class TcpSender:
         self.state = "loss"
         self.recover = self.nxt
         self.dupacks = 0
+        self.reno_sacked = 0
         self.lost = RangeSet()
         for a, b in self.sacked.missing(self.una, self.nxt):
             self.lost.add(a, b)
@@ -969,6 +982,7 @@ class MpPeer:
         self.net = net
         self.rng = random.Random(net.seed * 7919 + 1)
         self.addrs: dict[bytes, int] = {P0: 0}
+        self.removed_addrs: set[bytes] = set()
         self.port = SERVER_PORT
         self.key = key
         self.token, self.idsn = key_sha(key)
@@ -1091,7 +1105,9 @@ class MpPeer:
         if not s.opts_ok:
             self.violate("malformed TCP option list", s)
         if s.dst not in self.addrs or s.dport != self.port:
-            if not s.rst:
+            if s.dst in self.removed_addrs:
+                self.net.note("peer_rx_for_removed_addr")  # in flight when it was removed
+            elif not s.rst:
                 self.violate("segment to an address/port the peer does not listen on", s)
             return
         other = []
@@ -1672,6 +1688,7 @@ class MpPeer:
         for a, i in list(self.addrs.items()):
             if i == addr_id and a != P0:
                 del self.addrs[a]
+                self.removed_addrs.add(a)
         self.output()
 
     def set_prio(self, sub: PSub, backup: bool) -> None:

@@ -841,6 +841,11 @@ def test_mutated_packets_never_raise_and_transfer_continues(seed, pick, how, pos
     pair._forged()
     if pair.conn.state != ConnState.ESTABLISHED:
         return  # (a mutated packet may legitimately end the connection)
+    if fix_csum and h.hop == "from_peer" and _mapping(b) != _mapping(h.seg.raw):
+        # a wrong mapping in a segment with a valid TCP checksum is a peer lying about
+        # its data: without DSS checksums neither Linux nor the proxy can detect it
+        # (with a bad checksum the segment is discarded: covered by the cases above)
+        return
     pair.local.violations.clear()  # the local stack may have seen the bad packet
     pair.transfer(blob(4000, 50), blob(4000, 51), max_rounds=60)
     assert bytes(pair.peer.data).endswith(blob(4000, 50))
