@@ -335,6 +335,18 @@ def capture_metrics(cap: Capture, t0: float, t_h: float, old: str, new: str) -> 
 
 # ------------------------------------------------------------------ plot
 
+def _break_lines(pts: list, max_dt: float) -> list:
+    """Insert a NaN point where consecutive points are more than ``max_dt`` apart, so a
+    line is not drawn across a silence (e.g. the last DATA_ACK on a path and the one
+    sent there at the close)."""
+    out: list = []
+    for p in pts:
+        if out and p[0] - out[-1][0] > max_dt:
+            out.append((out[-1][0], float("nan")))
+        out.append(p)
+    return out
+
+
 _COLORS = {"c0": ("tab:blue", "tab:cyan"), "c1": ("tab:orange", "tab:red")}
 
 
@@ -355,7 +367,7 @@ def plot(path: str, title: str, cap: Capture | None, times: Sequence[float],
         acc += n
         cum.append(acc / 1e6)
     rel_t = [t - t0 for t in times]
-    for ax, (lo, hi), full in ((axes[0], zoom, False), (axes[1], None, True)):
+    for ax, (lo, hi), full in ((axes[0], zoom, False), (axes[1], (None, None), True)):
         ymin, ymax = float("inf"), float("-inf")
 
         def inwin(pts):
@@ -370,7 +382,7 @@ def plot(path: str, title: str, cap: Capture | None, times: Sequence[float],
                     ax.plot(*zip(*pts), ".", ms=2 if full else 3, color=c_dsn,
                             label=f"DSN {iface}")
                     ymin, ymax = min(ymin, *(p[1] for p in pts)), max(ymax, *(p[1] for p in pts))
-                pts = inwin(cap.dan_points.get(iface, []))
+                pts = _break_lines(inwin(cap.dan_points.get(iface, [])), 0.3)
                 if pts:
                     ax.plot(*zip(*pts), "-", lw=0.8 if full else 1.2, color=c_dan,
                             drawstyle="steps-post", label=f"DAN {iface}")

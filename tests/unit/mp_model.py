@@ -61,7 +61,6 @@ from peer_model import (
     DssOpt,
     Fastclose,
     Ignored,
-    Mpc,
     OtherMp,
     TcpRst,
     dss_opt,
@@ -400,6 +399,11 @@ class TcpSender:
     def on_rto(self, now: float) -> None:
         self.rto_count += 1
         self.consecutive_rtos += 1
+        if self.sacked.covers(self.una, self.una + 1):
+            # Linux tcp_timeout_mark_lost: a SACKed head means the receiver reneged;
+            # forget the SACK scoreboard and retransmit everything
+            self.sacked = RangeSet()
+            self.reneged = getattr(self, "reneged", 0) + 1
         self.ssthresh = max(self.pipe() // 2, 2 * self.mss)
         self.cwnd = self.mss
         self.state = "loss"
@@ -1691,6 +1695,13 @@ class MpPeer:
                 self.removed_addrs.add(a)
         self.output()
 
+    def reset_subflow(self, sub: PSub, reason: int = 0) -> None:
+        """Reset one subflow (RST + MP_TCPRST) and reinject what it carried."""
+        if sub.state == "ESTABLISHED":
+            self._send_raw(sub, RST | ACK, sub.tx.nxt, bytes((30, 4, 0x80, reason)), sack=False)
+        self._close_sub(sub, "reset by the peer")
+        self.output()
+
     def set_prio(self, sub: PSub, backup: bool) -> None:
         """MP_PRIO on ``sub``: ask the proxy to treat it as (non-)backup."""
         self.ack(sub, extra=prio_opt(backup))
@@ -2062,6 +2073,7 @@ class MpNet:
         # as the NFQUEUE driver does it: the verdict, then the forged packets; the local
         # stack reacts to the accepted packet later (its output is another callback)
         if out is not None:
+            self._log("accepted_in", out)
             self.at(self.now, self._to_local, out)
         self._forged()
 

@@ -12,7 +12,9 @@ data the local stack holds; DATA_ACK only for data the local stack has; no data
 on a join before the fourth ACK reached the proxy).
 
 Known defects are pinned by ``xfail(strict=True)`` tests that assert the right
-behaviour; other tests set those violation kinds aside explicitly (``allow=``).
+behaviour (section "known defects"); only the random-schedule property test sets
+one violation kind aside (``allow=(ACK_NOT_ARRIVED,)``), the deterministic tests
+check everything.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mp_model import A0, A1, P0, P1, MpNet
-from peer_model import Ignored, OtherMp, TcpRst, parse_seg, sdiff
+from peer_model import TcpRst, parse_seg, sdiff
 
 from mptcp_proxy.core.subflow import SubflowState
 
 M64 = (1 << 64) - 1
+SYN_FLAG = 0x02
 
 # Known defects (see the xfail tests below); other tests set them aside by kind.
 ACK_NOT_ARRIVED = "ack_not_arrived"  # test_subflow_ack_never_covers_bytes_lost_on_that_subflow
@@ -134,6 +137,69 @@ class ProxyTx:
     def new_data_tuples(self, t0: float, d_from: int) -> set:
         return {tup for t, tup, s, d, n in self.segs if t >= t0 and d >= d_from}
 
+    def resent_on(self, tup, t0: float, d_below: int) -> int:
+        """Segments sent on ``tup`` from ``t0`` on that carry data below ``d_below``."""
+        return sum(1 for t, t2, s, d, n in self.segs if t2 == tup and t >= t0 and d < d_below)
+
+
+class SackRecency:
+    """RFC 2018 §4 on the SACK option the proxy builds for the local stack: the first
+    block must be the one holding the data the peer reported most recently (the
+    peer's first SACK block, projected into the data space), so that when not all
+    blocks fit, the newest information is the one kept."""
+
+    def __init__(self, net: MpNet, tx: ProxyTx) -> None:
+        self.net = net
+        self.tx = tx
+        self.pending: list[tuple[int, int]] | None = None
+        self.errors: list[str] = []
+        self.checked = 0
+        net.taps.append(self)
+
+    def _dsn_ranges(self, tup, a: int, b: int) -> list[tuple[int, int]]:
+        out = []
+        for _t, t2, s0, d0, n in self.tx.segs:
+            if t2 == tup and s0 < b and s0 + n > a:
+                lo, hi = max(a, s0), min(b, s0 + n)
+                out.append((d0 + lo - s0, d0 + hi - s0))
+        return out
+
+    def __call__(self, hop: str, p: bytes, now: float) -> None:
+        if hop == "in":
+            self.pending = None
+            s = parse_seg(p)
+            if s.sack and not s.plen:
+                sub = self.net.peer.by_tuple.get((s.src, s.sport, s.dst, s.dport))
+                if sub is not None:
+                    lo, hi = s.sack[0]
+                    self.pending = self._dsn_ranges((s.dst, s.dport, s.src, s.sport),
+                                                    sdiff(lo, sub.irs + 1),
+                                                    sdiff(hi, sub.irs + 1))
+        elif hop == "accepted_in" and self.pending:
+            s = parse_seg(p)
+            base = self.net.local.swire(0)
+            una = sdiff(s.ack, base)
+            want = [(max(lo, una), hi) for lo, hi in self.pending if hi > una]
+            self.pending = None
+            if not want:
+                return
+            self.checked += 1
+            if not s.sack:
+                self.errors.append(f"t={now:.4f}: the peer SACKed data {want} but the local "
+                                   f"stack was shown no SACK block")
+                return
+            shown = [(sdiff(x, base), sdiff(y, base)) for x, y in s.sack]
+            flo, fhi = shown[0]
+            if not any(flo < hi and lo < fhi for lo, hi in want):
+                self.errors.append(f"t={now:.4f}: the peer's newest SACK covers data {want}; "
+                                   f"the local stack's first SACK block is not that one: "
+                                   f"{shown}")
+            missing = [(lo, hi) for lo, hi in want
+                       if not any(a <= lo and hi <= b for a, b in shown)]
+            if missing:
+                self.errors.append(f"t={now:.4f}: the peer's newest SACK covers data {want}; "
+                                   f"{missing} is missing from the blocks shown: {shown}")
+
 
 # ====================================================================== 1. joins
 def test_backup_join_comes_up_with_verified_hmacs():
@@ -164,10 +230,11 @@ def _is_join_ack(p: bytes) -> bool:
     return any(len(o) == 24 for o in mptcp_opts(s, 1))
 
 
-def test_lost_third_ack_is_retransmitted_and_no_data_before_the_fourth_ack():
+@pytest.mark.parametrize("which", ["third", "fourth"])
+def test_lost_join_ack_is_retransmitted_and_no_data_before_the_fourth_ack(which):
     """A make-before-break handover requested before the join exists: the proxy opens
     it and moves data there only once the peer's fourth ACK arrived, although the
-    first third ACK is lost and data flows both ways all along."""
+    first third ACK (or the fourth ACK) is lost and data flows both ways all along."""
     net = started(2, subflows="manual")
     lost = []
 
@@ -177,7 +244,16 @@ def test_lost_third_ack_is_retransmitted_and_no_data_before_the_fourth_ack():
             return True
         return False
 
-    net.paths[1]["up"].drop_fn = drop_first_join_ack
+    def drop_fourth_ack(p: bytes) -> bool:
+        if not lost and not p[(p[0] & 15) * 4 + 13] & SYN_FLAG:
+            lost.append(net.now)  # the first non-SYN segment of the join: the 4th ACK
+            return True
+        return False
+
+    if which == "third":
+        net.paths[1]["up"].drop_fn = drop_first_join_ack
+    else:
+        net.paths[1]["down"].drop_fn = drop_fourth_ack
     net.local.write(blob(800_000, 3))
     net.peer.write(blob(800_000, 4))
     net.run(net.now + 0.1)
@@ -188,9 +264,13 @@ def test_lost_third_ack_is_retransmitted_and_no_data_before_the_fourth_ack():
     assert sf is not None and sf.state == SubflowState.SYN_SENT
     assert net.conn.pending_handover is not None
     net.run(net.now + 60, net.transfer_done)
-    assert lost, "the third ACK was not seen"
+    assert lost, f"the {which} ACK was not seen"
     c = net.proxy.counters
-    assert c["MPJoinAckTx"] == 1 and c["Retransmits"] >= 1
+    assert c["MPJoinAckTx"] == 1
+    if which == "third":
+        assert c["Retransmits"] >= 1
+    # (a lost fourth ACK: the peer's next segment on the join acknowledges the third
+    # ACK as well, RFC 8684 §3.2, and completes the handshake)
     assert net.peer.joins_ok == 1
     # the retransmitted third ACK established the subflow; data moved there after it
     assert sf.state == SubflowState.ESTABLISHED
@@ -240,7 +320,24 @@ def test_make_before_break_handover_both_ways(sack):
     for k, (frm_sf, to_sf, to_i) in enumerate(((sf0, sf1, 1), (sf1, sf0, 0))):
         net.local.write(blob(1_500_000, 10 + k))
         net.peer.write(blob(1_500_000, 20 + k))
-        net.run(net.now + 0.4)
+        net.run(net.now + 0.39)
+        # the last segments sent on the old subflow before the switch are lost: their
+        # retransmissions come after it and must go back on the old subflow
+        drops = [0]
+        src = frm_sf.laddr
+
+        def drop_three(p: bytes, src=src, drops=drops) -> bool:
+            ihl = (p[0] & 15) * 4
+            if drops[0] < 3 and p[12:16] == src and \
+                    len(p) - ihl - (p[ihl + 12] >> 4) * 4 > 0:
+                drops[0] += 1
+                return True
+            return False
+
+        net.paths[1 - to_i]["up"].drop_fn = drop_three
+        net.run(net.now + 0.01)
+        net.paths[1 - to_i]["up"].drop_fn = None
+        assert drops[0] == 3
         t_h = net.now
         d_h = c.d_nxt
         frm_p, to_p = (p0, p1) if to_i == 1 else (p1, p0)
@@ -259,8 +356,10 @@ def test_make_before_break_handover_both_ways(sack):
         assert remaining > 500_000
         assert to_p.bytes_sent - sent_new >= remaining
         assert frm_p.bytes_sent - sent_old < 100_000
-        # the proxy's new data goes to the new subflow only
+        # the proxy's new data goes to the new subflow only; data first sent on the old
+        # subflow and lost there was retransmitted there (checked by ProxyTx)
         assert tx.new_data_tuples(t_h, d_h + 1) == {to_sf.key}
+        assert tx.resent_on(frm_sf.key, t_h, d_h) > 0
         # no gap beyond a few RTTs in delivered data, either direction
         g_down = net.gap(net.local.progress, t_h - 0.05, t_h + 0.6)
         g_up = net.gap(net.peer.progress, t_h - 0.05, t_h + 0.6)
@@ -308,7 +407,7 @@ def test_break_before_make_link_cut(sack):
     print(f"\nbreak-before-make sack={sack}: recovery up {rec_up:.3f}s down {rec_down:.3f}s")
     assert rec_up < 30 and rec_down < 30
     assert not tx.errors, tx.errors[:5]
-    net.assert_clean(allow=(ACK_NOT_ARRIVED,))
+    net.assert_clean()
 
 
 def test_break_before_make_recovery_with_and_without_sack():
@@ -331,7 +430,7 @@ def test_break_before_make_recovery_with_and_without_sack():
             net.link_down(0)
             assert net.run(net.now + 30, net.transfer_done), (sack, seed, "stalled")
             net.stream_ok()
-            net.assert_clean(allow=(ACK_NOT_ARRIVED,))
+            net.assert_clean()
             times.append(max(net.recovery_time(net.peer.progress, t_cut, marks[0]),
                              net.recovery_time(net.local.progress, t_cut, marks[1])))
         out[sack] = times
@@ -360,7 +459,7 @@ def test_multipath_reception(sack, seed):
         assert x.dupacks_no_hole <= x.dup_arrivals_at_proxy, \
             (x.idx, x.dupacks_no_hole, x.dup_arrivals_at_proxy)
     assert net.proxy.counters["DSSNoMapping"] == 0
-    net.assert_clean(allow=(ACK_NOT_ARRIVED,))
+    net.assert_clean()
 
 
 # ================================================ 5. peer-driven signalling
@@ -457,13 +556,58 @@ def test_peer_remove_addr_closes_the_subflow_and_moves_the_proxy_sending():
     net.assert_clean()
 
 
-# ====================================================== known defects (xfail)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Connection.in_synack never sets ts_shown from the SYN/ACK TSval it passes "
-    "through, so the first segment of a join subflow that reaches the local stack "
-    "before any other initial-subflow segment gets ts_off=0 (_ts_to_local): its raw "
-    "TSval is on the join's own clock and the local stack PAWS-drops it"))
+def test_peer_reset_of_the_active_subflow_moves_the_proxy_sending():
+    net = _with_announced_subflow(10)
+    conn = net.conn
+    sf0, sfj = conn.subflows
+    net.peer.set_prio(net.peer.subs[0], True)
+    net.run(net.now + 0.05)
+    assert conn.active is sfj
+    tx = ProxyTx(net)
+    net.local.write(blob(1_000_000, 77))
+    net.peer.write(blob(1_000_000, 78))
+    net.run(net.now + 0.3)
+    net.peer.reset_subflow(net.peer.subs[1])  # RST + MP_TCPRST on the active subflow
+    net.run(net.now + 0.2)
+    c = net.proxy.counters
+    assert c["RstRx"] == 1 and c["MPRstRx"] == 1
+    assert sfj.state == SubflowState.CLOSED and conn.active is sf0
+    t_r, d_r = net.now, conn.d_nxt
+    assert net.run(net.now + 30, net.transfer_done)
+    net.stream_ok()
+    assert not net.local.reset
+    assert tx.new_data_tuples(t_r, d_r) == {sf0.key}
+    net.assert_clean()
+
+
+def test_lost_add_addr_echo_makes_the_peer_repeat_it_without_a_second_join():
+    net = started(11, subflows="manual")
+    echoes = []
+
+    def drop_first_echo(p: bytes) -> bool:
+        if not echoes and mptcp_opts(parse_seg(p), 3):
+            echoes.append(net.now)
+            return True
+        return False
+
+    net.paths[0]["up"].drop_fn = drop_first_echo
+    net.peer.announce(P1, 1)
+    net.run(net.now + 2.5)  # add_addr_timeout is 1 s
+    assert echoes and net.peer.echo_rx == [1]
+    c = net.proxy.counters
+    assert c["AddAddrRx"] == 2 and c["EchoAddTx"] == 2
+    assert c["MPJoinSynTx"] == 1 and len(net.subflows_up()) == 2
+    net.run_transfer(blob(200_000, 79), blob(200_000, 80))
+    net.stream_ok()
+    net.assert_clean()
+
+
+# =========================================== regressions of fixed defects
 def test_first_segment_from_a_join_has_a_paws_consistent_tsval():
+    """Regression (fixed in 17063df): Connection.in_synack did not set ts_shown from the
+    SYN/ACK TSval it passes through, so the first join segment that reached the local
+    stack before any other initial-subflow segment got ts_off=0 (_ts_to_local) and
+    carried its raw TSval from the join's own clock; the local stack PAWS-dropped it."""
     # the app is silent until the join is up: the peer's fourth ACK on the join is
     # the first segment after the SYN/ACK that the proxy hands the local stack
     net = MpNet(21, subflows="backup")
@@ -472,6 +616,106 @@ def test_first_segment_from_a_join_has_a_paws_consistent_tsval():
     net.run_transfer(blob(100_000, 60), blob(100_000, 61))
     assert net.local.paws_drops == 0
     net.assert_clean()
+
+
+# ====================================================== known defects (xfail)
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: PathManager.handover(break_=True) with no subflow on the target yet calls "
+    "break_subflow first, whose _failover finds nothing usable and opens a join on the "
+    "first interface that is up, i.e. the one being abandoned (c0, address ID 0 again); "
+    "that join then counts as 'still using address 0', so REMOVE_ADDR(0) is never sent "
+    "and the peer keeps the broken subflow (no reinjection), plus a useless second join"))
+def test_break_handover_on_command_joins_only_the_target_and_removes_the_old_address():
+    net = started(25, subflows="manual", delay=0.03)
+    net.local.write(blob(600_000, 68))
+    net.peer.write(blob(600_000, 69))
+    net.run(net.now + 0.4)
+    sf = net.handover(1, break_=True)
+    assert sf is not None and sf.iface == "c1"
+    assert net.run(net.now + 30, net.transfer_done)
+    net.stream_ok()
+    c = net.proxy.counters
+    assert c["MPJoinSynTx"] == 1, "a join was opened on the abandoned interface too"
+    assert any(ids == (0,) for _, ids in net.peer.rm_addr_rx), "REMOVE_ADDR(0) not sent"
+    assert net.peer.subs[0].state == "CLOSED"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: Connection._in_established keeps the highest-sequence SACK blocks when they do "
+    "not all fit (d_sacks[-room:]) instead of the newest one first (RFC 2018 §4); after "
+    "break before make the peer's newest SACK (the local stack's head retransmission, "
+    "parked on the new subflow behind a lost segment) is the lowest block and is dropped, "
+    "so the local stack never sees its retransmission arrive and loops on RTOs (stall)"))
+def test_newest_sack_block_is_shown_first_after_break_before_make():
+    # found by test_random_schedules_keep_streams_identical (seed 1680)
+    seed = 1680
+    net = started(seed, subflows="active", local_kw=dict(sack=True, delack=False),
+                  peer_kw=dict(map_segs=1), delay=0.015)
+    for i in (0, 1):
+        net.set_path(i, loss=0.02, jitter=0.01, dup=0.01)
+    tx = ProxyTx(net)
+    rec = SackRecency(net, tx)
+    net.local.write(blob(230_689, seed + 1))
+    net.peer.write(blob(21_301, seed + 2))
+    net.run(net.now + 0.2578125)
+    net.link_down(0)
+    done = net.run(net.now + 30, net.transfer_done)
+    assert rec.checked > 0
+    assert not rec.errors, rec.errors[:3]
+    assert done, "stalled"
+    net.stream_ok()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: REMOVE_ADDR(0) queued by break_subflow while no subflow is usable is flushed "
+    "by _after_join after the rejoin from the same address, which reuses address ID 0 "
+    "(add_subflow: laddr == sf0.laddr -> ID 0); the peer (Linux "
+    "mptcp_pm_rm_addr_or_subflow) closes every subflow with remote ID 0, i.e. the new "
+    "one too: its RST is the last subflow's, so the proxy resets the connection"))
+def test_link_flap_with_no_other_subflow_keeps_the_connection():
+    net = started(26, subflows="backup", join=False)
+    # the c1 join never completes (its SYNs are lost), so c0's subflow is the only one
+    net.paths[1]["up"].drop_fn = lambda p: bool(p[(p[0] & 15) * 4 + 13] & SYN_FLAG)
+    net.local.write(blob(500_000, 75))
+    net.peer.write(blob(500_000, 76))
+    net.run(net.now + 0.3)
+    net.link_down(0)
+    net.run(net.now + 0.2)
+    net.link_up(0)  # the address is back: rejoin from c0
+    done = net.run(net.now + 30, net.transfer_done)
+    assert not net.local.reset, "the local stack was reset"
+    assert done
+    net.stream_ok()
+    assert net.proxy.counters["MPJoinEstab"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a subflow-level hole whose data the peer already has at the data level is never "
+    "filled: after handover --break the peer's ACKs on the broken subflow (carrying "
+    "DATA_ACKs) are dropped (PktDeadSubflow), the local stack retransmits data the peer "
+    "in fact got there, the proxy maps the copy onto the active subflow at new SSNs, the "
+    "copy is lost, and the DATA_ACK that arrives later makes the local stack never resend "
+    "it; every later byte on that subflow waits behind the hole in the peer's subflow "
+    "receive queue (SACKed, never DATA_ACKed): permanent stall"))
+def test_break_handover_with_loss_does_not_leave_an_unfillable_subflow_hole():
+    # found by a random schedule: manual joins, make-before-break to c1, make again,
+    # then handover --break back to c0, with loss and reordering on both paths
+    net = MpNet(3241, subflows="manual", local_kw=dict(sack=True, delack=False),
+                peer_kw=dict(map_segs=2, join_wscale=9), delay=0.03)
+    net.connect()
+    net.local.write(b"y" * 3000)
+    net.local.write(random.Random(3242).randbytes(376_244))
+    net.peer.write(random.Random(3243).randbytes(256_567))
+    net.set_path(0, loss=0.03, reorder=0.2, jitter=0.02)
+    net.set_path(1, loss=0.02, reorder=0.05, jitter=0.005, dup=0.01)
+    for t, action in ((0.5417597890467254, "up1"), (1.0896591173095769, "make1"),
+                      (1.2169339599908717, "make1"), (1.6352582487472493, "break0")):
+        net.run(t)
+        _apply(net, action)
+    assert net.run(net.now + 60, net.transfer_done), (
+        f"stalled: peer has {net.peer.dl_contig} of {len(net.local.app)} in order, "
+        f"{net.peer.got} at all")
+    net.stream_ok()
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -624,7 +868,7 @@ def test_random_schedules_keep_streams_identical(seed, sack, delack, mode, up, d
     # the SEND/RECV tables stay small during the run and are pruned once acknowledged
     assert worst.get("send_map", 0) <= 16 and worst.get("rcv_map", 0) <= 16, worst
     sizes = _table_sizes(net)
-    assert sizes["send_map"] <= 4 and sizes["rcv_map"] <= 4 and sizes["r_fwd"] <= 1, sizes
+    assert sizes["send_map"] <= 8 and sizes["rcv_map"] <= 8 and sizes["r_fwd"] <= 1, sizes
 
 
 # ===================================================== 7. memory bound, 50 MB
@@ -653,31 +897,33 @@ def test_fifty_megabytes_with_periodic_handovers_keep_tables_bounded():
     assert handovers >= 50
     assert max(worst.values()) <= 16, worst
     assert len(net.conn.subflows) == 2
-    net.assert_clean(allow=(ACK_NOT_ARRIVED,))
+    net.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a closed subflow is never removed: PathManager._dead keeps it in "
-    "conn.subflows and in proxy.conns for the life of the connection, so every link "
-    "flap (link_down/link_up with rejoin) adds one for good - memory and the per-packet "
-    "loops over conn.subflows grow without bound on a long-lived connection"))
 def test_link_flaps_do_not_accumulate_dead_subflows():
-    net = started(32, subflows="backup")
-    net.local.write(blob(2_000_000, 71))
-    net.peer.write(blob(2_000_000, 72))
-    for _ in range(20):
-        net.run(net.now + 0.15)
+    """Regression (fixed in 17063df, PathManager.prune): every link flap (link_down then
+    link_up with rejoin) closes one subflow and opens another; closed ones must be
+    forgotten after ``linger`` (from conn.subflows and proxy.conns), or a long-lived
+    connection's state and its per-packet loops over subflows grow without bound."""
+    from mptcp_proxy.core.proxy import ProxyConfig
+    net = started(32, subflows="backup", proxy_config=ProxyConfig(linger=2.0))
+    net.local.write(blob(3_000_000, 71))
+    net.peer.write(blob(3_000_000, 72))
+    most = 0
+    for _ in range(25):
+        net.run(net.now + 0.25)
         i = 0 if net.conn.active.iface == "c0" else 1
         net.link_down(i)
-        net.run(net.now + 0.1)
+        net.run(net.now + 0.15)
         net.link_up(i)
+        most = max(most, len(net.conn.subflows), len(net.proxy.conns))
     assert net.run(net.now + 60, net.transfer_done)
     net.stream_ok()
-    net.run(net.now + 30)  # well past any linger
     live = [sf for sf in net.conn.subflows if sf.state != SubflowState.CLOSED]
     assert len(live) == 2
-    assert len(net.conn.subflows) <= 4 and len(net.proxy.conns) <= 4, \
-        (len(net.conn.subflows), len(net.proxy.conns))
+    # at most the flaps of one linger period (2 s / 0.4 s) are remembered
+    assert most <= 2 + 6, most
+    net.assert_clean()
 
 
 # ================================================= close after handovers
