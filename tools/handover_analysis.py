@@ -13,6 +13,8 @@ Definitions (also in ``tools/handover --help``):
 - **recovery_s**: ``t - t_h`` for the earliest ``t`` in ``{t_h} ∪ {recv times ≥ t_h}`` such
   that the bytes delivered in ``[t, t + 0.25 s]`` reach 90 % of ``R × 0.25 s``; None if
   that never happens before the end of the trace.
+- **recovery_nominal_s**: the same with ``R`` replaced by 80 % of the emulated path rate
+  (robust when the rate before the handover was already low, e.g. without SACK).
 - **first_byte_after_s**: end of the longest gap that ends after ``t_h``, minus ``t_h``:
   when delivery resumed after the stall (a make-before-break with no stall gives a small
   value: the end of the largest ordinary inter-recv pause).
@@ -39,6 +41,7 @@ REF_WINDOW_S = 2.0     # reference rate: the 2 s before the handover
 RATE_WINDOW_S = 0.25   # recovery: a 250 ms window ...
 RATE_FRACTION = 0.9    # ... must carry 90 % of the reference rate
 GAP_WINDOW_S = 1.0     # max_gap_s looks at gaps ending at or after t_h - 1 s
+NOMINAL_FRACTION = 0.8  # recovery_nominal_s: 80 % of the emulated path rate
 
 M32 = (1 << 32) - 1
 
@@ -70,13 +73,31 @@ def _bytes_between(times: Sequence[float], cum: Sequence[int], lo: float, hi: fl
     return cum[j] - cum[i] if j > i else 0
 
 
+def _recovery(times: Sequence[float], cum: Sequence[int], t_h: float,
+              rate: float) -> float | None:
+    """``t - t_h`` for the first ``t`` in {t_h} ∪ {recv times >= t_h} from which the
+    bytes delivered in ``[t, t + RATE_WINDOW_S]`` reach ``rate × RATE_WINDOW_S``."""
+    if rate <= 0:
+        return None
+    need = rate * RATE_WINDOW_S
+    for c in [t_h] + list(times[bisect.bisect_left(times, t_h):]):
+        if _bytes_between(times, cum, c, c + RATE_WINDOW_S) >= need:
+            return round(c - t_h, 6)
+    return None
+
+
 def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: float,
-                  t_send_end: float | None = None) -> dict[str, Any]:
-    """Delivery metrics of a receiver trace around the handover instant ``t_h``."""
+                  t_send_end: float | None = None, t_recv_end: float | None = None,
+                  nominal_mbit: float | None = None) -> dict[str, Any]:
+    """Delivery metrics of a receiver trace around the handover instant ``t_h``.
+
+    ``t_recv_end``: when the receiver saw EOF or was stopped; the silence from the last
+    data to it counts as a gap (a transfer that never resumed has its stall measured)."""
     n = len(times)
     out: dict[str, Any] = {
         "recv_calls": n, "bytes": sum(sizes), "max_gap_s": None, "max_gap_from_s": None,
         "max_gap_overall_s": None, "max_gap_overall_from_s": None, "recovery_s": None,
+        "recovery_nominal_s": None,
         "first_byte_after_s": None, "rate_before_mbit": None, "rate_after_mbit": None,
         "goodput_mbit": None, "first_byte_s": None, "last_byte_s": None,
     }
@@ -93,14 +114,18 @@ def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: 
     best = (0.0, None)
     best_win = (0.0, None)
     best_after = (0.0, None, None)  # (gap, start, end) among gaps ending after t_h
-    for i in range(1, n):
-        g = times[i] - times[i - 1]
+    ends = list(times)
+    if t_recv_end is not None and t_recv_end > times[-1]:
+        ends.append(t_recv_end)  # trailing silence: no byte at its end
+    for i in range(1, len(ends)):
+        g = ends[i] - ends[i - 1]
+        data_end = i < n
         if g > best[0]:
-            best = (g, times[i - 1])
-        if times[i] >= t_h - GAP_WINDOW_S and g > best_win[0]:
-            best_win = (g, times[i - 1])
-        if times[i] > t_h and g > best_after[0]:
-            best_after = (g, times[i - 1], times[i])
+            best = (g, ends[i - 1])
+        if ends[i] >= t_h - GAP_WINDOW_S and g > best_win[0]:
+            best_win = (g, ends[i - 1])
+        if ends[i] > t_h and g > best_after[0]:
+            best_after = (g, ends[i - 1], ends[i] if data_end else None)
     out["max_gap_overall_s"] = round(best[0], 6)
     out["max_gap_overall_from_s"] = None if best[1] is None else round(best[1] - t0, 6)
     out["max_gap_s"] = round(best_win[0], 6)
@@ -110,13 +135,10 @@ def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: 
     # rates
     ref = _bytes_between(times, cum, t_h - REF_WINDOW_S, t_h, lo_closed=False) / REF_WINDOW_S
     out["rate_before_mbit"] = round(ref * 8 / 1e6, 3)
-    if ref > 0:
-        need = RATE_FRACTION * ref * RATE_WINDOW_S
-        cands = [t_h] + list(times[bisect.bisect_left(times, t_h):])
-        for c in cands:
-            if _bytes_between(times, cum, c, c + RATE_WINDOW_S) >= need:
-                out["recovery_s"] = round(c - t_h, 6)
-                break
+    out["recovery_s"] = _recovery(times, cum, t_h, RATE_FRACTION * ref)
+    if nominal_mbit:
+        out["recovery_nominal_s"] = _recovery(times, cum, t_h,
+                                              NOMINAL_FRACTION * nominal_mbit * 1e6 / 8)
     end = t_send_end if t_send_end is not None else times[-1]
     lo = max(t_h, end - REF_WINDOW_S)
     if end > lo:

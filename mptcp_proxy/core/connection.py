@@ -265,6 +265,7 @@ class Connection:
         if sf.ts_ok:
             self.ts_shown = sf.ts_recent  # the local stack's ts_recent from now on
         sf.state = SubflowState.ESTABLISHED
+        sf.est_once = True
         sf.last_rx = now
         self.local_sack = sf.sack_ok
         self.local_ts = sf.ts_ok
@@ -390,9 +391,14 @@ class Connection:
         r_ack = self.r_ack
         while fwd and fwd[0][1] <= r_ack:
             del fwd[0]
+        # data contiguous with the local stack's ACK is left to that ACK (following
+        # it keeps subflow ACKs from running ahead and turning the local stack's next
+        # ACKs into duplicates); only data held above a data-level hole counts here,
+        # so subflows that delivered it are not starved into timeouts (paper §5.5)
+        start = 1 if fwd and fwd[0][0] <= r_ack else 0
         if not r_sacks:
-            return [(max(lo, r_ack), hi) for lo, hi in fwd]
-        return merge_ranges([(max(lo, r_ack), hi) for lo, hi in fwd]
+            return [(lo, hi) for lo, hi in fwd[start:]]
+        return merge_ranges([(lo, hi) for lo, hi in fwd[start:]]
                             + [x for x in r_sacks if x[1] > r_ack])
 
     def _fwd_add(self, lo: int, hi: int) -> None:
@@ -689,8 +695,12 @@ class Connection:
         sst = sf.state
         if sst != SubflowState.ESTABLISHED and sst != SubflowState.CLOSING:
             if sst == SubflowState.CLOSED:
-                self.counters.inc("PktDeadSubflow")
-                return DROP
+                # a subflow we abandoned (break) may still deliver: its data and
+                # DATA_ACKs are real and spare the peer reinjections; never answer on it
+                if not sf.est_once or flags & (TCP_RST | TCP_SYN):
+                    self.counters.inc("PktDeadSubflow")
+                    return DROP
+                return self._in_established(pkt, sf, now)
             return self.proxy.pm.handle_join_packet(self, sf, pkt, now)
         if flags & TCP_SYN:
             if sf is self.sf0 and flags & TCP_ACK and pkt.seq == self.tcp_rcv_isn:
@@ -774,6 +784,7 @@ class Connection:
             signalling = self.proxy.handle_mptcp_options(self, sf, pkt, others, now)
         # -- subflow-level ACK of our data
         san_moved = False
+        san_old = sf.snd_una
         if flags & TCP_ACK:
             san = unwrap(pkt.ack, sf.snd_base, sf.snd_una)
             top = sf.snd_nxt + (1 if sf.fin_sent is not None else 0)
@@ -878,6 +889,7 @@ class Connection:
                 plen = avail
             if s + plen > sf.rcv_high:
                 sf.rcv_high = s + plen
+            sf.rcv_add(s, s + plen)
             if r + plen > self.r_high:
                 self.r_high = r + plen
             self._fwd_add(r, r + plen)
@@ -889,13 +901,15 @@ class Connection:
             local_fin = True
         else:
             tsn = self.tcp_rcv_base + max(self.r_ack, 0)
-        if flags & TCP_FIN:
+        if flags & TCP_FIN and sf.state != SubflowState.CLOSED:
             s_fin = s_pkt + plen
             if sf.peer_fin is None:
                 sf.peer_fin = s_fin
                 counters.inc("SubflowFinRx")
             if s_fin >= sf.rcv_high:
                 sf.rcv_high = s_fin
+            if sf.rcv_contig == s_fin:
+                sf.rcv_contig = s_fin  # (the FIN itself is acknowledged by project_ack)
             self.proxy.subflow_fin_received(self, sf, now)
         # -- ACK and SACK for the local stack
         d_adv = self.d_una > d_una_old
@@ -905,6 +919,9 @@ class Connection:
         win = pkt.win
         if sf.rcv_wscale != self.peer_wscale0:
             win = min(0xFFFF, (win << sf.rcv_wscale) >> self.peer_wscale0)
+        if peer_sacks and not san_moved and sf.snd_una < sf.snd_nxt:
+            # the peer holds data above a hole in this subflow (duplicate ACK with SACK)
+            self._fill_acked_hole(sf, now)
         if not plen and not local_fin:
             dup = (not san_moved and not d_adv and sf.snd_nxt > sf.snd_una
                    and not signalling and not (flags & TCP_FIN))
@@ -937,14 +954,64 @@ class Connection:
                                   int.from_bytes(b[ts_off + 6:ts_off + 10], "big")))
         if d_sacks:
             room = (40 - (12 if parts else 0) - 4) // 8
-            blocks = d_sacks[-room:]
+            if peer_sacks:
+                lft, rgt = peer_sacks[0]
+                newest = (unwrap(lft, sf.snd_base, sf.snd_una),
+                          unwrap(rgt, sf.snd_base, sf.snd_una))
+            else:
+                newest = (san_old, sf.snd_una) if san_moved else None
+            blocks = self._order_sacks(sf, d_sacks, newest, room)
             parts.append(build_sack([((self.tcp_snd_base + lo) & MASK32,
                                       (self.tcp_snd_base + hi) & MASK32)
-                                     for lo, hi in reversed(blocks)]))
+                                     for lo, hi in blocks]))
         pkt.set_options(b"".join(parts))
         if self.snd_data_fin is not None and self.rcv_data_fin is not None:
             self._check_close(now)
         return pkt.finish()
+
+    def _order_sacks(self, sf: Subflow, d_sacks: list, newest, room: int) -> list:
+        """At most ``room`` SACK blocks for the local stack: the one holding the most
+        recently received data first (RFC 2018 §4), then the lowest ones — the holes
+        closest to the cumulative ACK are the ones its recovery must see. ``newest``
+        is a relative subflow range ``(lo, hi)`` or None."""
+        first = None
+        if newest is not None and newest[1] > newest[0]:
+            proj = sf.send_map.project([newest])
+            if proj:
+                p0 = proj[-1][0]
+                for blk in d_sacks:
+                    if blk[0] <= p0 < blk[1]:
+                        first = blk
+                        break
+        out = [first] if first is not None else []
+        out += [blk for blk in d_sacks if blk is not first]
+        return out[:room]
+
+    def _fill_acked_hole(self, sf: Subflow, now: float) -> None:
+        """A hole in our subflow sequence that the local stack will never fill: its
+        data reached the peer by another copy (the DATA_ACK covers it), so the local
+        stack does not retransmit it, yet the peer's subflow waits for those bytes.
+        Fill it with zeros under the original mapping: the peer's subflow moves on and
+        its MPTCP level drops the bytes as old data (DSN below its ack_seq)."""
+        e = sf.send_map.lookup(sf.snd_una)
+        if e is None or not sf.can_send:
+            return
+        d = e[1] + (sf.snd_una - e[0])
+        if d >= self.d_una or now - sf.fill_time < max(0.02, self.srtt):
+            return
+        sf.fill_time = now
+        n = min(e[0] + e[2] - sf.snd_una, self.d_una - d, 8 * 1200)
+        s = sf.snd_una
+        while n > 0:
+            k = min(n, 1200)
+            payload = bytes(k)
+            opts, san = self._out_options(sf, d, s, k, False, None, None, b"", payload, now)
+            sf.rcv_acked = san
+            self.proxy.send(self._segment(sf, sf.snd_wire(s), TCP_ACK, opts, payload))
+            self.counters.inc("HoleFill")
+            s += k
+            d += k
+            n -= k
 
     def _rcv_window(self) -> int:
         """Bytes of sequence space a peer segment may lie away from what this

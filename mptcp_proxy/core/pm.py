@@ -161,6 +161,10 @@ class PathManager:
                      else iface.addr_id)
         sf.iface = iface.name
         sf.remote_id = remote_id
+        if conn.pending_signals:
+            # the address is back: a queued REMOVE_ADDR for its ID would kill this join
+            rm = push_option(RemoveAddr((sf.addr_id,)))
+            conn.pending_signals = [p for p in conn.pending_signals if p[0] != rm]
         sf.backup = backup
         sf.nonce = self._rand32()
         sf.snd_wscale = max(conn.local_wscale, 0)
@@ -224,6 +228,7 @@ class PathManager:
             return DROP
         if flags & TCP_ACK and pkt.ack == sf.snd_wire(0):
             sf.state = SubflowState.ESTABLISHED
+            sf.est_once = True
             sf.timer = None
             sf.last_rx = now
             self.counters.inc("MPJoinEstab")
@@ -314,7 +319,8 @@ class PathManager:
             keep.append(sf)
         conn.subflows = keep
 
-    def _dead(self, conn: Connection, sf: Subflow, now: float, why: str) -> None:
+    def _dead(self, conn: Connection, sf: Subflow, now: float, why: str,
+              exclude: str | None = None) -> None:
         if sf.state == SubflowState.CLOSED:
             return
         sf.state = SubflowState.CLOSED
@@ -324,7 +330,7 @@ class PathManager:
             self.release_port(sf.laddr, sf.lport)
         self.proxy.emit_event("subflow_closed", conn, subflow=sf.index, reason=why)
         if conn.active is sf:
-            self._failover(conn, now)
+            self._failover(conn, now, exclude)
 
     # ------------------------------------------------------------ timers
     def subflow_timer(self, conn: Connection, sf: Subflow, now: float) -> None:
@@ -386,14 +392,14 @@ class PathManager:
                                                        SubflowState.SYN_SENT):
                 target = sf
                 break
-        if break_:
-            old = conn.active
-            if old.iface != iface.name:
-                self.break_subflow(conn, old, now, reason="handover --break")
         if target is None:
             target = self.add_subflow(conn, iface, backup=False, now=now)
             if target is None:
                 return None
+        if break_:
+            old = conn.active
+            if old.iface != iface.name:
+                self.break_subflow(conn, old, now, reason="handover --break")
         if target.alive:
             self._switch(conn, target, now, signal=True)
         else:
@@ -407,22 +413,28 @@ class PathManager:
         if sf.state == SubflowState.CLOSED:
             return
         addr_id = sf.addr_id
-        self._dead(conn, sf, now, reason)
+        self._dead(conn, sf, now, reason, exclude=sf.iface)
         self.counters.inc("SubflowBroken")
         still = [s for s in conn.subflows if s.state != SubflowState.CLOSED
                  and s.addr_id == addr_id]
         if not still:
             self.queue_signal(conn, push_option(RemoveAddr((addr_id,))), now, "RmAddrTx")
 
-    def _failover(self, conn: Connection, now: float) -> None:
+    def _failover(self, conn: Connection, now: float, exclude: str | None = None) -> None:
+        """The active subflow is gone: switch to the best usable one, else make sure a
+        join is under way (not on ``exclude``, the interface just abandoned)."""
         live = self.usable(conn)
         if live:
             # prefer a subflow the peer does not treat as backup
             live.sort(key=lambda s: (s.peer_backup, s.backup, s.index))
             self._switch(conn, live[0], now, signal=True)
             return
-        # nothing usable: open a subflow on any other interface that is up
+        if any(s.state in (SubflowState.SYN_SENT, SubflowState.PRE_ESTABLISHED)
+               for s in conn.subflows):
+            return  # a join is coming: _after_join switches to it
         for iface in self.ifaces.values():
+            if iface.name == exclude:
+                continue
             if iface.up and not any(s.iface == iface.name and s.state != SubflowState.CLOSED
                                     for s in conn.subflows):
                 sf = self.add_subflow(conn, iface, backup=False, now=now)
@@ -456,7 +468,7 @@ class PathManager:
         """Send a connection-level signal (REMOVE_ADDR, ADD_ADDR) on a usable subflow,
         or keep it until one exists; it is sent twice, an RTO apart, since it is not
         acknowledged (RFC 8684 §3.4.2)."""
-        conn.pending_signals.append([option, counter, 1])
+        conn.pending_signals.append([option, counter, 2])
         self.flush_signals(conn, now)
 
     def flush_signals(self, conn: Connection, now: float) -> None:

@@ -52,6 +52,7 @@ class Subflow:
         "rcv_wscale", "mss", "backup", "peer_backup", "peer_fin", "fin_sent",
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "dup_acks", "last_dsack", "closed_at",
+        "rcv_contig", "rcv_ooo", "est_once", "fill_time",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -100,6 +101,10 @@ class Subflow:
         self.dup_acks = 0
         self.last_dsack = None
         self.closed_at: float | None = None
+        self.rcv_contig = 0  # peer's subflow bytes received without a gap, from 0
+        self.rcv_ooo: list[list[int]] = []  # received ranges above a gap (merged)
+        self.est_once = False  # the handshake completed once
+        self.fill_time = -1.0
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32
@@ -145,6 +150,29 @@ class Subflow:
         return None
 
     # -- RECV side / ACK projection towards the peer -------------------------
+    def rcv_add(self, lo: int, hi: int) -> None:
+        """Record that the peer's subflow bytes ``[lo, hi)`` arrived."""
+        if lo <= self.rcv_contig:
+            if hi > self.rcv_contig:
+                self.rcv_contig = hi
+                ooo = self.rcv_ooo
+                while ooo and ooo[0][0] <= self.rcv_contig:
+                    if ooo[0][1] > self.rcv_contig:
+                        self.rcv_contig = ooo[0][1]
+                    del ooo[0]
+            return
+        ooo = self.rcv_ooo
+        for r in ooo:
+            if r[0] <= hi and lo <= r[1]:
+                r[0] = min(r[0], lo)
+                r[1] = max(r[1], hi)
+                break
+        else:
+            ooo.append([lo, hi])
+        if len(ooo) > 1:
+            merged = merge_ranges([tuple(r) for r in ooo])
+            self.rcv_ooo = [list(r) for r in merged[:64]]
+
     def project_ack(self, r_ack: int, held: list[Range]) -> tuple[int, list[Range]]:
         """Subflow ACK and SACK blocks (relative ``s``) for the peer's data on this
         subflow (paper §3.4–3.5, TCP → MPTCP direction).
@@ -180,8 +208,8 @@ class Subflow:
             s += adv
             if s < sa + n:
                 break
-        if s > self.rcv_high:
-            s = self.rcv_high
+        if s > self.rcv_contig:
+            s = self.rcv_contig  # never acknowledge subflow bytes that did not arrive
         if self.peer_fin is not None and s >= self.peer_fin:
             s = self.peer_fin + 1
         sacks: list[Range] = []
@@ -197,5 +225,8 @@ class Subflow:
                         sh = min(sa + (b - ra), self.rcv_high)
                         if sh > s:
                             sacks.append((max(sl, s), sh))
-            sacks = [x for x in merge_ranges(sacks) if x[1] > x[0]]
+            got = [(0, self.rcv_contig)] + [tuple(r) for r in self.rcv_ooo]
+            sacks = [(max(lo, g0), min(hi, g1)) for lo, hi in merge_ranges(sacks)
+                     for g0, g1 in got if lo < g1 and g0 < hi]
+            sacks = [x for x in sacks if x[1] > x[0]]
         return s, sacks

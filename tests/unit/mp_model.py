@@ -239,6 +239,7 @@ class TcpSender:
         self.fast_recoveries = 0
         self.rexmit_segs = 0
         self.consecutive_rtos = 0
+        self.reneged = 0
 
     # -- accounting
     @property
@@ -403,7 +404,7 @@ class TcpSender:
             # Linux tcp_timeout_mark_lost: a SACKed head means the receiver reneged;
             # forget the SACK scoreboard and retransmit everything
             self.sacked = RangeSet()
-            self.reneged = getattr(self, "reneged", 0) + 1
+            self.reneged += 1
         self.ssthresh = max(self.pipe() // 2, 2 * self.mss)
         self.cwnd = self.mss
         self.state = "loss"
@@ -1163,7 +1164,7 @@ class MpPeer:
         sub.ts_ok = s.ts is not None
         if sub.ts_ok:
             sub.ts_recent = s.ts[0]
-        sub.rcv_ws = s.wscale or 0 if s.wscale is not None else 0
+        sub.rcv_ws = s.wscale or 0
         mss = min(self.mss, s.mss or 536)
         # room for TS and the largest DSS Linux sends (DATA_ACK64 + mapping64: 28 with NOPs)
         sub.mss = mss - (12 if sub.ts_ok else 0) - 28
@@ -1607,8 +1608,6 @@ class MpPeer:
                 sub.map = None
                 if m["fin"]:
                     self._set_rcv_dfin(m["dsn"] + m["len"], s)
-        if mapping is not None and not s.payload and mapping[3]:
-            pass
         if s.fin:
             sub.rcv_nxt += 1
             sub.fin_rcvd = True
@@ -1617,6 +1616,8 @@ class MpPeer:
 
     def _arrived(self, dsn: int, data: bytes, s) -> None:
         n = len(data)
+        if dsn >= 0 and dsn + n <= self.dl_contig:
+            return  # old data: Linux drops it unread (DuplicateData); e.g. a hole fill
         L = len(self.expect)
         if dsn < 0 or dsn + n > L:
             self.violate(f"data [{dsn},{dsn + n}) beyond what the local app wrote ({L})", s)
@@ -1628,8 +1629,8 @@ class MpPeer:
 
     def _deliver(self, dsn: int, data: bytes, s) -> None:
         n = len(data)
-        if not n:
-            return
+        if not n or (dsn >= 0 and dsn + n <= self.dl_contig):
+            return  # nothing, or old data Linux drops unread
         L = len(self.expect)
         if dsn < 0 or dsn + n > L or self.expect[dsn:dsn + n] != data:
             self.violate(f"wrong or unexpected bytes at data offset {dsn}..{dsn + n}", s)

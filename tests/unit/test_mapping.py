@@ -354,6 +354,7 @@ def recv_scenarios(draw):
             model[s + i] = r + i
         s += n
     sf.rcv_high = draw(st.integers(0, s + 3))  # a mapping may run ahead of the data
+    sf.rcv_contig = sf.rcv_high  # everything below arrived
     sf.peer_fin = draw(st.sampled_from([None, sf.rcv_high]))
     if sf.peer_fin is not None and draw(st.booleans()):
         sf.rcv_acked = sf.peer_fin + 1  # the FIN was already acknowledged
@@ -389,6 +390,7 @@ class TestProjectAck:
         sf.rcv_map.add(10, 30, 10)
         sf.rcv_map.add(20, 10, 10)
         sf.rcv_high = 30
+        sf.rcv_contig = sf.rcv_high  # everything below arrived
         sf.sack_ok = True
         return sf
 
@@ -410,6 +412,7 @@ class TestProjectAck:
         assert sf.project_ack(0, []) == (15, [])
         sf.rcv_acked = 0
         sf.rcv_high = 25
+        sf.rcv_contig = sf.rcv_high  # everything below arrived
         assert sf.project_ack(40, []) == (25, [])
 
     def test_peer_fin(self):
@@ -449,6 +452,7 @@ class TestUnwrap:
         sf = new_subflow()
         sf.set_rcv_isn(isn)
         sf.rcv_high = high
+        sf.rcv_contig = sf.rcv_high  # everything below arrived
         s = high + delta
         assert sf.rcv_wire(s) == (isn + 1 + s) & MASK32
         assert sf.rcv_rel(sf.rcv_wire(s)) == s

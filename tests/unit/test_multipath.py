@@ -11,10 +11,8 @@ has; subflow ACK/SACK only for subflow bytes that reached the proxy and whose
 data the local stack holds; DATA_ACK only for data the local stack has; no data
 on a join before the fourth ACK reached the proxy).
 
-Known defects are pinned by ``xfail(strict=True)`` tests that assert the right
-behaviour (section "known defects"); only the random-schedule property test sets
-one violation kind aside (``allow=(ACK_NOT_ARRIVED,)``), the deterministic tests
-check everything.
+Defects this suite found are kept as regression tests (section "regressions");
+every test checks every invariant.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ from mptcp_proxy.core.subflow import SubflowState
 M64 = (1 << 64) - 1
 SYN_FLAG = 0x02
 
-# Known defects (see the xfail tests below); other tests set them aside by kind.
-ACK_NOT_ARRIVED = "ack_not_arrived"  # test_subflow_ack_never_covers_bytes_lost_on_that_subflow
 
 
 def blob(n: int, seed: int) -> bytes:
@@ -618,13 +614,7 @@ def test_first_segment_from_a_join_has_a_paws_consistent_tsval():
     net.assert_clean()
 
 
-# ====================================================== known defects (xfail)
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PathManager.handover(break_=True) with no subflow on the target yet calls "
-    "break_subflow first, whose _failover finds nothing usable and opens a join on the "
-    "first interface that is up, i.e. the one being abandoned (c0, address ID 0 again); "
-    "that join then counts as 'still using address 0', so REMOVE_ADDR(0) is never sent "
-    "and the peer keeps the broken subflow (no reinjection), plus a useless second join"))
+# ========================================== regressions (found as defects, fixed)
 def test_break_handover_on_command_joins_only_the_target_and_removes_the_old_address():
     net = started(25, subflows="manual", delay=0.03)
     net.local.write(blob(600_000, 68))
@@ -640,12 +630,6 @@ def test_break_handover_on_command_joins_only_the_target_and_removes_the_old_add
     assert net.peer.subs[0].state == "CLOSED"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Connection._in_established keeps the highest-sequence SACK blocks when they do "
-    "not all fit (d_sacks[-room:]) instead of the newest one first (RFC 2018 §4); after "
-    "break before make the peer's newest SACK (the local stack's head retransmission, "
-    "parked on the new subflow behind a lost segment) is the lowest block and is dropped, "
-    "so the local stack never sees its retransmission arrive and loops on RTOs (stall)"))
 def test_newest_sack_block_is_shown_first_after_break_before_make():
     # found by test_random_schedules_keep_streams_identical (seed 1680)
     seed = 1680
@@ -666,12 +650,6 @@ def test_newest_sack_block_is_shown_first_after_break_before_make():
     net.stream_ok()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: REMOVE_ADDR(0) queued by break_subflow while no subflow is usable is flushed "
-    "by _after_join after the rejoin from the same address, which reuses address ID 0 "
-    "(add_subflow: laddr == sf0.laddr -> ID 0); the peer (Linux "
-    "mptcp_pm_rm_addr_or_subflow) closes every subflow with remote ID 0, i.e. the new "
-    "one too: its RST is the last subflow's, so the proxy resets the connection"))
 def test_link_flap_with_no_other_subflow_keeps_the_connection():
     net = started(26, subflows="backup", join=False)
     # the c1 join never completes (its SYNs are lost), so c0's subflow is the only one
@@ -689,14 +667,6 @@ def test_link_flap_with_no_other_subflow_keeps_the_connection():
     assert net.proxy.counters["MPJoinEstab"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a subflow-level hole whose data the peer already has at the data level is never "
-    "filled: after handover --break the peer's ACKs on the broken subflow (carrying "
-    "DATA_ACKs) are dropped (PktDeadSubflow), the local stack retransmits data the peer "
-    "in fact got there, the proxy maps the copy onto the active subflow at new SSNs, the "
-    "copy is lost, and the DATA_ACK that arrives later makes the local stack never resend "
-    "it; every later byte on that subflow waits behind the hole in the peer's subflow "
-    "receive queue (SACKed, never DATA_ACKed): permanent stall"))
 def test_break_handover_with_loss_does_not_leave_an_unfillable_subflow_hole():
     # found by a random schedule: manual joins, make-before-break to c1, make again,
     # then handover --break back to c0, with loss and reordering on both paths
@@ -718,10 +688,6 @@ def test_break_handover_with_loss_does_not_leave_an_unfillable_subflow_hole():
     net.stream_ok()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: PathManager.queue_signal sends REMOVE_ADDR once ([option, counter, 1]) although "
-    "its docstring says twice an RTO apart (it is never acknowledged, RFC 8684 §3.4.2): "
-    "when that one ACK is lost the peer never learns the address is gone"))
 def test_remove_addr_survives_the_loss_of_one_copy():
     net = started(22, subflows="manual", delay=0.03)
     net.local.write(blob(500_000, 62))
@@ -743,11 +709,6 @@ def test_remove_addr_survives_the_loss_of_one_copy():
     assert any(ids == (0,) for _, ids in net.peer.rm_addr_rx)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Subflow.project_ack advances the subflow ACK over subflow bytes that never "
-    "arrived on that subflow when the local stack already holds their data from "
-    "another copy (an MPTCP-level reinjection); it only caps at rcv_high, so the ACK "
-    "jumps the hole (a TCP-level lie on the subflow)"))
 def test_subflow_ack_never_covers_bytes_lost_on_that_subflow():
     """The peer maps two segments per DSS mapping (as GSO/TSO does). Its MPTCP-level
     retransmission timer fires while data is in flight (a late DATA_ACK) and reinjects
@@ -783,12 +744,6 @@ def test_subflow_ack_never_covers_bytes_lost_on_that_subflow():
     net.assert_clean()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the subflow ACK runs ahead of the local stack's ACK (Connection._held counts "
-    "data merely forwarded to the local stack), so the local stack's next ACKs become "
-    "pure duplicate subflow ACKs although nothing is missing (paper §3.4 says dup ACKs "
-    "only where there is a hole); a Reno (non-SACK) peer takes them for loss and "
-    "fast-retransmits spuriously"))
 @pytest.mark.parametrize("sack", [True, False])
 def test_no_duplicate_subflow_acks_without_a_hole_on_burst_arrivals(sack):
     """A lossless path that delivers bursts (Wi-Fi A-MPDU aggregation, or the proxy
@@ -864,7 +819,7 @@ def test_random_schedules_keep_streams_identical(seed, sack, delack, mode, up, d
     assert done, (f"stalled: local got {net.local.rcv_nxt}/{len(net.peer.app)}, peer got "
                   f"{net.peer.dl_contig}/{len(net.local.app)}; {net.problems()[:3]}")
     net.stream_ok()
-    net.assert_clean(allow=(ACK_NOT_ARRIVED,))
+    net.assert_clean()
     # the SEND/RECV tables stay small during the run and are pruned once acknowledged
     assert worst.get("send_map", 0) <= 16 and worst.get("rcv_map", 0) <= 16, worst
     sizes = _table_sizes(net)
