@@ -146,6 +146,21 @@ class RpFilter:
         self.saved.clear()
 
 
+# Events worth a line at INFO; the per-connection routine ones (established,
+# data_fin_*, closed...) are DEBUG: at a thousand connections a second, logging
+# each of them was a tenth of the daemon's CPU.
+INFO_EVENTS = {"handover", "subflow_established", "subflow_closed", "peer_add_addr",
+               "peer_prio", "fallback"}
+
+
+def log_event(ev) -> None:
+    name, conn, info = ev
+    level = logging.INFO if name in INFO_EVENTS else logging.DEBUG
+    if log.isEnabledFor(level):
+        extra = " ".join(f"{k}={v}" for k, v in info.items())
+        log.log(level, "conn %d %s %s", conn.id, name, extra)
+
+
 async def run(args, ifaces: dict[str, dict]) -> int:
     from .control import ControlServer
     from .core.pm import LocalIface, PathManager, PmConfig
@@ -168,7 +183,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     injector = Injector(args.mark, local_addrs)
     driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
                            accept_all=args.accept_all)
-    driver.on_event = lambda ev: log.info("conn %d %s", ev[1].id, ev[0])
+    driver.on_event = log_event
     try:
         driver.bind()
     except QueueBusyError as e:

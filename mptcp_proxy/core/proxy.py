@@ -67,6 +67,7 @@ class Proxy:
         self.counters = Counters()
         self.conns: dict[tuple, tuple[Connection, Subflow]] = {}
         self.connections: dict[int, Connection] = {}
+        self.tokens: dict[int, Connection] = {}  # our local tokens (RFC 8684 §3.2)
         self.now = 0.0
         self._tx: list[bytearray] = []
         self._timers: list[tuple[float, int, Connection]] = []
@@ -128,6 +129,8 @@ class Proxy:
             if cur is not None and cur[0] is conn:
                 del self.conns[sf.key]
         self.connections.pop(conn.id, None)
+        if self.tokens.get(conn.local_token) is conn:
+            del self.tokens[conn.local_token]
         conn.timer = None
         self.counters.inc("ConnClosed")
 
@@ -181,8 +184,9 @@ class Proxy:
         key = int.from_bytes(self.random_bytes(8), "big")
         conn = Connection(self, pkt, now, key)
         # RFC 8684 §3.1: the token must be unique among our connections
-        while any(c.local_token == conn.local_token for c in self.connections.values()):
+        while conn.local_token in self.tokens:
             conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
+        self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
         self.register_subflow(conn, conn.sf0)
         conn._set_timer(now + self.config.syn_timeout)

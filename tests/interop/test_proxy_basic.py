@@ -336,7 +336,7 @@ def _close_run(topo: Topology, srv: ServerHandle, n: int, case: str, proxied: bo
 def test_close_semantics_match_native(topo: Topology, run_proxy, case: str) -> None:
     srv = start_server(topo, 5001, mptcp=True)
     native = _close_run(topo, srv, 1, case, proxied=False)
-    px = run_proxy(topo, extra=MANUAL)
+    px = run_proxy(topo, extra=MANUAL + ["--log-level", "debug"])  # data_fin events
     p0 = px.stats()
     got = _close_run(topo, srv, 2, case, proxied=True)
     pd = _proxy_delta(p0, px)

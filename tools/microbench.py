@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Cost of the sans-I/O core per packet, without the kernel: µs per call of
+``Proxy.outbound``/``Proxy.inbound`` on a recorded, realistic packet sequence.
+
+It records one established single-subflow connection of the unit-test model
+(tests/unit/peer_model.py: a Linux-like MPTCP peer and a local TCP stack) doing an
+upload and a download of MSS-sized segments, then replays the exact same input
+sequence into a fresh proxy (same seed, so keys and ISNs match) and times it.
+The figures are the core's own per-packet cost, the part of the ~20 µs above the
+NFQUEUE floor that Python code decides (tools/bench measures the whole path).
+
+    .venv/bin/python tools/microbench.py [--bytes N] [--reps R] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "unit"))
+
+
+def record(nbytes: int):
+    from peer_model import ProxyPair
+    pair = ProxyPair(seed=7)
+    pair.handshake()
+    pair.transfer(b"x" * 2000, b"y" * 2000)  # fully established, both ways
+    log = []
+    real_out, real_in = pair.proxy.outbound, pair.proxy.inbound
+
+    def out(buf, now):
+        log.append(("out", bytes(buf), now))
+        return real_out(buf, now)
+
+    def inb(buf, now):
+        log.append(("in", bytes(buf), now))
+        return real_in(buf, now)
+
+    pair.proxy.outbound, pair.proxy.inbound = out, inb
+    data = bytes(range(256)) * (nbytes // 256 + 1)
+    pair.transfer(data[:nbytes], b"")
+    up = list(log)
+    log.clear()
+    # like Linux with GSO/TSO: one mapping per 64 KB, copied on every segment
+    pair.transfer(b"", data[:nbytes], segs_per_map=45, map_mode="every")
+    down = list(log)
+    return up, down
+
+
+def fresh():
+    from peer_model import ProxyPair
+    pair = ProxyPair(seed=7)
+    pair.handshake()
+    pair.transfer(b"x" * 2000, b"y" * 2000)
+    return pair
+
+
+def replay(seq, pair) -> dict[str, tuple[int, float]]:
+    """Feed ``seq`` to the pair's proxy; return per kind (count, seconds)."""
+    proxy = pair.proxy
+    out, inb = proxy.outbound, proxy.inbound
+    stats: dict[str, list] = {}
+    clock = time.perf_counter
+    for direction, buf, now in seq:
+        b = bytearray(buf)
+        kind = f"{direction}-{'data' if len(buf) > 200 else 'ack'}"
+        t0 = clock()
+        if direction == "out":
+            out(b, now)
+        else:
+            inb(b, now)
+        dt = clock() - t0
+        st = stats.setdefault(kind, [0, 0.0])
+        st[0] += 1
+        st[1] += dt
+        proxy.packets_to_send()
+    return {k: (v[0], v[1]) for k, v in stats.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bytes", type=int, default=2_000_000)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="cProfile one replay")
+    args = ap.parse_args(argv)
+    up, down = record(args.bytes)
+    if args.profile:
+        import cProfile
+        import pstats
+        pair = fresh()
+        pr = cProfile.Profile()
+        pr.enable()
+        replay(up + down, pair)
+        pr.disable()
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return 0
+    results: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for _ in range(args.reps):
+        for name, seq in (("upload", up), ("download", down)):
+            r = replay(seq, fresh())
+            for kind, (n, sec) in r.items():
+                results.setdefault(f"{name}/{kind}", []).append(sec / n * 1e6)
+                counts[f"{name}/{kind}"] = n
+    print(f"{'phase/packet kind':28} {'packets':>8} {'median µs':>10} {'min µs':>8}")
+    for k in sorted(results):
+        v = results[k]
+        print(f"{k:28} {counts[k]:8d} {statistics.median(v):10.2f} {min(v):8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
