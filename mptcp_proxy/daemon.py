@@ -157,8 +157,8 @@ def log_event(ev) -> None:
     name, conn, info = ev
     level = logging.INFO if name in INFO_EVENTS else logging.DEBUG
     if log.isEnabledFor(level):
-        extra = " ".join(f"{k}={v}" for k, v in info.items())
-        log.log(level, "conn %d %s %s", conn.id, name, extra)
+        extra = "".join(f" {k}={v}" for k, v in info.items())
+        log.log(level, "conn %d %s%s", conn.id, name, extra)
 
 
 async def run(args, ifaces: dict[str, dict]) -> int:
