@@ -9,6 +9,8 @@ Definitions (also in ``tools/handover --help``):
 - **gap**: the time between two consecutive ``recv()`` calls of the receiving application
   that returned data. ``max_gap_s`` is the longest gap that ends at or after ``t_h - 1``
   (``t_h`` = handover instant); ``max_gap_overall_s`` the longest of the whole transfer.
+- **max_gap_near_s**: the longest gap overlapping ``[t_h - 1 s, t_h + 3 s]`` (what the
+  handover itself caused, without later congestion events or bbr's PROBE_RTT).
 - **reference rate** ``R``: bytes delivered in ``(t_h - 2 s, t_h]`` divided by 2 s.
 - **recovery_s**: ``t - t_h`` for the earliest ``t`` in ``{t_h} ∪ {recv times ≥ t_h}`` such
   that the bytes delivered in ``[t, t + 0.25 s]`` reach 90 % of ``R × 0.25 s``; None if
@@ -41,6 +43,7 @@ REF_WINDOW_S = 2.0     # reference rate: the 2 s before the handover
 RATE_WINDOW_S = 0.25   # recovery: a 250 ms window ...
 RATE_FRACTION = 0.9    # ... must carry 90 % of the reference rate
 GAP_WINDOW_S = 1.0     # max_gap_s looks at gaps ending at or after t_h - 1 s
+NEAR_AFTER_S = 3.0     # max_gap_near_s: gaps ending within [t_h - 1 s, t_h + 3 s]
 NOMINAL_FRACTION = 0.8  # recovery_nominal_s: 80 % of the emulated path rate
 
 M32 = (1 << 32) - 1
@@ -97,7 +100,7 @@ def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: 
     out: dict[str, Any] = {
         "recv_calls": n, "bytes": sum(sizes), "max_gap_s": None, "max_gap_from_s": None,
         "max_gap_overall_s": None, "max_gap_overall_from_s": None, "recovery_s": None,
-        "recovery_nominal_s": None,
+        "recovery_nominal_s": None, "max_gap_near_s": None, "max_gap_near_from_s": None,
         "first_byte_after_s": None, "rate_before_mbit": None, "rate_after_mbit": None,
         "goodput_mbit": None, "first_byte_s": None, "last_byte_s": None,
     }
@@ -113,6 +116,7 @@ def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: 
     # gaps
     best = (0.0, None)
     best_win = (0.0, None)
+    best_near = (0.0, None)
     best_after = (0.0, None, None)  # (gap, start, end) among gaps ending after t_h
     ends = list(times)
     if t_recv_end is not None and t_recv_end > times[-1]:
@@ -124,12 +128,17 @@ def trace_metrics(times: Sequence[float], sizes: Sequence[int], t0: float, t_h: 
             best = (g, ends[i - 1])
         if ends[i] >= t_h - GAP_WINDOW_S and g > best_win[0]:
             best_win = (g, ends[i - 1])
+        if t_h - GAP_WINDOW_S <= ends[i] and ends[i - 1] <= t_h + NEAR_AFTER_S \
+                and g > best_near[0]:
+            best_near = (g, ends[i - 1])
         if ends[i] > t_h and g > best_after[0]:
             best_after = (g, ends[i - 1], ends[i] if data_end else None)
     out["max_gap_overall_s"] = round(best[0], 6)
     out["max_gap_overall_from_s"] = None if best[1] is None else round(best[1] - t0, 6)
     out["max_gap_s"] = round(best_win[0], 6)
     out["max_gap_from_s"] = None if best_win[1] is None else round(best_win[1] - t0, 6)
+    out["max_gap_near_s"] = round(best_near[0], 6)
+    out["max_gap_near_from_s"] = None if best_near[1] is None else round(best_near[1] - t0, 6)
     if best_after[2] is not None:
         out["first_byte_after_s"] = round(max(0.0, best_after[2] - t_h), 6)
     # rates
@@ -374,7 +383,7 @@ _COLORS = {"c0": ("tab:blue", "tab:cyan"), "c1": ("tab:orange", "tab:red")}
 
 def plot(path: str, title: str, cap: Capture | None, times: Sequence[float],
          sizes: Sequence[int], t0: float, t_h: float, recovery_s: float | None,
-         data_iface_note: str = "") -> None:
+         data_iface_note: str = "", t_recv_end: float | None = None) -> None:
     """DSN/DAN against time (paper Fig. 8-9): a zoom around the handover and the full run."""
     import matplotlib
     matplotlib.use("Agg")
@@ -389,6 +398,9 @@ def plot(path: str, title: str, cap: Capture | None, times: Sequence[float],
         acc += n
         cum.append(acc / 1e6)
     rel_t = [t - t0 for t in times]
+    if t_recv_end is not None and times and t_recv_end > times[-1]:
+        rel_t.append(t_recv_end - t0)  # show the silence until EOF or the stop
+        cum.append(cum[-1])
     for ax, (lo, hi), full in ((axes[0], zoom, False), (axes[1], (None, None), True)):
         ymin, ymax = float("inf"), float("-inf")
 

@@ -914,7 +914,7 @@ class Connection:
         # -- ACK and SACK for the local stack
         d_adv = self.d_una > d_una_old
         d_sacks = None
-        if self.local_sack and (peer_sacks or sf.snd_una > 0):
+        if self.local_sack and (peer_sacks or (san_moved and self._subflow_ahead(sf))):
             d_sacks = self._project_peer_sacks(sf, peer_sacks)
         win = pkt.win
         if sf.rcv_wscale != self.peer_wscale0:
@@ -932,9 +932,21 @@ class Connection:
                 return DROP
         self.win_shown = win
         self.sacks_shown = d_sacks
+        tsv = self._ts_to_local(sf, tsval) if ts_off >= 0 and self.local_ts else tsval
+        tan = (self.tcp_snd_base + self.d_una) & MASK32
+        if (sf is self.sf0 and tsn & MASK32 == pkt.seq and tan == pkt.ack and tsv == tsval
+                and win == pkt.win and not peer_sacks and not d_sacks and not local_fin
+                and not others
+                and not flags & TCP_FIN and (ts_off >= 0) == self.local_ts):
+            # nothing changes for the local stack (the initial subflow still maps one to
+            # one): pass the segment as it came; its DSS option is ignored by a plain TCP
+            # socket, and an untouched packet keeps its checksum offload state
+            if self.snd_data_fin is not None and self.rcv_data_fin is not None:
+                self._check_close(now)
+            return ACCEPT
         # -- rewrite for the local stack
         pkt.set_seq(tsn)
-        pkt.set_ack((self.tcp_snd_base + self.d_una) & MASK32)
+        pkt.set_ack(tan)
         if win != pkt.win:
             pkt.set_win(win)
         newflags = flags & ~TCP_FIN
@@ -950,8 +962,7 @@ class Connection:
             pkt.set_dport(lp)
         parts = []
         if ts_off >= 0 and self.local_ts:
-            parts.append(build_ts(self._ts_to_local(sf, tsval),
-                                  int.from_bytes(b[ts_off + 6:ts_off + 10], "big")))
+            parts.append(build_ts(tsv, int.from_bytes(b[ts_off + 6:ts_off + 10], "big")))
         if d_sacks:
             room = (40 - (12 if parts else 0) - 4) // 8
             if peer_sacks:
@@ -1031,6 +1042,19 @@ class Connection:
             v = self.ts_shown
         self.ts_shown = v
         return v
+
+    def _subflow_ahead(self, sf: Subflow) -> bool:
+        """Whether the peer's subflow ACK on ``sf`` may cover data its DATA_ACK does
+        not (then it is worth projecting as SACK blocks). Cheap answer for the usual
+        single linear mapping: is the last subflow-acked byte above the DATA_ACK."""
+        ents = sf.send_map.entries
+        if len(ents) != 1:
+            return True
+        sa, da, n = ents[0]
+        s = sf.snd_una - 1
+        if s < sa or s >= sa + n:
+            return True
+        return da + (s - sa) >= self.d_una
 
     def _project_peer_sacks(self, sf: Subflow, peer_sacks) -> list:
         """The peer's subflow SACK blocks, and what its subflow ACK covers beyond

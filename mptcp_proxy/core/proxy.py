@@ -138,13 +138,15 @@ class Proxy:
         self.conns[sf.key] = (conn, sf)
 
     # ------------------------------------------------------------ dispatch
-    def outbound(self, buf: bytearray, now: float):
-        """A packet of the local stack, caught before it leaves (mangle OUTPUT)."""
+    def outbound(self, buf: bytearray, now: float, csum: int = 0):
+        """A packet of the local stack, caught before it leaves (mangle OUTPUT).
+        ``csum``: the state of its TCP checksum field (``tcp.CSUM_*``)."""
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
             self.counters.inc("PktNotTcp")
             return ACCEPT
+        pkt.csum_mode = csum
         key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         entry = self.conns.get(key)
         flags = pkt.flags
@@ -165,13 +167,15 @@ class Proxy:
             return ACCEPT
         return conn.on_outbound(pkt, now)
 
-    def inbound(self, buf: bytearray, now: float):
-        """A packet from the network, caught before conntrack (raw PREROUTING)."""
+    def inbound(self, buf: bytearray, now: float, csum: int = 0):
+        """A packet from the network, caught before conntrack (raw PREROUTING).
+        ``csum``: the state of its TCP checksum field (``tcp.CSUM_*``)."""
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
             self.counters.inc("PktNotTcp")
             return ACCEPT
+        pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
             if self.pm is not None:

@@ -33,6 +33,9 @@ __all__ = [
     "ipv4_header_checksum",
     "walk_options",
     "pad_options",
+    "CSUM_OK",
+    "CSUM_PARTIAL",
+    "CSUM_GSO",
 ]
 
 _TCP_FIXED = struct.Struct("!HHIIBBHHH")  # sport dport seq ack doff_res flags win csum urg
@@ -115,6 +118,11 @@ def pad_options(opts: bytes | bytearray) -> bytes:
     return bytes(opts)
 
 
+CSUM_OK = 0
+CSUM_PARTIAL = 1
+CSUM_GSO = 2
+
+
 class TcpPacket:
     """A parsed IPv4 or IPv6 TCP segment over a mutable ``bytearray``.
 
@@ -142,6 +150,7 @@ class TcpPacket:
         "win",
         "_delta",
         "_ipdelta",
+        "csum_mode",
     )
 
     def __init__(self, buf: bytearray, v6: bool, th: int, hl: int, plen: int,
@@ -159,6 +168,7 @@ class TcpPacket:
         self.win = win
         self._delta = 0
         self._ipdelta = 0
+        self.csum_mode = CSUM_OK
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -297,7 +307,19 @@ class TcpPacket:
                 self._ipdelta += grow
 
     def finish(self) -> bytearray:
-        """Apply pending checksum deltas; return the buffer."""
+        """Apply pending checksum deltas; return the buffer.
+
+        ``csum_mode`` (set by the driver from the queue's metadata) says what the
+        TCP checksum field held on arrival: :data:`CSUM_OK` a full checksum (updated
+        incrementally); :data:`CSUM_PARTIAL` only the pseudo-header sum of a
+        checksum offload (recomputed in full, since a rewritten packet goes back
+        to the kernel as CHECKSUM_NONE); :data:`CSUM_GSO` a super-packet the kernel
+        segments, which rewrites every segment's checksum itself (left alone)."""
+        mode = self.csum_mode
+        if mode == CSUM_PARTIAL:
+            return self.recompute_checksums()
+        if mode == CSUM_GSO:
+            self._delta = 0
         b = self.buf
         if self._delta:
             off = self.th + 16
@@ -327,7 +349,11 @@ class TcpPacket:
         return b
 
     def checksum_ok(self) -> bool:
-        """True if the TCP checksum (and IPv4 header checksum) verify."""
+        """True if the TCP checksum (and IPv4 header checksum) verify. A packet whose
+        checksum is still to be computed by offload (``csum_mode`` not CSUM_OK) comes
+        from a local sender or from GRO of verified segments: it cannot be corrupt."""
+        if self.csum_mode != CSUM_OK:
+            return True
         b = self.buf
         th = self.th
         if not self.v6 and ones_sum(b[:th]) != M16:

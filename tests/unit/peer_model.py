@@ -606,7 +606,9 @@ class LocalStack:
         if not s.csum_ok:
             v.append(f"local: bad checksum {s!r}")
             return []
-        if s.has_mptcp:
+        if any(k == 30 and (len(o) < 3 or o[2] >> 4 != 2) for k, o in s.opts):
+            # a DSS left in a segment passed on unchanged is ignored by a plain TCP
+            # socket; anything else (a key, signalling) must not reach it
             v.append(f"local: MPTCP option reached the local stack {s!r}")
         if not s.opts_ok:
             v.append(f"local: malformed option list {s!r}")
