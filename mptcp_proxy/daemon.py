@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     p.add_argument("--no-rp-filter", action="store_true",
                    help="do not switch the interfaces to loose reverse-path filtering")
+    p.add_argument("--backend", choices=["netfilterqueue", "fnfqueue"], default="fnfqueue",
+                   help="queue library: netfilterqueue (one packet at a time), or fnfqueue "
+                        "(batched reads, GSO super-packets: faster)")
     p.add_argument("--accept-all", action="store_true",
                    help="benchmark floor: bind the queues and accept every packet unmodified "
                         "(no conversion at all)")
@@ -181,8 +184,13 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     pm.release_port = ports.release
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
     injector = Injector(args.mark, local_addrs)
-    driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
-                           accept_all=args.accept_all)
+    if args.backend == "fnfqueue":
+        from .fnfq import FnfqueueDriver
+        driver = FnfqueueDriver(proxy, args.queue, args.queue + 1, injector,
+                                accept_all=args.accept_all)
+    else:
+        driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
+                               accept_all=args.accept_all)
     driver.on_event = log_event
     try:
         driver.bind()

@@ -15,8 +15,9 @@ Definitions (also in ``tools/handover --help``):
 - **recovery_s**: ``t - t_h`` for the earliest ``t`` in ``{t_h} ∪ {recv times ≥ t_h}`` such
   that the bytes delivered in ``[t, t + 0.25 s]`` reach 90 % of ``R × 0.25 s``; None if
   that never happens before the end of the trace.
-- **recovery_nominal_s**: the same with ``R`` replaced by 80 % of the emulated path rate
-  (robust when the rate before the handover was already low, e.g. without SACK).
+- **recovery_nominal_s**: the same, but the window must carry 80 % of the emulated path
+  rate instead of 90 % of ``R`` (robust when the rate before the handover was already
+  low, e.g. without SACK).
 - **first_byte_after_s**: end of the longest gap that ends after ``t_h``, minus ``t_h``:
   when delivery resumed after the stall (a make-before-break with no stall gives a small
   value: the end of the largest ordinary inter-recv pause).

@@ -359,7 +359,7 @@ class Connection:
                 self.proxy.emit_event("data_fin_sent", self)
         if plen:
             pieces = self._assign(d, plen)
-            if len(pieces) == 1:
+            if len(pieces) == 1 and len(pkt.buf) + 28 <= 0xFFFF:
                 sf, pd, ps, n = pieces[0]
                 self._ack_other_subflows(sf, r_sacks, ts, now, dupack=False)
                 return self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, r_sacks, extra, now)
@@ -540,10 +540,24 @@ class Connection:
 
     def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, data_fin: bool, ts,
                     r_sacks, now: float) -> None:
-        n = len(payload)
-        opts, san = self._out_options(sf, d, s, n, data_fin, ts, r_sacks, b"", payload, now)
-        sf.rcv_acked = san
-        self.proxy.send(self._segment(sf, sf.snd_wire(s), TCP_ACK, opts, payload))
+        """Send data bytes ``[d, d+len)`` on ``sf`` at ``s`` in segments of our own
+        (a raw socket sends no GSO super-packet: cut it to the path's segment size)."""
+        step = self._seg_size(sf)
+        total = len(payload)
+        for off in range(0, total, step):
+            part = payload[off:off + step]
+            n = len(part)
+            fin = data_fin and off + n >= total
+            opts, san = self._out_options(sf, d + off, s + off, n, fin, ts, r_sacks, b"",
+                                          part, now)
+            sf.rcv_acked = san
+            self.proxy.send(self._segment(sf, sf.snd_wire(s + off), TCP_ACK, opts, part))
+
+    def _seg_size(self, sf: Subflow) -> int:
+        """Payload bytes per forged segment: the MSS of the path (already lowered by
+        our option overhead) minus the timestamps option."""
+        mss = sf.mss or self.sf0.mss or 1200
+        return max(mss - (12 if sf.ts_ok else 0), 500)
 
     def _segment(self, sf: Subflow, seq_wire: int, flags: int, opts: bytes,
                  payload: bytes = b""):

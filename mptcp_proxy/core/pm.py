@@ -140,6 +140,11 @@ class PathManager:
         the peer's token and our nonce; the handshake runs on timers and replies."""
         if conn.state != ConnState.ESTABLISHED:
             return None
+        if conn.snd_data_fin is not None:
+            # after our DATA_FIN the peer's connection is closing (CLOSE_WAIT): Linux
+            # refuses joins then (MPJoinRejected)
+            self.counters.inc("MPJoinSkippedClosing")
+            return None
         live = [s for s in conn.subflows if s.state != SubflowState.CLOSED]
         if len(live) >= self.config.max_subflows:
             self.counters.inc("MPJoinLimit")
@@ -168,7 +173,7 @@ class PathManager:
         sf.backup = backup
         sf.nonce = self._rand32()
         sf.snd_wscale = max(conn.local_wscale, 0)
-        sf.mss = conn.local_mss
+        sf.mss = 0  # the peer's, from its SYN/ACK
         sf.state = SubflowState.SYN_SENT
         conn.subflows.append(sf)
         self.proxy.register_subflow(conn, sf)
@@ -255,6 +260,9 @@ class PathManager:
             elif kind == TCPOPT_TIMESTAMP and olen == 10:
                 ts = True
                 sf.ts_recent = int.from_bytes(b[off + 2:off + 6], "big")
+            elif kind == 2 and olen == 4:  # MSS: what we may send on this subflow
+                sf.mss = max(((b[off + 2] << 8) | b[off + 3])
+                             - self.proxy.config.mss_overhead, 536)
         sf.set_rcv_isn(pkt.seq)
         if join is None:
             self.counters.inc("MPJoinSynAckNoMPJoin")
