@@ -35,6 +35,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_IFACE, EXIT_QUEUE, EXIT_RULE
 DEFAULT_QUEUE = 4700
 DEFAULT_MARK = 0x4D500000
 DEFAULT_CONTROL = "/run/mptcp-proxy.sock"
+FALLBACK_TABLE_BASE = 10000  # routing table FALLBACK_TABLE_BASE + queue number
+FALLBACK_RULE_PREF = 40000  # after main (32766) and default (32767)
 
 
 def _port(text: str) -> int:
@@ -91,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "active paths (the peer may send on all), or only on command")
     p.add_argument("--no-rejoin", action="store_true",
                    help="do not re-create subflows when an interface comes back")
+    p.add_argument("--no-fallback-routes", action="store_true",
+                   help="do not keep the managed interfaces' addresses routable through the "
+                        "other interfaces when their link is down (a table of last resort)")
     p.add_argument("--checksum", action="store_true",
                    help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     p.add_argument("--no-rp-filter", action="store_true",
@@ -167,7 +172,7 @@ def log_event(ev) -> None:
 async def run(args, ifaces: dict[str, dict]) -> int:
     from .control import ControlServer
     from .core.pm import LocalIface, PathManager, PmConfig
-    from .links import LinkMonitor, PortReservations
+    from .links import FallbackRoutes, LinkMonitor, PortReservations
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
@@ -210,7 +215,13 @@ async def run(args, ifaces: dict[str, dict]) -> int:
             pm.link_down(name, now)
         driver._after()
 
-    monitor = LinkMonitor(list(ifaces), on_link)
+    fallback = None
+    if not args.no_fallback_routes:
+        fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
+                                  pref=FALLBACK_RULE_PREF)
+    monitor = LinkMonitor(list(ifaces), on_link,
+                          in_thread=(lambda name, up: fallback.refresh() if up else None)
+                          if fallback is not None else None)
     try:
         try:
             rules = RuleSet(load_ruleset("endhost", params))
@@ -219,6 +230,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
             return fail(EXIT_RULES, str(e))
         if not args.no_rp_filter:
             rp.apply()
+        if fallback is not None:
+            await loop.run_in_executor(None, fallback.install)
         driver.start(loop)
         monitor.start(loop)
         if args.control and args.control != "none":
@@ -249,6 +262,11 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                 await control.stop()
             except Exception:
                 log.exception("stopping the control socket failed")
+        if fallback is not None:
+            try:
+                await loop.run_in_executor(None, fallback.remove)
+            except Exception:
+                log.exception("removing the fallback routes failed")
         for step in steps:
             try:
                 step()

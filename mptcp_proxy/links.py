@@ -55,9 +55,11 @@ class LinkMonitor:
     new state. The netlink socket is read in a thread (pyroute2's synchronous API
     cannot run inside the daemon's event loop)."""
 
-    def __init__(self, names: list[str], on_change: Callable[[str, bool, list, list], None]):
+    def __init__(self, names: list[str], on_change: Callable[[str, bool, list, list], None],
+                 in_thread: Callable[[str, bool], None] | None = None):
         self.names = set(names)
         self.on_change = on_change
+        self.in_thread = in_thread  # called in the watcher thread first (may use pyroute2)
         self.loop = None
         self.state: dict[str, tuple] = {}
         self._stop = threading.Event()
@@ -108,6 +110,11 @@ class LinkMonitor:
                     continue
                 log.info("%s: %s v4=%s", name, "up" if up else "down",
                          [str(ipaddress.ip_address(a)) for a in info["v4"]])
+                if self.in_thread is not None:
+                    try:
+                        self.in_thread(name, up)
+                    except Exception:
+                        log.exception("link change handling failed")
                 self.loop.call_soon_threadsafe(self.on_change, name, up, info["v4"],
                                                info["v6"])
 
@@ -152,3 +159,96 @@ class PortReservations:
             s.close()
         self.socks.clear()
 
+
+
+class FallbackRoutes:
+    """Keep every managed interface's address routable while its own link is down.
+
+    The local socket of a proxied connection stays bound to the address it started
+    with. When that interface goes down, the kernel flushes the routes through it,
+    and the socket's segments fail their route lookup *before* the OUTPUT hook: the
+    proxy never sees them and cannot move them to another link (the connection would
+    hang). So the daemon installs, in a table of its own consulted after every other
+    rule (``ip rule add pref PREF lookup TABLE``), a default route via each managed
+    interface's gateway. A segment from a dead interface's address then finds a
+    route, reaches the proxy, and leaves — rewritten to a live subflow's addresses —
+    by the link of its new source (DESIGN.md §3.10). The kernel drops the route of a
+    link that goes down; :meth:`refresh` puts it back when the link returns.
+    Limit: this keeps routes, not addresses; if the address itself is removed, the
+    local socket cannot send at all.
+    """
+
+    def __init__(self, names: list[str], table: int, pref: int) -> None:
+        self.names = list(names)
+        self.table = table
+        self.pref = pref
+        self.gateways: dict[tuple[str, int], str | None] = {}  # (iface, family) -> gw
+        self.installed_rules: list[int] = []
+
+    def discover(self) -> None:
+        """Learn each interface's default gateway from the routing tables (any table)."""
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            for name in self.names:
+                idx = ipr.link_lookup(ifname=name)
+                if not idx:
+                    continue
+                for fam in (socket.AF_INET, socket.AF_INET6):
+                    for r in ipr.get_routes(family=fam):
+                        if r["dst_len"] == 0 and r.get_attr("RTA_OIF") == idx[0] \
+                                and r.get_attr("RTA_TABLE") != self.table:
+                            self.gateways[(name, fam)] = r.get_attr("RTA_GATEWAY")
+                            break
+
+    def install(self) -> None:
+        from pyroute2 import IPRoute
+        self.discover()
+        self.refresh()
+        with IPRoute() as ipr:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                if not any(f == fam for (_n, f) in self.gateways):
+                    continue
+                try:
+                    ipr.rule("add", family=fam, table=self.table, priority=self.pref)
+                    self.installed_rules.append(fam)
+                except Exception as e:
+                    log.warning("fallback rule (family %d): %s", fam, e)
+
+    def refresh(self) -> None:
+        """(Re)install the fallback default route of every interface that is up."""
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            for i, name in enumerate(self.names):
+                idx = ipr.link_lookup(ifname=name)
+                if not idx:
+                    continue
+                for fam in (socket.AF_INET, socket.AF_INET6):
+                    if (name, fam) not in self.gateways:
+                        continue
+                    gw = self.gateways[(name, fam)]
+                    dst = "0.0.0.0/0" if fam == socket.AF_INET else "::/0"
+                    kw = {"gateway": gw} if gw else {}
+                    try:
+                        ipr.route("replace", family=fam, dst=dst, oif=idx[0], table=self.table,
+                                  priority=100 + i, **kw)
+                    except Exception as e:  # link down: no route through it for now
+                        log.debug("fallback route via %s: %s", name, e)
+
+    def remove(self) -> None:
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            for fam in self.installed_rules:
+                try:
+                    ipr.rule("del", family=fam, table=self.table, priority=self.pref)
+                except Exception as e:
+                    log.warning("removing fallback rule: %s", e)
+            self.installed_rules = []
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    for r in ipr.get_routes(family=fam, table=self.table):
+                        ipr.route("del", family=fam, dst=r.get_attr("RTA_DST") or (
+                            "0.0.0.0" if fam == socket.AF_INET else "::"),
+                            dst_len=r["dst_len"], table=self.table,
+                            oif=r.get_attr("RTA_OIF"), priority=r.get_attr("RTA_PRIORITY"))
+                except Exception as e:
+                    log.warning("removing fallback routes: %s", e)

@@ -292,14 +292,19 @@ class PathManager:
     def _after_join(self, conn: Connection, sf: Subflow, now: float) -> None:
         """A join completed: if the connection has no usable sending subflow (break
         before make), or a handover waits for it, move new data there."""
+        # REMOVE_ADDR first (the peer then reinjects what it lost), MP_PRIO after
+        switch = False
         pending = conn.pending_handover
         if pending is not None and pending[0] == sf.iface:
             conn.pending_handover = None
-            self._switch(conn, sf, now, signal=True)
+            switch = True
         elif not conn.active.alive:
-            self._switch(conn, sf, now, signal=True)
+            switch = True
+        broken = not conn.active.alive
         if conn.pending_signals:
             self.flush_signals(conn, now)
+        if switch:
+            self._switch(conn, sf, now, signal=True, defer=broken)
 
     def _reset_join(self, conn: Connection, sf: Subflow, now: float, reason: int) -> None:
         from .forge import build_segment
@@ -360,8 +365,16 @@ class PathManager:
             sf.rto *= 2
             self.counters.inc("Retransmits")
             self._send_join_ack(conn, sf, now)
-        elif sf.state == SubflowState.ESTABLISHED and conn.pending_signals:
-            self.flush_signals(conn, now)
+        elif sf.state == SubflowState.ESTABLISHED:
+            if sf.prio_at is not None and now >= sf.prio_at - 1e-9:
+                if conn.active is sf:
+                    self._send_prio(conn, sf, now)
+                else:
+                    sf.prio_at = None
+            if conn.pending_signals:
+                self.flush_signals(conn, now)
+            if sf.prio_at is not None:
+                sf.timer = sf.prio_at
 
     # ----------------------------------------------------------- handover
     def usable(self, conn: Connection) -> list[Subflow]:
@@ -371,9 +384,17 @@ class PathManager:
         i = self.ifaces.get(sf.iface)
         return i is None or i.up
 
-    def _switch(self, conn: Connection, sf: Subflow, now: float, signal: bool) -> None:
+    def _switch(self, conn: Connection, sf: Subflow, now: float, signal: bool,
+                defer: bool = False) -> None:
         """Send new data on ``sf`` and tell the peer with MP_PRIO (paper §5.3): B=0 on
-        the new subflow, B=1 on the other live ones."""
+        the new subflow, B=1 on the other live ones.
+
+        ``defer`` (break before make): the MP_PRIO goes out a little later, after the
+        REMOVE_ADDR. Linux handles MP_PRIO at once but REMOVE_ADDR in its path
+        manager's worker; a subflow turned regular first would be filled with new
+        data, and the reinjection of what was lost on the dead path (what the
+        receiver waits for) would queue behind it. Left as backup, the subflow
+        carries the reinjection first, being the only path."""
         old = conn.active
         conn.active = sf
         conn.handovers += 1
@@ -381,6 +402,15 @@ class PathManager:
         self.proxy.emit_event("handover", conn, frm=old.index, to=sf.index, iface=sf.iface)
         if not signal:
             return
+        if defer:
+            sf.prio_at = now + max(0.05, 1.5 * conn.srtt)
+            sf.timer = sf.prio_at if sf.timer is None else min(sf.timer, sf.prio_at)
+            conn._rearm()
+            return
+        self._send_prio(conn, sf, now)
+
+    def _send_prio(self, conn: Connection, sf: Subflow, now: float) -> None:
+        sf.prio_at = None
         for other in self.usable(conn):
             want_backup = other is not sf
             if other.backup != want_backup:
@@ -401,7 +431,7 @@ class PathManager:
                 target = sf
                 break
         if target is None:
-            target = self.add_subflow(conn, iface, backup=False, now=now)
+            target = self.add_subflow(conn, iface, backup=break_, now=now)
             if target is None:
                 return None
         if break_:
@@ -409,7 +439,8 @@ class PathManager:
             if old.iface != iface.name:
                 self.break_subflow(conn, old, now, reason="handover --break")
         if target.alive:
-            self._switch(conn, target, now, signal=True)
+            if conn.active is not target or not break_:
+                self._switch(conn, target, now, signal=True, defer=break_)
         else:
             conn.pending_handover = (iface.name, break_)
         return target
@@ -435,7 +466,7 @@ class PathManager:
         if live:
             # prefer a subflow the peer does not treat as backup
             live.sort(key=lambda s: (s.peer_backup, s.backup, s.index))
-            self._switch(conn, live[0], now, signal=True)
+            self._switch(conn, live[0], now, signal=True, defer=True)
             return
         if any(s.state in (SubflowState.SYN_SENT, SubflowState.PRE_ESTABLISHED)
                for s in conn.subflows):
@@ -445,7 +476,11 @@ class PathManager:
                 continue
             if iface.up and not any(s.iface == iface.name and s.state != SubflowState.CLOSED
                                     for s in conn.subflows):
-                sf = self.add_subflow(conn, iface, backup=False, now=now)
+                # joined as backup: until REMOVE_ADDR tells the peer the old path is
+                # gone, it keeps its new data for that (non-backup) path instead of
+                # queueing it here ahead of the reinjections we need first; MP_PRIO
+                # makes it regular once we switch to it (_after_join)
+                sf = self.add_subflow(conn, iface, backup=True, now=now)
                 if sf is not None:
                     return
 

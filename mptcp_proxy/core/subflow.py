@@ -52,7 +52,7 @@ class Subflow:
         "rcv_wscale", "mss", "backup", "peer_backup", "peer_fin", "fin_sent",
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "dup_acks", "last_dsack", "closed_at",
-        "rcv_contig", "rcv_ooo", "est_once", "fill_time",
+        "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -105,6 +105,7 @@ class Subflow:
         self.rcv_ooo: list[list[int]] = []  # received ranges above a gap (merged)
         self.est_once = False  # the handshake completed once
         self.fill_time = -1.0
+        self.prio_at: float | None = None  # a deferred MP_PRIO (break before make)
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32
