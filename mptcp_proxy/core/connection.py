@@ -86,6 +86,21 @@ class Connection:
     """State of one proxied TCP connection (end-host mode, the local stack is the
     MPTCP client). Created by :class:`~.proxy.Proxy` on the local SYN."""
 
+    # slotted: ~1 KB less per connection than a __dict__ (tools/bench memory figure)
+    __slots__ = (
+        "active", "closed_at", "closed_by_reset", "counters", "created", "csum",
+        "csum_wanted", "d_nxt", "d_una", "data_fin_acked", "deny_join0",
+        "fully_established", "handovers", "id", "idsn_local", "idsn_remote", "join_at",
+        "joins_opened", "key", "last_activity", "last_rx_sf", "local_key", "local_mss",
+        "local_sack", "local_token", "local_ts", "local_wscale", "next_sf_index",
+        "peer_wscale0", "pending_handover", "pending_signals", "proxy", "r_ack", "r_fwd",
+        "r_high", "rcv_data_fin", "remote_addrs", "remote_key", "remote_token",
+        "sacks_shown", "sf0", "snd_data_fin", "srtt", "state", "subflows", "syn_count",
+        "syn_mpc", "syn_time", "tcp_rcv_base", "tcp_rcv_isn", "tcp_snd_base",
+        "tcp_snd_isn", "timer", "ts_local", "ts_local_time", "ts_shown", "v6", "win_local",
+        "win_shown",
+    )
+
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
         self.proxy = proxy
         self.counters = proxy.counters
