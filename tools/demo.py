@@ -34,6 +34,8 @@ from netns.nstat import ERROR_COUNTERS, diff, mptcp_counters  # noqa: E402
 from netns.peer import expected_sha  # noqa: E402
 from netns.proxyd import start_proxy  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))
+
 PORT = 8080
 
 
@@ -65,6 +67,21 @@ def link_bytes(topo: Topology) -> dict[str, int]:
     return out
 
 
+def plot_download(args, tmp: str, topo: Topology, t0: float, t_h: float) -> None:
+    """DSN and DATA_ACK of the download against time on each link (the paper's
+    Fig. 8), from the captures on c0 and c1, with the handover instant."""
+    from handover_analysis import decode_captures, plot
+    pcaps = {i: str(Path(tmp) / f"{i}.pcap") for i in topo.client_ifaces}
+    offset = time.time() - time.monotonic()
+    cap = decode_captures(pcaps, topo.client_addrs, "down", offset)
+    out = Path(args.plot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot(str(out), f"demo: curl download through mptcp-proxy, handover c0 -> c1 "
+                   f"({args.rate_mbit:g} Mbit/s, {args.delay_ms:g} ms per link)",
+         cap, [], [], t0, t_h, None)
+    print(f"  plot: {out} (DSN/DAN against time per link, handover marked)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=40_000_000, help="download size, bytes")
@@ -73,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="emulated rate of each client link (Mbit/s)")
     ap.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay per link (ms)")
     ap.add_argument("--no-handover", action="store_true", help="skip the handover")
-    ap.add_argument("--plot", default=None, help="write a DSN/DAN-against-time PNG here")
+    ap.add_argument("--plot", default=str(ROOT / "out" / "demo-handover.png"),
+                    help="DSN/DAN-against-time PNG of the download (default: %(default)s; "
+                         "'none' for no plot)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("demo: must run as root (network namespaces)", file=sys.stderr)
@@ -113,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
                 result["rc"], result["out"], result["err"] = cp.returncode, cp.stdout, cp.stderr
 
             links0 = link_bytes(topo)
+            caps = []
+            if args.plot != "none":
+                from netns.capture import capture
+                for iface in topo.client_ifaces:
+                    cm = capture(topo, topo.client, iface, str(Path(tmp) / f"{iface}.pcap"),
+                                 filter=f"tcp port {PORT}")
+                    cm.__enter__()
+                    caps.append((iface, cm))
             th = threading.Thread(target=download)
             t0 = time.monotonic()
             th.start()
@@ -128,13 +155,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("\nsubflows before the handover:")
                 print(px.ctl_raw("subflows", str(conn["id"])).stdout.rstrip())
                 links_mid = link_bytes(topo)
-                handover_at = time.monotonic() - t0
                 res = px.ctl("handover", str(conn["id"]), "--to", "c1")
+                # (mptcpctl takes ~0.1 s to start; the MP_PRIO left just before it returned)
+                handover_at = time.monotonic() - t0
                 print(f"\nhandover at t={handover_at:.2f}s: mptcpctl handover {conn['id']} "
                       f"--to c1 -> {json.dumps(res)}")
                 check(len(sfs) >= 2, "a backup subflow on c1 existed before the handover")
             th.join()
             elapsed = time.monotonic() - t0
+            for _iface, cm in caps:
+                cm.__exit__(None, None, None)
             links1 = link_bytes(topo)
             if conn and not args.no_handover:
                 print("\nsubflows after the download:")
@@ -171,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             check(reply.get("sha256") == up_sha, f"sha256 {up_sha[:16]}... matches")
             time.sleep(0.3)
             stats = px.stats()
+            if caps and handover_at is not None:
+                plot_download(args, tmp, topo, t0, t0 + handover_at)
         print("\nthe server's side (Linux native MPTCP):")
         logs = [json.loads(line) for line in srv_log.read_text().splitlines()
                 if line.startswith("{") and '"method"' in line]
