@@ -1,4 +1,5 @@
-"""Wire constants of TCP and MPTCP v1, named as in RFC 8684 §8 and Linux ``net/mptcp/protocol.h``."""
+"""Wire constants of TCP and MPTCP v1, named as in RFC 8684 §8 and Linux
+``net/mptcp/protocol.h``."""
 
 # TCP option kinds (RFC 9293, RFC 7323, RFC 2018)
 TCPOPT_EOL = 0

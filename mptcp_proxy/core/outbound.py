@@ -1,0 +1,336 @@
+"""The local stack → wire path of a connection: data assigned to subflows (SEND
+tables, paper §3.3), options built (MP_CAPABLE, DSS), ACKs projected onto each subflow
+(paper §3.4–3.5, TCP → MPTCP)."""
+
+from __future__ import annotations
+
+from .constants import (
+    MPTCP_CAP_CHECKSUM_REQD,
+    MPTCP_CAP_HMAC_SHA256,
+    TCP_ACK,
+    TCP_FIN,
+    TCPOPT_MPTCP,
+    TCPOPT_SACK,
+    TCPOPT_TIMESTAMP,
+)
+from .fastopt import build_dss_ack, build_dss_map, build_sack, build_ts, read_sack
+from .mapping import merge_ranges
+from .options import (
+    MpCapable,
+    dss_checksum,
+    ones_sum,
+    push_option,
+)
+from .seq import MASK32
+from .state import DROP
+from .subflow import Subflow, SubflowState, unwrap
+from .tcp import TcpPacket, pad_options
+
+
+class OutboundPath:
+    """Methods of :class:`~.connection.Connection` (a mixin; all state lives there)."""
+
+    __slots__ = ()
+
+    def _out_established(self, pkt: TcpPacket, now: float):
+        b = pkt.buf
+        opts = pkt.options()
+        if opts is None:
+            self.counters.inc("PktMalformed")
+            return DROP
+        ts = None
+        sack_wire = None
+        extra = b""
+        for kind, off, olen in opts:
+            if kind == TCPOPT_TIMESTAMP and olen == 10:
+                ts = int.from_bytes(b[off + 2:off + 6], "big")
+            elif kind == TCPOPT_SACK:
+                sack_wire = read_sack(b, off, olen)
+            elif kind != TCPOPT_MPTCP:
+                extra += bytes(b[off:off + olen])
+        if ts is not None:
+            self.ts_local = ts
+            self.ts_local_time = now
+        self.win_local = pkt.win
+        flags = pkt.flags
+        # -- what the local stack acknowledges (peer -> local direction)
+        if flags & TCP_ACK:
+            r = unwrap(pkt.ack, self.tcp_rcv_base, self.r_ack)
+            if r > self.r_ack:
+                limit = self.r_high + (1 if self.rcv_data_fin is not None else 0)
+                self.r_ack = min(r, max(limit, self.r_ack))
+        r_sacks = None
+        if sack_wire:
+            base = self.tcp_rcv_base
+            r_sacks = [(unwrap(lft, base, self.r_ack), unwrap(rgt, base, self.r_ack))
+                       for lft, rgt in sack_wire]
+        # -- what the local stack sends
+        plen = pkt.plen
+        fin = flags & TCP_FIN
+        d = unwrap(pkt.seq, self.tcp_snd_base, self.d_nxt)
+        if fin:
+            dfin = d + plen
+            if self.snd_data_fin is None:
+                self.snd_data_fin = dfin
+                self.counters.inc("DataFinTx")
+                self.proxy.emit_event("data_fin_sent", self)
+        if plen:
+            pieces = self._assign(d, plen)
+            if len(pieces) == 1 and len(pkt.buf) + 28 <= 0xFFFF:
+                sf, pd, ps, n = pieces[0]
+                self._ack_other_subflows(sf, r_sacks, ts, now, dupack=False)
+                return self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, r_sacks, extra, now)
+            payload = pkt.payload
+            for i, (sf, pd, ps, n) in enumerate(pieces):
+                last = i == len(pieces) - 1
+                part = payload[pd - d:pd - d + n]
+                self._forge_data(sf, pd, ps, part, bool(fin) and last, ts, r_sacks, now)
+            self._ack_other_subflows(None, r_sacks, ts, now, dupack=False)
+            return DROP
+        # pure ACK or FIN-only
+        sf, dupack = self._pick_ack_subflow(r_sacks)
+        self._ack_other_subflows(sf, r_sacks, ts, now, dupack=dupack)
+        verdict = self._rewrite_out(pkt, sf, d, sf.seq_nxt, 0, bool(fin), ts, r_sacks, extra, now)
+        if not self.joins_opened and self.join_at is None and self.proxy.pm is not None:
+            # joins wait until the peer has surely processed our third ACK, else the
+            # token is unknown to it (MPJoinNoTokenFound); the first DATA_ACK also
+            # triggers them
+            self.join_at = now + max(0.02, 1.5 * self.srtt)
+            self._rearm()
+        if self.snd_data_fin is not None and self.rcv_data_fin is not None:
+            self._check_close(now)
+        return verdict
+
+    def _held(self, r_sacks) -> list:
+        """Data ranges above the local stack's ACK that it holds: what the proxy
+        forwarded to it, plus what it SACKs (merged, sorted)."""
+        fwd = self.r_fwd
+        r_ack = self.r_ack
+        while fwd and fwd[0][1] <= r_ack:
+            del fwd[0]
+        # data contiguous with the local stack's ACK is left to that ACK (following
+        # it keeps subflow ACKs from running ahead and turning the local stack's next
+        # ACKs into duplicates); only data held above a data-level hole counts here,
+        # so subflows that delivered it are not starved into timeouts (paper §5.5)
+        start = 1 if fwd and fwd[0][0] <= r_ack else 0
+        if not r_sacks:
+            return [(lo, hi) for lo, hi in fwd[start:]]
+        return merge_ranges([(lo, hi) for lo, hi in fwd[start:]]
+                            + [x for x in r_sacks if x[1] > r_ack])
+
+    def _fwd_add(self, lo: int, hi: int) -> None:
+        fwd = self.r_fwd
+        if hi <= self.r_ack:
+            return
+        if fwd and fwd[-1][0] <= lo <= fwd[-1][1]:
+            if hi > fwd[-1][1]:
+                fwd[-1][1] = hi
+            return
+        fwd.append([lo, hi])
+        if len(fwd) > 1:
+            merged = merge_ranges([tuple(x) for x in fwd if x[1] > self.r_ack])
+            # bounded: keep the lowest ranges, the ones that move subflow ACKs forward
+            self.r_fwd = [list(x) for x in merged[:64]]
+
+    def _assign(self, d: int, n: int) -> list[tuple[Subflow, int, int, int]]:
+        """Choose subflow and subflow sequence for data bytes ``[d, d+n)`` (paper §3.3):
+        new data goes to the active subflow, contiguous in its sequence space (a gap
+        is reserved, so late packets keep a monotonic mapping); a retransmission goes
+        where the original went while that subflow lives, else to the active one."""
+        pieces = []
+        cur = d
+        end = d + n
+        while cur < end:
+            if cur >= self.d_nxt:
+                sf = self.active
+                s0 = sf.snd_nxt
+                sf.send_map.add(s0, self.d_nxt, end - self.d_nxt)
+                s = s0 + (cur - self.d_nxt)
+                sf.snd_nxt = s0 + (end - self.d_nxt)
+                self.d_nxt = end
+                pieces.append((sf, cur, s, end - cur))
+                break
+            lim = min(end, self.d_nxt) - cur
+            hit = None
+            for sf in self.subflows:
+                if sf.state == SubflowState.ESTABLISHED or sf.state == SubflowState.CLOSING:
+                    f = sf.find_sent(cur, lim)
+                    if f is not None:
+                        hit = (sf, f[0], f[1])
+                        break
+            if hit is None:
+                sf = self.active
+                s0 = sf.snd_nxt
+                sf.send_map.add(s0, cur, lim)
+                sf.snd_nxt = s0 + lim
+                hit = (sf, s0, lim)
+            sf, s, k = hit
+            if pieces and pieces[-1][0] is sf and pieces[-1][2] + pieces[-1][3] == s:
+                p = pieces[-1]
+                pieces[-1] = (sf, p[1], p[2], p[3] + k)
+            else:
+                pieces.append((sf, cur, s, k))
+            cur += k
+        return pieces
+
+    def _mptcp_out_option(self, sf: Subflow, d: int, s: int, n: int, data_fin: bool,
+                          payload) -> bytes:
+        """The MPTCP option for a segment of ours on ``sf`` carrying data bytes
+        ``[d, d+n)`` at relative subflow sequence ``s`` (RFC 8684 §3.1, §3.3)."""
+        if not self.fully_established and sf is self.sf0 and d == 0 and s == 0 \
+                and not data_fin:
+            flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if self.csum else 0)
+            if n == 0:
+                self.counters.inc("MPCapableACKTX")
+                return pad_options(push_option(MpCapable(
+                    flags=flags, sndr_key=self.local_key, rcvr_key=self.remote_key)))
+            self.counters.inc("MPCapableDataTX")
+            csum = None
+            if self.csum:
+                csum = dss_checksum(self._dsn_l(0), 1, n, ones_sum(payload))
+            return pad_options(push_option(MpCapable(
+                flags=flags, sndr_key=self.local_key, rcvr_key=self.remote_key,
+                data_len=n, checksum=csum)))
+        dan = self._dan()
+        self.counters.inc("DataAckTx")
+        if n == 0 and not data_fin:
+            return build_dss_ack(dan)
+        if n == 0:  # DATA_FIN alone: SSN 0, DLL 1 (RFC 8684 §3.3.3)
+            dsn = self._dsn_l(self.snd_data_fin)
+            ssn = 0
+            dll = 1
+        else:
+            dsn = self._dsn_l(d)
+            ssn = (s + 1) & MASK32
+            dll = n + (1 if data_fin else 0)
+            self.counters.inc("DSSTx")
+        csum = None
+        if self.csum:
+            csum = dss_checksum(dsn, ssn, dll, ones_sum(payload) if n else 0)
+            self.counters.inc("DSSChecksumTx")
+        return build_dss_map(dan, dsn, ssn, dll, csum, data_fin)
+
+    def _out_options(self, sf: Subflow, d: int, s: int, n: int, data_fin: bool, ts,
+                     r_sacks, extra: bytes, payload, now: float) -> tuple[bytes, int]:
+        """Full option block and subflow ACK (relative) for a segment on ``sf``."""
+        parts = []
+        if sf.ts_ok:
+            tsval = ts if ts is not None else self.ts_now(now)
+            parts.append(build_ts(tsval, sf.ts_recent))
+        parts.append(self._mptcp_out_option(sf, d, s, n, data_fin, payload))
+        san, s_sacks = sf.project_ack(self.r_ack, self._held(r_sacks))
+        used = sum(len(p) for p in parts)
+        if s_sacks and sf.sack_ok:
+            room = (40 - used - 4) // 8
+            if room > 0:
+                blocks = s_sacks[-room:] if len(s_sacks) > room else s_sacks
+                parts.append(build_sack([(sf.rcv_wire(lo), sf.rcv_wire(hi)) for lo, hi in
+                                         reversed(blocks)]))
+                if len(s_sacks) > room:
+                    self.counters.inc("SackBlocksDropped", len(s_sacks) - room)
+            else:
+                self.counters.inc("SackBlocksDropped", len(s_sacks))
+            used = sum(len(p) for p in parts)
+        if extra and used + len(extra) <= 40:
+            parts.append(pad_options(extra))
+        return b"".join(parts), san
+
+    def _rewrite_out(self, pkt: TcpPacket, sf: Subflow, d: int, s: int, n: int,
+                     data_fin: bool, ts, r_sacks, extra: bytes, now: float):
+        payload = pkt.payload if (n and self.csum) else b""
+        opts, san = self._out_options(sf, d, s, n, data_fin, ts, r_sacks, extra, payload, now)
+        pkt.set_seq(sf.snd_wire(s))
+        if pkt.flags & TCP_ACK:
+            pkt.set_ack(sf.rcv_wire(san))
+            sf.rcv_acked = san
+        if data_fin:
+            pkt.set_flags(pkt.flags & ~TCP_FIN)
+        if sf is not self.sf0:
+            pkt.set_src(sf.laddr)
+            pkt.set_dst(sf.raddr)
+            pkt.set_sport(sf.lport)
+            pkt.set_dport(sf.rport)
+        pkt.set_options(opts)
+        sf.last_tx = now
+        sf.rcv_map.prune_below_key(san)
+        return pkt.finish()
+
+    def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, data_fin: bool, ts,
+                    r_sacks, now: float) -> None:
+        """Send data bytes ``[d, d+len)`` on ``sf`` at ``s`` in segments of our own
+        (a raw socket sends no GSO super-packet: cut it to the path's segment size)."""
+        step = self._seg_size(sf)
+        total = len(payload)
+        for off in range(0, total, step):
+            part = payload[off:off + step]
+            n = len(part)
+            fin = data_fin and off + n >= total
+            opts, san = self._out_options(sf, d + off, s + off, n, fin, ts, r_sacks, b"",
+                                          part, now)
+            sf.rcv_acked = san
+            self.proxy.send(self._segment(sf, sf.snd_wire(s + off), TCP_ACK, opts, part))
+
+    def _seg_size(self, sf: Subflow) -> int:
+        """Payload bytes per forged segment: the MSS of the path (already lowered by
+        our option overhead) minus the timestamps option."""
+        mss = sf.mss or self.sf0.mss or 1200
+        return max(mss - (12 if sf.ts_ok else 0), 500)
+
+    def _segment(self, sf: Subflow, seq_wire: int, flags: int, opts: bytes,
+                 payload: bytes = b""):
+        from .forge import build_segment
+        sf.last_tx = self.proxy.now
+        return build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, seq_wire,
+                             sf.rcv_wire(sf.rcv_acked), flags, self.win_local, opts, payload)
+
+    def _pick_ack_subflow(self, r_sacks) -> tuple[Subflow, bool]:
+        """Subflow for a pure ACK of the local stack: where the ACK advances most,
+        else where the peer has a hole (a real duplicate ACK), else where the peer
+        sent last (paper §3.4)."""
+        if len(self.subflows) == 1:
+            return self.sf0, False
+        best = None
+        best_adv = 0
+        for sf in self.subflows:
+            if sf.state != SubflowState.ESTABLISHED:
+                continue
+            san, _ = sf.project_ack(self.r_ack, self._held(r_sacks))
+            adv = san - sf.rcv_acked
+            if adv > best_adv:
+                best, best_adv = sf, adv
+        if best is not None:
+            return best, False
+        for sf in self.subflows:
+            if sf.state == SubflowState.ESTABLISHED and sf.rcv_high > sf.rcv_acked:
+                return sf, True
+        sf = self.last_rx_sf
+        if sf.state != SubflowState.ESTABLISHED:
+            sf = self.active
+        return sf, False
+
+    def _ack_other_subflows(self, carrier: Subflow | None, r_sacks, ts, now: float,
+                            dupack: bool) -> None:
+        """Forge subflow ACKs on subflows that contributed to the local stack's ACK
+        but do not carry this segment (paper §3.4)."""
+        if len(self.subflows) == 1:
+            return
+        for sf in self.subflows:
+            if sf is carrier or sf.state not in (SubflowState.ESTABLISHED, SubflowState.CLOSING):
+                continue
+            san, sacks = sf.project_ack(self.r_ack, self._held(r_sacks))
+            if san > sf.rcv_acked or (dupack and sf.rcv_high > san):
+                self.send_ack(sf, now, r_sacks)
+
+    def send_ack(self, sf: Subflow, now: float, r_sacks=None, flags: int = TCP_ACK,
+                 extra: bytes = b"") -> None:
+        """Forge a pure ACK (with DATA_ACK) on ``sf``; ``extra`` adds options."""
+        opts, san = self._out_options(sf, self.d_nxt, sf.snd_nxt, 0, False, None,
+                                      r_sacks, b"", b"", now)
+        if extra:
+            if len(opts) + len(extra) > 40:
+                # signalling wins over the DATA_ACK (Linux drops other suboptions too)
+                ts_part = build_ts(self.ts_now(now), sf.ts_recent) if sf.ts_ok else b""
+                opts = ts_part
+            opts += pad_options(extra)
+        sf.rcv_acked = san
+        self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), flags, opts))
