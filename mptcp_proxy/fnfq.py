@@ -30,7 +30,7 @@ import time
 
 from .core.proxy import Proxy
 from .core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL
-from .nfqueue import Injector, QueueBusyError
+from .nfqueue import DriverBase, Injector, QueueBusyError
 
 log = logging.getLogger("mptcp_proxy.fnfq")
 
@@ -45,7 +45,7 @@ NFQA_SKB_CSUMNOTREADY = 1 << 0
 NFQA_SKB_GSO = 1 << 1
 
 
-class FnfqueueDriver:
+class FnfqueueDriver(DriverBase):
     """Binds the outbound and inbound queues on one netlink socket and runs the
     proxy core from the asyncio loop."""
 
@@ -216,38 +216,4 @@ class FnfqueueDriver:
                         proxy.counters.inc("VerdictErrors")
             if n < BATCH:
                 break
-        self._after()
-
-    def _after(self) -> None:
-        proxy = self.proxy
-        if proxy._tx:
-            self.flush()
-        if proxy._events and self.on_event is not None:
-            for ev in proxy.events():
-                self.on_event(ev)
-        t = proxy.get_timer()
-        if t != self._timer_at:
-            self._arm(t)
-
-    def flush(self) -> None:
-        send = self.injector.send
-        for pkt in self.proxy.packets_to_send():
-            send(pkt)
-
-    def _arm(self, t: float | None) -> None:
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
-            self._timer_handle = None
-        self._timer_at = t
-        if t is not None and self.loop is not None:
-            self._timer_handle = self.loop.call_at(t, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer_handle = None
-        self._timer_at = None
-        try:
-            self.proxy.handle_timer(time.monotonic())
-        except Exception:
-            log.exception("timer handling failed")
-            self.proxy.counters.inc("InternalErrors")
         self._after()

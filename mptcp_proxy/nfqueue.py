@@ -74,7 +74,59 @@ class Injector:
         self.socks.clear()
 
 
-class NfqueueDriver:
+class DriverBase:
+    """What every queue backend shares: after a batch of verdicts, send the forged
+    packets, report events, and keep one asyncio timer armed at the core's next
+    deadline (loop.time() and time.monotonic() are the same clock on Linux)."""
+
+    proxy: Proxy
+    injector: Injector
+    loop: asyncio.AbstractEventLoop | None
+    on_event = None
+    _timer_handle: asyncio.TimerHandle | None = None
+    _timer_at: float | None = None
+
+    def _after(self) -> None:
+        proxy = self.proxy
+        if proxy._tx:
+            self.flush()
+        if proxy._events and self.on_event is not None:
+            for ev in proxy.events():
+                self.on_event(ev)
+        t = proxy.get_timer()
+        if t != self._timer_at:
+            self._arm(t)
+
+    def flush(self) -> None:
+        send = self.injector.send
+        for pkt in self.proxy.packets_to_send():
+            send(pkt)
+
+    def _arm(self, t: float | None) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
+        self._timer_at = t
+        if t is not None and self.loop is not None:
+            # loop.time() and time.monotonic() are the same clock on Linux
+            self._timer_handle = self.loop.call_at(t, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
+        self._timer_at = None
+        try:
+            self.proxy.handle_timer(time.monotonic())
+        except Exception:
+            log.exception("timer handling failed")
+            self.proxy.counters.inc("InternalErrors")
+        self._after()
+        if self._timer_at is None:
+            t = self.proxy.get_timer()
+            if t is not None:
+                self._arm(t)
+
+
+class NfqueueDriver(DriverBase):
     """Binds the two queues and runs the proxy core from the asyncio loop."""
 
     def __init__(self, proxy: Proxy, queue_out: int, queue_in: int, injector: Injector,
@@ -173,42 +225,3 @@ class NfqueueDriver:
             v = None
         self._verdict(p, v)
         self._after()
-
-    def _after(self) -> None:
-        proxy = self.proxy
-        if proxy._tx:
-            self.flush()
-        if proxy._events and self.on_event is not None:
-            for ev in proxy.events():
-                self.on_event(ev)
-        t = proxy.get_timer()
-        if t != self._timer_at:
-            self._arm(t)
-
-    def flush(self) -> None:
-        send = self.injector.send
-        for pkt in self.proxy.packets_to_send():
-            send(pkt)
-
-    def _arm(self, t: float | None) -> None:
-        if self._timer_handle is not None:
-            self._timer_handle.cancel()
-            self._timer_handle = None
-        self._timer_at = t
-        if t is not None and self.loop is not None:
-            # loop.time() and time.monotonic() are the same clock on Linux
-            self._timer_handle = self.loop.call_at(t, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer_handle = None
-        self._timer_at = None
-        try:
-            self.proxy.handle_timer(time.monotonic())
-        except Exception:
-            log.exception("timer handling failed")
-            self.proxy.counters.inc("InternalErrors")
-        self._after()
-        if self._timer_at is None:
-            t = self.proxy.get_timer()
-            if t is not None:
-                self._arm(t)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH = ROOT / "tools" / "bench"
 
 THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf"]
+NFQ_CONFIGS = ["nfqueue_floor_nfq", "proxy_nfq"]  # --backend netfilterqueue
 REQUIRED: dict[str, list[str]] = {
     "throughput_mbps": THROUGHPUT_CONFIGS,
     "throughput_down_mbps": THROUGHPUT_CONFIGS,
@@ -58,6 +59,7 @@ def test_bench_quick_completes(netns_ok: None, tmp_path: Path) -> None:
             missing.append(f"machine.{key}")
     if not isinstance(res.get("raw"), dict) or not res["raw"].get("throughput"):
         missing.append("raw.throughput")
+    missing += _newer_keys(res)
     assert not missing, ("keys without a number: " + ", ".join(missing)
                          + f"\nerrors: {json.dumps(res.get('errors'), indent=1)[:3000]}")
     assert res["throughput_mbps"].get("proxy_proxy", "absent") is None  # the n/a hook
@@ -66,6 +68,44 @@ def test_bench_quick_completes(netns_ok: None, tmp_path: Path) -> None:
     assert names, "the bench lists no namespaces"
     left = [n for n in names if os.path.exists(f"/run/netns/{n}")]
     assert not left and not ns_pids(names), f"left behind: {left}"
+
+
+def _newer_keys(res: dict) -> list[str]:
+    """Keys added with the second queue backend, checked only where the JSON has them
+    (the netfilterqueue configurations may be left out of a run: then ``not_run`` says
+    so)."""
+    missing = []
+    backend = res.get("backend")
+    if backend is not None:
+        for c in THROUGHPUT_CONFIGS:
+            if c not in backend:
+                missing.append(f"backend.{c}")
+        for c in ("nfqueue_floor", "proxy", "proxy_2sf"):
+            if c in backend and backend[c] != "fnfqueue":
+                missing.append(f"backend.{c}={backend[c]!r} (the default is fnfqueue)")
+    for key in ("us_per_mss", "us_per_mss_down"):
+        if key in res:
+            for c in ("proxy", "nfqueue_floor"):
+                if not _is_number(res[key].get(c)):
+                    missing.append(f"{key}.{c}={res[key].get(c)!r}")
+    not_run = res.get("not_run") or {}
+    for c in NFQ_CONFIGS:
+        if c in not_run or c not in (res.get("throughput_mbps") or {}):
+            continue  # left out of this run (stated in not_run)
+        if backend is not None and backend.get(c) != "netfilterqueue":
+            missing.append(f"backend.{c}={backend.get(c)!r}")
+        for key in ("throughput_mbps", "throughput_down_mbps", "us_per_packet",
+                    "us_per_mss"):
+            if key in res and not _is_number(res[key].get(c)):
+                missing.append(f"{key}.{c}={res[key].get(c)!r}")
+    if "proxy_nfq" in (res.get("throughput_mbps") or {}) and "proxy_nfq" not in not_run:
+        for key in ("proxy_nfq_vs_floor_nfq", "proxy_vs_proxy_nfq"):
+            if key in res.get("ratios", {}) and not _is_number(res["ratios"][key]):
+                missing.append(f"ratios.{key}={res['ratios'][key]!r}")
+    for name, t in (res.get("targets") or {}).items():
+        if not isinstance(t, dict) or "met" not in t:
+            missing.append(f"targets.{name}")
+    return missing
 
 
 @pytest.mark.parametrize("argv", [["--help"]])
