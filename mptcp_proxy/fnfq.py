@@ -161,7 +161,7 @@ class FnfqueueDriver(DriverBase):
         q_out = self.queue_out
         PAYLOAD, SKB_INFO = lib.NFQA_PAYLOAD, lib.NFQA_SKB_INFO
         ACCEPT, DROP, MANGLE = lib.NF_ACCEPT, lib.NF_DROP, lib.MANGLE_PAYLOAD
-        unpack, cast, from_buffer = ffi.unpack, ffi.cast, ffi.from_buffer
+        unpack, cast, from_buffer, ffi_buffer = ffi.unpack, ffi.cast, ffi.from_buffer, ffi.buffer
         verdict = lib.set_verdict
         accept_all = self.accept_all
         for _ in range(8):  # bounded, so timers and the control socket get their turn
@@ -194,7 +194,7 @@ class FnfqueueDriver(DriverBase):
                         # outbound GSO: the kernel's segmentation recomputes checksums;
                         # anything else rewritten goes back as CHECKSUM_NONE: complete it
                         csum = CSUM_GSO if out and info & NFQA_SKB_GSO else CSUM_PARTIAL
-                buf = bytearray(unpack(cast("char *", a.buffer), a.len))
+                buf = bytearray(ffi_buffer(cast("char *", a.buffer), a.len))  # one copy
                 try:
                     if out:
                         v = proxy.outbound(buf, now, csum)
