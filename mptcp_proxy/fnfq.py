@@ -189,7 +189,7 @@ class FnfqueueDriver(DriverBase):
                 out = p.queue_id == q_out
                 si = p.attr[SKB_INFO]
                 if si.buffer != ffi.NULL:
-                    info = struct.unpack("!I", unpack(cast("char *", si.buffer), 4))[0]
+                    info = _U32.unpack(ffi_buffer(cast("char *", si.buffer), 4))[0]
                     if info & NFQA_SKB_CSUMNOTREADY:
                         # outbound GSO: the kernel's segmentation recomputes checksums;
                         # anything else rewritten goes back as CHECKSUM_NONE: complete it
@@ -217,3 +217,6 @@ class FnfqueueDriver(DriverBase):
             if n < BATCH:
                 break
         self._after()
+
+
+_U32 = struct.Struct("!I")
