@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 
-def record(nbytes: int):
+def _recording_pair():
     from peer_model import ProxyPair
     pair = ProxyPair(seed=7)
     pair.handshake()
@@ -42,13 +42,18 @@ def record(nbytes: int):
         return real_in(buf, now)
 
     pair.proxy.outbound, pair.proxy.inbound = out, inb
+    return pair, log
+
+
+def record(nbytes: int):
+    """Two recordings, each from a fresh connection (same seed as :func:`fresh`): an
+    upload, and a download with one mapping per 64 KB copied on every segment (as
+    Linux does with GSO/TSO)."""
     data = bytes(range(256)) * (nbytes // 256 + 1)
+    pair, up = _recording_pair()
     pair.transfer(data[:nbytes], b"")
-    up = list(log)
-    log.clear()
-    # like Linux with GSO/TSO: one mapping per 64 KB, copied on every segment
+    pair, down = _recording_pair()
     pair.transfer(b"", data[:nbytes], segs_per_map=45, map_mode="every")
-    down = list(log)
     return up, down
 
 

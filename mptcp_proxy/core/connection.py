@@ -46,8 +46,8 @@ from .tcp import TcpPacket, pad_options
 if TYPE_CHECKING:
     from .proxy import Proxy
 from .closing import ClosingPath
-from .inbound import InboundPath
-from .outbound import OutboundPath
+from .inbound import InboundPath, in_fast
+from .outbound import OutboundPath, out_fast
 from .state import ACCEPT, DROP, ConnState
 
 __all__ = ["Connection", "ConnState", "ACCEPT", "DROP"]
@@ -69,7 +69,7 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         "sacks_shown", "sf0", "snd_data_fin", "srtt", "state", "subflows", "syn_count",
         "syn_mpc", "syn_time", "tcp_rcv_base", "tcp_rcv_isn", "tcp_snd_base",
         "tcp_snd_isn", "timer", "ts_local", "ts_local_time", "ts_shown", "v6", "win_local",
-        "win_shown",
+        "win_shown", "fast",
     )
 
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
@@ -95,6 +95,7 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         self.csum = False
         self.deny_join0 = False
         self.fully_established = False
+        self.fast = False
         self.syn_count = 0
         self.syn_mpc = True
         # data-level state (relative)
@@ -261,6 +262,8 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
                 self.counters.inc("MssClamped")
             sf.mss = clamped
         self.state = ConnState.ESTABLISHED
+        # the steady-state fast path (outbound.out_fast) while nothing special is on
+        self.fast = not self.csum and sf.ts_ok
         self.srtt = max(now - self.syn_time, 0.0)
         self.counters.inc("MPCapableSYNACKRX")
         self.proxy.emit_event("established", self)
@@ -286,6 +289,10 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
             return self._local_reset(pkt, now)
+        if self.fast and self.fully_established:
+            v = out_fast(self, pkt, now)
+            if v is not None:
+                return v
         if not self.active.can_send:
             pm = self.proxy.pm
             live = pm.usable(self) if pm is not None else []
@@ -313,6 +320,9 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
             return ACCEPT
         if st == ConnState.CLOSED:
             return self._closed_ack(pkt, sf, now)
+        if self.fast and sf is self.sf0 and self.fully_established:
+            if in_fast(self, pkt, now):
+                return ACCEPT
         sst = sf.state
         if sst != SubflowState.ESTABLISHED and sst != SubflowState.CLOSING:
             if sst == SubflowState.CLOSED:

@@ -5,6 +5,8 @@ projected into it (paper §3.3–3.5, MPTCP → TCP), acceptability checks (RFC 
 
 from __future__ import annotations
 
+import struct
+
 from .constants import (
     MPTCP_DSS_DATA_FIN,
     MPTCP_RST_EMIDDLEBOX,
@@ -28,7 +30,7 @@ from .seq import MASK32, MASK64, expand_seq
 from .state import ACCEPT, DROP
 from .state import ts_after as _ts_after
 from .subflow import Subflow, SubflowState, unwrap
-from .tcp import TcpPacket, pad_options
+from .tcp import CSUM_OK, TcpPacket, pad_options
 
 
 class InboundPath:
@@ -463,3 +465,98 @@ def _payload_sum_at(data: bytes, odd: int) -> int:
     if (len(data) + odd) & 1:
         v <<= 8
     return v
+
+
+_TS_PREFIX = b"\x01\x01\x08\x0a"
+_II = struct.Struct("!II")
+
+
+def in_fast(conn, pkt: TcpPacket, now: float):
+    """The steady state from the peer on a connection that still has only its initial
+    subflow: an in-order segment (data under an already known mapping, or a pure ACK
+    that moves the DATA_ACK) with timestamps and one DSS, nothing else. Everything
+    still maps one to one, so the segment goes to the local stack unchanged, as the
+    general path (:meth:`InboundPath._in_established`) would decide. Returns True
+    when it took the segment (to be accepted unchanged), ``None`` — before changing
+    any state — for any other segment."""
+    b = pkt.buf
+    th = pkt.th
+    sf = conn.sf0
+    hend = th + pkt.hl
+    if pkt.flags & 0xF7 != TCP_ACK or hend - th < 40 or b[th + 20:th + 24] != _TS_PREFIX:
+        return None
+    o = th + 32
+    while o < hend and b[o] == 1:  # NOP padding (Linux puts two before its DSS)
+        o += 1
+    if o + 3 > hend or b[o] != TCPOPT_MPTCP or b[o + 2] >> 4 != MPTCPOPT_DSS:
+        return None
+    olen = b[o + 1]
+    end = o + olen
+    if end > hend or any(x != 1 for x in b[end:hend]):
+        return None  # other options after the DSS
+    dss = parse_dss(b, o, olen)
+    if dss is None or dss[1] is None or dss[0] & MPTCP_DSS_DATA_FIN:
+        return None
+    dflags, data_ack, ack64, data_seq, dsn64, ssn, dll, csum = dss
+    plen = pkt.plen
+    s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
+    if s != sf.rcv_contig or sf.rcv_ooo:
+        return None  # not in order (or a hole somewhere): the general path
+    # DATA_ACK
+    ref = (conn.idsn_local + 1 + conn.d_una) & MASK64
+    dack = (expand_seq(ref, data_ack, 64 if ack64 else 32) - conn.idsn_local - 1) & MASK64
+    if dack >= 1 << 63:
+        dack -= 1 << 64
+    top = conn.d_nxt + (1 if conn.snd_data_fin is not None else 0)
+    d_adv = conn.d_una < dack <= top
+    if d_adv and pkt.csum_mode == CSUM_OK and plen:
+        return None  # verifying a data segment's checksum: the general path
+    if plen:
+        if data_seq is None or csum is not None:
+            return None
+        e = sf.rcv_map.lookup(s)
+        s_map = unwrap(ssn, 1, sf.rcv_high)
+        ref = (conn.idsn_remote + 1 + conn.r_high) & MASK64
+        r_map = (expand_seq(ref, data_seq, 64 if dsn64 else 32) - conn.idsn_remote - 1) & MASK64
+        if e is None or e[1] - e[0] != r_map - s_map or s + plen > e[0] + e[2]:
+            return None  # a new or different mapping: the general path learns it
+        r = e[1] + (s - e[0])
+    else:
+        if data_seq is not None or not d_adv:
+            return None  # only DATA_ACK progress is passed on here
+        r = conn.r_ack
+    if (conn.tcp_rcv_base + r) & MASK32 != pkt.seq:
+        return None
+    tsval = _II.unpack_from(b, th + 24)[0]
+    if conn.ts_shown is not None and ((tsval - conn.ts_shown) & MASK32) >= 0x80000000:
+        return None  # would go back in time for the local stack
+    san = unwrap(pkt.ack, sf.snd_base, sf.snd_una)
+    if not (sf.snd_una <= san <= sf.snd_nxt):
+        return None
+    dan_after = dack if d_adv else conn.d_una
+    if (conn.tcp_snd_base + dan_after) & MASK32 != pkt.ack or sf.ts_off not in (None, 0):
+        return None
+    if d_adv and pkt.csum_mode == CSUM_OK and not pkt.checksum_ok():
+        return None  # (a small pure ACK: the general path counts and drops it)
+    # -- accepted: the same state changes as the general path
+    sf.last_rx = now
+    conn.last_rx_sf = sf
+    if not _ts_after(sf.ts_recent, tsval):
+        sf.ts_recent = tsval
+    sf.ts_off = 0
+    conn.ts_shown = tsval
+    if san > sf.snd_una:
+        sf.snd_una = san
+    counters = conn.counters
+    counters["DSSRx"] += 1
+    if d_adv:
+        conn.d_una = dack
+        conn._prune_sent()
+    if plen:
+        sf.rcv_high = sf.rcv_contig = s + plen
+        if r + plen > conn.r_high:
+            conn.r_high = r + plen
+        conn._fwd_add(r, r + plen)
+    conn.win_shown = pkt.win
+    conn.sacks_shown = None
+    return True

@@ -4,9 +4,14 @@ tables, paper §3.3), options built (MP_CAPABLE, DSS), ACKs projected onto each 
 
 from __future__ import annotations
 
+import struct
+
 from .constants import (
     MPTCP_CAP_CHECKSUM_REQD,
     MPTCP_CAP_HMAC_SHA256,
+    MPTCP_DSS_DSN64,
+    MPTCP_DSS_HAS_ACK,
+    MPTCP_DSS_HAS_MAP,
     TCP_ACK,
     TCP_FIN,
     TCPOPT_MPTCP,
@@ -21,7 +26,7 @@ from .options import (
     ones_sum,
     push_option,
 )
-from .seq import MASK32
+from .seq import MASK32, MASK64
 from .state import DROP
 from .subflow import Subflow, SubflowState, unwrap
 from .tcp import TcpPacket, pad_options
@@ -334,3 +339,72 @@ class OutboundPath:
             opts += pad_options(extra)
         sf.rcv_acked = san
         self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), flags, opts))
+
+
+# NOP,NOP,TS(10) + NOP,NOP,DSS(22: DATA_ACK 32-bit, 64-bit mapping): 36 bytes at once
+_TS_DSS = struct.Struct("!BBBBIIBBBBBBIQIH")
+_II = struct.Struct("!II")
+# NOP,NOP,TS(10) + DSS(8: DATA_ACK 32-bit only): 20 bytes
+_TS_DACK = struct.Struct("!BBBBIIBBBBI")
+_TS_PREFIX = b"\x01\x01\x08\x0a"
+_FAST_DSS_FLAGS = MPTCP_DSS_HAS_ACK | MPTCP_DSS_HAS_MAP | MPTCP_DSS_DSN64
+
+
+def out_fast(conn, pkt: TcpPacket, now: float):
+    """The steady state of an upload, in one pass: new in-order data from the local
+    stack on a connection that still has only its initial subflow (no checksums, no
+    SACK, no FIN, timestamps). Same result as the general path
+    (:meth:`OutboundPath._out_established`) — TSN→DSN→SSN identity plus a DSS with
+    DATA_ACK and mapping — without its generality. Returns ``None`` when the packet
+    is not of this kind (the caller then takes the general path)."""
+    b = pkt.buf
+    th = pkt.th
+    plen = pkt.plen
+    sf = conn.sf0
+    if (pkt.hl != 32 or pkt.flags & 0xF7 != TCP_ACK  # ACK, maybe PSH
+            or conn.snd_data_fin is not None or conn.rcv_data_fin is not None
+            or conn.active is not sf or sf.state != SubflowState.ESTABLISHED
+            or b[th + 20:th + 24] != _TS_PREFIX
+            or pkt.seq != (conn.tcp_snd_base + conn.d_nxt) & MASK32):
+        return None
+    r = unwrap(pkt.ack, conn.tcp_rcv_base, conn.r_ack)
+    if r > conn.r_ack:
+        limit = conn.r_high + (1 if conn.rcv_data_fin is not None else 0)
+        conn.r_ack = min(r, max(limit, conn.r_ack))
+    fwd = conn.r_fwd
+    while fwd and fwd[0][1] <= conn.r_ack:
+        del fwd[0]
+    if fwd and (fwd[0][0] > conn.r_ack or len(fwd) > 1):
+        return None  # the local stack holds data above a hole: general path
+    tsval, _tsecr = _II.unpack_from(b, th + 24)
+    conn.ts_local = tsval
+    conn.ts_local_time = now
+    conn.win_local = pkt.win
+    d = conn.d_nxt
+    s = sf.snd_nxt
+    san, _ = sf.project_ack(conn.r_ack, ())
+    c = conn.counters
+    if not plen:  # a pure ACK: TS + DSS with the DATA_ACK only
+        opts = _TS_DACK.pack(1, 1, 8, 10, tsval, sf.ts_recent, 30, 8, 0x20, MPTCP_DSS_HAS_ACK,
+                             conn._dan() & MASK32)
+    else:
+        sf.send_map.add(s, d, plen)
+        sf.snd_nxt = s + plen
+        conn.d_nxt = d + plen
+        c["DSSTx"] += 1
+        opts = _TS_DSS.pack(1, 1, 8, 10, tsval, sf.ts_recent, 1, 1, 30, 22, 0x20, _FAST_DSS_FLAGS,
+                            conn._dan() & MASK32, (conn.idsn_local + 1 + d) & MASK64,
+                            (s + 1) & MASK32, plen)
+    wire = (sf.snd_base + s) & MASK32
+    if wire != pkt.seq:
+        pkt.set_seq(wire)
+    ack = (sf.rcv_base + san) & MASK32
+    if ack != pkt.ack:
+        pkt.set_ack(ack)
+    sf.rcv_acked = san
+    pkt.set_options(opts)
+    sf.last_tx = now
+    c["DataAckTx"] += 1
+    if sf.rcv_map.entries and sf.rcv_map.entries[0][0] + sf.rcv_map.entries[0][2] <= san:
+        sf.rcv_map.prune_below_key(san)
+    return pkt.finish()

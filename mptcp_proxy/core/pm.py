@@ -176,6 +176,7 @@ class PathManager:
         sf.mss = 0  # the peer's, from its SYN/ACK
         sf.state = SubflowState.SYN_SENT
         conn.subflows.append(sf)
+        conn.fast = False  # more than one subflow: the general paths from now on
         self.proxy.register_subflow(conn, sf)
         sf.retries = 0
         sf.rto = JOIN_SYN_RTO

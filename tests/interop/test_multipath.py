@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -59,6 +60,13 @@ MOVE_WITHIN_S = 2.5  # a priority switch must move the bulk of the traffic withi
 # lost upload segment breaks the connection (see that test's xfail reason), with SACK in
 # ~40 % of runs, so a saturating upload would make every test here flaky.
 UPLOAD_RATE = 1_000_000
+# MPTCP_PROXY_TEST_LOG=debug: the daemons log at that level (proxy.log next to the pcaps)
+PROXY_LOG = os.environ.get("MPTCP_PROXY_TEST_LOG")
+
+
+def _opts(*args: str) -> list[str]:
+    """Daemon options, plus ``--log-level`` from ``MPTCP_PROXY_TEST_LOG`` if set."""
+    return [*args, *(["--log-level", PROXY_LOG] if PROXY_LOG else [])]
 
 
 # ------------------------------------------------------------------ link byte counters
@@ -428,7 +436,15 @@ class Outcome:
 
 def _finish(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outcome:
     """Wait for the transfer, then the checks every test shares: data both ways, no
-    fallback, no server error counter, a clean capture."""
+    fallback, no server error counter, a clean capture. The proxy's log is kept next to
+    the captures (``proxy.log``)."""
+    try:
+        return _checks(bed, px, tr, p0)
+    finally:
+        (bed.tmp / "proxy.log").write_text("\n".join(px.log) + "\n")
+
+
+def _checks(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outcome:
     cli, rec = tr.result()
     time.sleep(0.3)  # the last ACKs/FINs reach the server before its counters are read
     sd = bed.server_delta()
@@ -511,7 +527,7 @@ def test_add_subflow_during_transfer(mp_bed, run_proxy, record_property) -> None
     one MP_JOIN (SYN + third ACK), the subflow is established in the proxy's view, and as a
     regular subflow the server sends part of the download over it."""
     bed = mp_bed()
-    px = run_proxy(bed.topo, extra=["--subflows", "manual"])
+    px = run_proxy(bed.topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
     with LinkMeter(bed.topo) as meter:
         tr = Transfer(bed.topo, bed.srv, bed.topo.server_addr, down=14 * MB, seed=101)
@@ -561,7 +577,7 @@ def test_make_before_break_handover(mp_bed, run_proxy, record_property, family: 
     v6 = family == "ipv6"
     addr = topo.server_addr6 if v6 else topo.server_addr
     caddr = topo.client_addrs6 if v6 else topo.client_addrs
-    px = run_proxy(topo, extra=["--subflows", "backup"])
+    px = run_proxy(topo, extra=_opts("--subflows", "backup"))
     p0 = px.stats()
     down = 18 * MB if not v6 else 14 * MB
     with LinkMeter(topo) as meter:
@@ -638,7 +654,7 @@ def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, case: 
     mode, sack = LINK_CUT_CASES[case]
     bed = mp_bed(sack=sack)
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", mode])
+    px = run_proxy(topo, extra=_opts("--subflows", mode))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
         tr = Transfer(topo, bed.srv, topo.server_addr, down=16 * MB, seed=303)
@@ -700,7 +716,7 @@ def test_break_command_handover(mp_bed, run_proxy, record_property) -> None:
     reach the local stack as anything but what the proxy allows."""
     bed = mp_bed()
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", "manual"])
+    px = run_proxy(topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
         tr = Transfer(topo, bed.srv, topo.server_addr, down=14 * MB, seed=313)
@@ -740,7 +756,7 @@ def test_no_sack_bulk_both_ways(mp_bed, run_proxy) -> None:
     ``tcp_sack=0`` on the client, 4 MB up and 8 MB down at once through 30 ms / 20 Mbit/s.
     Native MPTCP and plain TCP both complete this on the same bed (10-17 s)."""
     bed = mp_bed(sack=False)
-    px = run_proxy(bed.topo, extra=["--subflows", "manual"])
+    px = run_proxy(bed.topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
     tr = Transfer(bed.topo, bed.srv, bed.topo.server_addr, up=4 * MB, down=8 * MB, seed=323,
                   paced=None, timeout=15)
@@ -757,7 +773,7 @@ def test_link_flap_after_local_half_close(mp_bed, run_proxy) -> None:
     c0 goes down for 2 s and comes back with the same address. Plain TCP survives such a
     flap; the MPTCP connection should too (subflow 0's 4-tuple is valid again)."""
     bed = mp_bed()
-    px = run_proxy(bed.topo, extra=["--subflows", "manual"])
+    px = run_proxy(bed.topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
     with LinkMeter(bed.topo) as meter:
         tr = Transfer(bed.topo, bed.srv, bed.topo.server_addr, up=1 * MB, down=12 * MB,
@@ -781,7 +797,7 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
     count drops to 1 and the rest of the transfer goes over c0."""
     bed = mp_bed()
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", "active"])
+    px = run_proxy(topo, extra=_opts("--subflows", "active"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
         tr = Transfer(topo, bed.srv, topo.server_addr, down=16 * MB, seed=404)
@@ -831,7 +847,7 @@ def test_peer_announces_address(mp_bed, run_proxy, record_property) -> None:
 
     bed = mp_bed(server_links=2, server_setup=signal)
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", "manual"])
+    px = run_proxy(topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
     tr = Transfer(topo, bed.srv, topo.server_addr, down=12 * MB, seed=505)
     cid = _conn_id(px)
@@ -876,7 +892,7 @@ def test_peer_switches_priority(mp_bed, run_proxy, record_property) -> None:
 
     bed = mp_bed(server_setup=endpoint)
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", "active"])
+    px = run_proxy(topo, extra=_opts("--subflows", "active"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
         tr = Transfer(topo, bed.srv, topo.server_addr, down=16 * MB, seed=606)
@@ -919,7 +935,7 @@ def test_multipath_reception(mp_bed, run_proxy, record_property) -> None:
     client links carry a substantial part of a 10 MB download, data intact."""
     bed = mp_bed()
     topo = bed.topo
-    px = run_proxy(topo, extra=["--subflows", "active"])
+    px = run_proxy(topo, extra=_opts("--subflows", "active"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
         tr = Transfer(topo, bed.srv, topo.server_addr, down=10 * MB, seed=707)
@@ -948,7 +964,7 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
     a remaining link and the transfer completes intact."""
     bed = mp_bed(client_links=3)
     topo = bed.topo
-    px = run_proxy(topo, ifaces=["c0", "c1", "c2"], extra=["--subflows", "backup"])
+    px = run_proxy(topo, ifaces=["c0", "c1", "c2"], extra=_opts("--subflows", "backup"))
     p0 = px.stats()
     steps: dict[str, Any] = {}
     with LinkMeter(topo) as meter:
