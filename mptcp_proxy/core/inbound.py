@@ -104,6 +104,7 @@ class InboundPath:
             top = sf.snd_nxt + (1 if sf.fin_sent is not None else 0)
             if sf.snd_una < san <= top:
                 sf.snd_una = san
+                sf.maps_prune()
                 san_moved = True
                 if sf.fin_sent is not None and san > sf.fin_sent:
                     sf.fin_acked = True
@@ -331,9 +332,12 @@ class InboundPath:
         data reached the peer by another copy (the DATA_ACK covers it), so the local
         stack does not retransmit it, yet the peer's subflow waits for those bytes.
         Fill it with zeros under the original mapping: the peer's subflow moves on and
-        its MPTCP level drops the bytes as old data (DSN below its ack_seq)."""
-        e = sf.send_map.lookup(sf.snd_una)
-        if e is None or not sf.can_send:
+        its MPTCP level drops the bytes as old data (DSN below its ack_seq). Not with
+        DSS checksums: zeros would fail the mapping's checksum."""
+        if self.csum or not sf.can_send:
+            return
+        e = next(iter(sf.maps_over(sf.snd_una, 1)), None)
+        if e is None:
             return
         d = e[1] + (sf.snd_una - e[0])
         if d >= self.d_una or now - sf.fill_time < max(0.02, self.srtt):
@@ -344,7 +348,7 @@ class InboundPath:
         while n > 0:
             k = min(n, 1200)
             payload = bytes(k)
-            opts, san = self._out_options(sf, d, s, k, False, None, None, b"", payload, now)
+            opts, san = self._out_options(sf, d, s, k, False, None, None, b"", payload, now, e)
             sf.rcv_acked = san
             self.proxy.send(self._segment(sf, sf.snd_wire(s), TCP_ACK, opts, payload))
             self.counters.inc("HoleFill")
@@ -547,6 +551,9 @@ def in_fast(conn, pkt: TcpPacket, now: float):
     conn.ts_shown = tsval
     if san > sf.snd_una:
         sf.snd_una = san
+        maps = sf.maps
+        while maps and maps[0][0] + maps[0][2] <= san:
+            maps.popleft()
     counters = conn.counters
     counters["DSSRx"] += 1
     if d_adv:

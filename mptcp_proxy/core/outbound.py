@@ -80,16 +80,24 @@ class OutboundPath:
                 self.counters.inc("DataFinTx")
                 self.proxy.emit_event("data_fin_sent", self)
         if plen:
-            pieces = self._assign(d, plen)
+            dfin = d + plen if fin else None
+            pieces = self._mapped(self._assign(d, plen), dfin)
+            # a DATA_FIN the (older) mapping of the last bytes does not carry goes alone
+            lone_fin = fin and not pieces[-1][4][3]
             if len(pieces) == 1 and len(pkt.buf) + 28 <= 0xFFFF:
-                sf, pd, ps, n = pieces[0]
+                sf, pd, ps, n, m = pieces[0]
                 self._ack_other_subflows(sf, r_sacks, ts, now, dupack=False)
-                return self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, r_sacks, extra, now)
+                v = self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, r_sacks, extra, now,
+                                      m)
+                if lone_fin:
+                    self._send_data_fin(sf, now)
+                return v
             payload = pkt.payload
-            for i, (sf, pd, ps, n) in enumerate(pieces):
-                last = i == len(pieces) - 1
+            for sf, pd, ps, n, m in pieces:
                 part = payload[pd - d:pd - d + n]
-                self._forge_data(sf, pd, ps, part, bool(fin) and last, ts, r_sacks, now)
+                self._forge_data(sf, pd, ps, part, ts, r_sacks, now, m)
+            if lone_fin:
+                self._send_data_fin(pieces[-1][0], now)
             self._ack_other_subflows(None, r_sacks, ts, now, dupack=False)
             return DROP
         # pure ACK or FIN-only
@@ -178,10 +186,44 @@ class OutboundPath:
             cur += k
         return pieces
 
+    def _mapped(self, pieces, dfin: int | None) -> list:
+        """Each piece ``(sf, d, s, n)`` of :meth:`_assign` cut at the boundaries of the
+        mappings already sent for its subflow bytes, with its mapping entry (see
+        :meth:`Subflow.map_add`): a retransmission keeps its original mapping; bytes
+        never sent get a new one, exactly their piece (with the DATA_FIN if it ends
+        at ``dfin``)."""
+        out = []
+        for sf, d, s, n in pieces:
+            end = s + n
+            cur = s
+            for e in sf.maps_over(s, n):
+                if e[0] > cur:  # (bytes whose mapping was forgotten: a new one)
+                    k = e[0] - cur
+                    out.append((sf, d + (cur - s), cur, k,
+                                sf.map_add(cur, d + (cur - s), k, False)))
+                    cur += k
+                hi = min(end, e[0] + e[2])
+                out.append((sf, d + (cur - s), cur, hi - cur, e))
+                cur = hi
+            if cur < end:
+                k = end - cur
+                dd = d + (cur - s)
+                out.append((sf, dd, cur, k, sf.map_add(cur, dd, k, dd + k == dfin)))
+        return out
+
+    def _send_data_fin(self, sf: Subflow, now: float) -> None:
+        """A DATA_FIN on its own (SSN 0, DLL 1; RFC 8684 §3.3.3) on a pure ACK."""
+        opts, san = self._out_options(sf, self.d_nxt, sf.snd_nxt, 0, True, None, None, b"",
+                                      b"", now)
+        sf.rcv_acked = san
+        self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), TCP_ACK, opts))
+
     def _mptcp_out_option(self, sf: Subflow, d: int, s: int, n: int, data_fin: bool,
-                          payload) -> bytes:
+                          payload, m: list | None = None) -> bytes:
         """The MPTCP option for a segment of ours on ``sf`` carrying data bytes
-        ``[d, d+n)`` at relative subflow sequence ``s`` (RFC 8684 §3.1, §3.3)."""
+        ``[d, d+n)`` at relative subflow sequence ``s`` (RFC 8684 §3.1, §3.3), under the
+        mapping entry ``m`` (see :meth:`_mapped`; its checksum is computed on first use,
+        over ``payload``, which then is the whole mapping)."""
         if not self.fully_established and sf is self.sf0 and d == 0 and s == 0 \
                 and not data_fin:
             flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if self.csum else 0)
@@ -202,27 +244,31 @@ class OutboundPath:
             return build_dss_ack(dan)
         if n == 0:  # DATA_FIN alone: SSN 0, DLL 1 (RFC 8684 §3.3.3)
             dsn = self._dsn_l(self.snd_data_fin)
-            ssn = 0
-            dll = 1
-        else:
-            dsn = self._dsn_l(d)
-            ssn = (s + 1) & MASK32
-            dll = n + (1 if data_fin else 0)
-            self.counters.inc("DSSTx")
+            csum = dss_checksum(dsn, 0, 1, 0) if self.csum else None
+            return build_dss_map(dan, dsn, 0, 1, csum, True)
+        if m is None:  # (callers without an entry: the segment is its own mapping)
+            m = [s, d, n, data_fin, None]
+        dsn = self._dsn_l(m[1])
+        ssn = (m[0] + 1) & MASK32
+        dll = m[2] + (1 if m[3] else 0)
+        self.counters.inc("DSSTx")
         csum = None
         if self.csum:
-            csum = dss_checksum(dsn, ssn, dll, ones_sum(payload) if n else 0)
-            self.counters.inc("DSSChecksumTx")
-        return build_dss_map(dan, dsn, ssn, dll, csum, data_fin)
+            if m[4] is None:
+                m[4] = dss_checksum(dsn, ssn, dll, ones_sum(payload))
+                self.counters.inc("DSSChecksumTx")
+            csum = m[4]
+        return build_dss_map(dan, dsn, ssn, dll, csum, m[3])
 
     def _out_options(self, sf: Subflow, d: int, s: int, n: int, data_fin: bool, ts,
-                     r_sacks, extra: bytes, payload, now: float) -> tuple[bytes, int]:
+                     r_sacks, extra: bytes, payload, now: float,
+                     m: list | None = None) -> tuple[bytes, int]:
         """Full option block and subflow ACK (relative) for a segment on ``sf``."""
         parts = []
         if sf.ts_ok:
             tsval = ts if ts is not None else self.ts_now(now)
             parts.append(build_ts(tsval, sf.ts_recent))
-        parts.append(self._mptcp_out_option(sf, d, s, n, data_fin, payload))
+        parts.append(self._mptcp_out_option(sf, d, s, n, data_fin, payload, m))
         san, s_sacks = sf.project_ack(self.r_ack, self._held(r_sacks))
         used = sum(len(p) for p in parts)
         if s_sacks and sf.sack_ok:
@@ -241,9 +287,11 @@ class OutboundPath:
         return b"".join(parts), san
 
     def _rewrite_out(self, pkt: TcpPacket, sf: Subflow, d: int, s: int, n: int,
-                     data_fin: bool, ts, r_sacks, extra: bytes, now: float):
+                     data_fin: bool, ts, r_sacks, extra: bytes, now: float,
+                     m: list | None = None):
         payload = pkt.payload if (n and self.csum) else b""
-        opts, san = self._out_options(sf, d, s, n, data_fin, ts, r_sacks, extra, payload, now)
+        opts, san = self._out_options(sf, d, s, n, data_fin, ts, r_sacks, extra, payload, now,
+                                      m)
         pkt.set_seq(sf.snd_wire(s))
         if pkt.flags & TCP_ACK:
             pkt.set_ack(sf.rcv_wire(san))
@@ -260,18 +308,20 @@ class OutboundPath:
         sf.rcv_map.prune_below_key(san)
         return pkt.finish()
 
-    def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, data_fin: bool, ts,
-                    r_sacks, now: float) -> None:
-        """Send data bytes ``[d, d+len)`` on ``sf`` at ``s`` in segments of our own
-        (a raw socket sends no GSO super-packet: cut it to the path's segment size)."""
+    def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, ts, r_sacks,
+                    now: float, m: list) -> None:
+        """Send data bytes ``[d, d+len)`` on ``sf`` at ``s`` under mapping ``m``, in
+        segments of our own (a raw socket sends no GSO super-packet: cut to the path's
+        segment size; every segment carries the mapping, as GSO would copy it)."""
+        if self.csum and m[4] is None:
+            self._mptcp_out_option(sf, d, s, len(payload), False, payload, m)  # its checksum
         step = self._seg_size(sf)
         total = len(payload)
         for off in range(0, total, step):
             part = payload[off:off + step]
             n = len(part)
-            fin = data_fin and off + n >= total
-            opts, san = self._out_options(sf, d + off, s + off, n, fin, ts, r_sacks, b"",
-                                          part, now)
+            opts, san = self._out_options(sf, d + off, s + off, n, False, ts, r_sacks, b"",
+                                          part, now, m)
             sf.rcv_acked = san
             self.proxy.send(self._segment(sf, sf.snd_wire(s + off), TCP_ACK, opts, part))
 
@@ -389,6 +439,7 @@ def out_fast(conn, pkt: TcpPacket, now: float):
                              conn._dan() & MASK32)
     else:
         sf.send_map.add(s, d, plen)
+        sf.maps.append([s, d, plen, False, None])
         sf.snd_nxt = s + plen
         conn.d_nxt = d + plen
         c["DSSTx"] += 1

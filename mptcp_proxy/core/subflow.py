@@ -9,6 +9,7 @@ peer's direction from 0.
 
 from __future__ import annotations
 
+from collections import deque
 from enum import IntEnum
 
 from .mapping import MapTable, Range, merge_ranges
@@ -52,7 +53,7 @@ class Subflow:
         "rcv_wscale", "mss", "backup", "peer_backup", "peer_fin", "fin_sent",
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "dup_acks", "last_dsack", "closed_at",
-        "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at",
+        "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "maps",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -106,6 +107,8 @@ class Subflow:
         self.est_once = False  # the handshake completed once
         self.fill_time = -1.0
         self.prio_at: float | None = None  # a deferred MP_PRIO (break before make)
+        # the DSS mappings we sent, [s, d, n, data_fin, checksum], in subflow order
+        self.maps: deque[list] = deque()
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32
@@ -149,6 +152,42 @@ class Subflow:
             if da <= d < da + n:
                 return sa + (d - da), min(limit, da + n - d)
         return None
+
+    # -- the mappings sent (a retransmission must carry its original one) ------
+    def map_add(self, s: int, d: int, n: int, fin: bool = False,
+                csum: int | None = None) -> list:
+        """Record a DSS mapping sent for subflow bytes ``[s, s+n)`` ↔ data ``[d, d+n)``.
+
+        RFC 8684 §3.3.1: a mapping, once sent, is fixed; a receiver holding part of it
+        must see the same mapping on any retransmission of its bytes (Linux counts a
+        different one covering the segment as DSSNotMatching and falls back or resets).
+        The local stack re-segments retransmissions freely (and with GSO one mapping
+        covers a whole super-packet), so the proxy keeps what it sent."""
+        e = [s, d, n, fin, csum]
+        maps = self.maps
+        if not maps or maps[-1][0] < s:
+            maps.append(e)
+        else:
+            i = len(maps)
+            while i and maps[i - 1][0] > s:
+                i -= 1
+            maps.insert(i, e)
+        return e
+
+    def maps_over(self, s: int, n: int) -> list[list]:
+        """The recorded mappings overlapping subflow bytes ``[s, s+n)``, in order."""
+        maps = self.maps
+        if not maps or maps[-1][0] + maps[-1][2] <= s:
+            return []
+        end = s + n
+        return [e for e in maps if e[0] < end and e[0] + e[2] > s]
+
+    def maps_prune(self) -> None:
+        """Forget the mappings of subflow bytes the peer has acknowledged."""
+        maps = self.maps
+        una = self.snd_una
+        while maps and maps[0][0] + maps[0][2] <= una:
+            maps.popleft()
 
     # -- RECV side / ACK projection towards the peer -------------------------
     def rcv_add(self, lo: int, hi: int) -> None:
