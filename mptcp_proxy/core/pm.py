@@ -649,7 +649,28 @@ class PathManager:
                 continue
             for sf in list(conn.subflows):
                 if sf.iface == name and sf.state != SubflowState.CLOSED:
-                    self.break_subflow(conn, sf, now, reason=f"{name} down")
+                    if self._can_move(conn, sf):
+                        self.break_subflow(conn, sf, now, reason=f"{name} down")
+                    else:
+                        # nowhere to go (no other path, and no join possible, e.g. the
+                        # peer's side is closing): keep the subflow as it is, unused
+                        # while the link is down; its 4-tuple is valid again when the
+                        # link comes back with the same address
+                        self.counters.inc("SubflowSuspended")
+                        self.proxy.emit_event("subflow_suspended", conn, subflow=sf.index)
+
+    def _can_move(self, conn: Connection, sf: Subflow) -> bool:
+        """Another path exists for ``conn`` than ``sf``'s: a usable subflow elsewhere,
+        or an interface that is up where a join can be made (not once our DATA_FIN is
+        out: Linux refuses joins on a closing connection)."""
+        for other in conn.subflows:
+            if other is not sf and other.can_send and self._iface_up(other) \
+                    and other.iface != sf.iface:
+                return True
+        if conn.snd_data_fin is not None:
+            return False
+        return any(i.up and i.name != sf.iface and i.addr_for(conn.v6) is not None
+                   for i in self.ifaces.values())
 
     def link_up(self, name: str, now: float, v4: list[bytes] | None = None,
                 v6: list[bytes] | None = None) -> None:
