@@ -288,6 +288,11 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         if flags & TCP_SYN:
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
+            if self.data_closed():
+                # the connection already closed gracefully at the data level: this RST
+                # answers a late segment, not an abort (no MP_FASTCLOSE)
+                self.counters.inc("LateRstDropped")
+                return DROP
             return self._local_reset(pkt, now)
         if self.fast and self.fully_established:
             v = out_fast(self, pkt, now)

@@ -71,6 +71,7 @@ class InboundPath:
                 peer_sacks = read_sack(b, off, olen)
         flags = pkt.flags
         plen = pkt.plen
+        was_closed = self.data_closed()
         # RFC 9293 §3.10.7.4: only an acceptable segment may change state. The window
         # is judged against what this subflow has seen; checksums are verified (in
         # full, so only when) a segment is about to change state, since the proxy acts
@@ -226,6 +227,18 @@ class InboundPath:
             if sf.rcv_contig == s_fin:
                 sf.rcv_contig = s_fin  # (the FIN itself is acknowledged by project_ack)
             self.proxy.subflow_fin_received(self, sf, now)
+        if was_closed:
+            # both directions were closed at the data level before this segment: the
+            # local socket may be gone (it would answer RST); acknowledge data or a FIN
+            # at the subflow level here and stop
+            if plen or flags & TCP_FIN:
+                san, _ = sf.project_ack(self.r_ack, self._held(None))
+                if san > sf.rcv_acked:
+                    self.send_ack(sf, now)
+            counters.inc("LateSegmentsConsumed")
+            if sf.fin_sent is not None:
+                self._maybe_finished(now)
+            return DROP
         # -- ACK and SACK for the local stack
         d_adv = self.d_una > d_una_old
         d_sacks = None
@@ -499,7 +512,8 @@ def in_fast(conn, pkt: TcpPacket, now: float):
     if end > hend or any(x != 1 for x in b[end:hend]):
         return None  # other options after the DSS
     dss = parse_dss(b, o, olen)
-    if dss is None or dss[1] is None or dss[0] & MPTCP_DSS_DATA_FIN:
+    if dss is None or dss[1] is None or dss[0] & MPTCP_DSS_DATA_FIN \
+            or conn.rcv_data_fin is not None:
         return None
     dflags, data_ack, ack64, data_seq, dsn64, ssn, dll, csum = dss
     plen = pkt.plen
