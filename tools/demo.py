@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("\nsubflows after the download:")
                 print(px.ctl_raw("subflows", str(conn["id"])).stdout.rstrip())
             print("\ndownload (curl, plain TCP, through the proxy):")
-            check(result.get("rc") == 0, f"curl exited {result.get('rc')} {result.get('err', '')}".strip())
+            check(result.get("rc") == 0,
+                  f"curl exited {result.get('rc')} {result.get('err', '')}".strip())
             got = out_file.stat().st_size if out_file.exists() else 0
             sha = hashlib.sha256(out_file.read_bytes()).hexdigest() if got else ""
             check(got == args.size, f"{human(got)} received of {human(args.size)} "

@@ -79,6 +79,18 @@ class OutboundPath:
                 self.snd_data_fin = dfin
                 self.counters.inc("DataFinTx")
                 self.proxy.emit_event("data_fin_sent", self)
+        if plen and not fin and d + plen <= self.d_una:
+            # a re-send of bytes the peer already DATA_ACKed (the local stack sent it
+            # before it saw that DATA_ACK, which is on its way to it: a go-back-N
+            # retransmission racing a cumulative ACK that jumped over a filled hole):
+            # the peer would drop it as old, and the mapping it was first sent under
+            # may be forgotten already
+            self.counters.inc("RetransConsumed")
+            for sf in self.subflows:  # what its ACK field tells still goes out
+                if sf.state == SubflowState.ESTABLISHED or sf.state == SubflowState.CLOSING:
+                    if sf.project_ack(self.r_ack, self._held(r_sacks))[0] > sf.rcv_acked:
+                        self.send_ack(sf, now, r_sacks)
+            return DROP
         if plen:
             dfin = d + plen if fin else None
             pieces = self._mapped(self._assign(d, plen), dfin)
@@ -147,9 +159,17 @@ class OutboundPath:
 
     def _assign(self, d: int, n: int) -> list[tuple[Subflow, int, int, int]]:
         """Choose subflow and subflow sequence for data bytes ``[d, d+n)`` (paper §3.3):
-        new data goes to the active subflow, contiguous in its sequence space (a gap
-        is reserved, so late packets keep a monotonic mapping); a retransmission goes
-        where the original went while that subflow lives, else to the active one."""
+        new data goes to the active subflow, contiguous in its sequence space; a
+        retransmission goes where the original went while that subflow lives, else to
+        the active one.
+
+        New data that starts above ``d_nxt`` (the bytes between were never seen: the
+        local stack sent them while no subflow could carry them, and the proxy dropped
+        them) is mapped where it is, with no subflow space reserved for the bytes
+        skipped: they get a mapping of their own when the local stack re-sends them.
+        A reserved gap would be a subflow hole that only the exact same bytes could
+        fill; if the local stack re-sent them differently (or never, once the peer had
+        them by another path) the peer's subflow would stall at the hole for good."""
         pieces = []
         cur = d
         end = d + n
@@ -157,11 +177,10 @@ class OutboundPath:
             if cur >= self.d_nxt:
                 sf = self.active
                 s0 = sf.snd_nxt
-                sf.send_map.add(s0, self.d_nxt, end - self.d_nxt)
-                s = s0 + (cur - self.d_nxt)
-                sf.snd_nxt = s0 + (end - self.d_nxt)
+                sf.send_map.add(s0, cur, end - cur)
+                sf.snd_nxt = s0 + (end - cur)
                 self.d_nxt = end
-                pieces.append((sf, cur, s, end - cur))
+                pieces.append((sf, cur, s0, end - cur))
                 break
             lim = min(end, self.d_nxt) - cur
             hit = None
@@ -169,6 +188,14 @@ class OutboundPath:
                 if sf.state == SubflowState.ESTABLISHED or sf.state == SubflowState.CLOSING:
                     f = sf.find_sent(cur, lim)
                     if f is not None:
+                        if f[0] + f[1] <= sf.snd_una and cur >= self.d_una:
+                            # the peer has these subflow bytes but no DATA_ACK for them
+                            # (a data-level hole below, or it pruned them): re-sent at
+                            # the old subflow sequence numbers it would drop them
+                            # unread as old, so they go as new subflow data (Linux's
+                            # data-level retransmission does the same)
+                            lim = f[1]
+                            continue
                         hit = (sf, f[0], f[1])
                         break
             if hit is None:
@@ -389,6 +416,11 @@ class OutboundPath:
             opts += pad_options(extra)
         sf.rcv_acked = san
         self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), flags, opts))
+        if sf.state == SubflowState.CLOSING and sf.peer_fin is not None \
+                and san > sf.peer_fin:
+            # this ACK covers the peer's FIN (late: the local stack had not yet taken the
+            # data before it when the FIN came): the subflow may be finished now
+            self._maybe_finished(now)
 
 
 # NOP,NOP,TS(10) + NOP,NOP,DSS(22: DATA_ACK 32-bit, 64-bit mapping): 36 bytes at once

@@ -223,7 +223,8 @@ class Subflow:
         The ACK covers subflow bytes whose data is acknowledged or held, in subflow
         order; it never goes below the last ACK sent (``rcv_acked``) nor beyond what
         arrived (``rcv_high``), and covers the peer's subflow FIN once all data before
-        it is covered. The SACK blocks are held ranges above the ACK (if SACK is on).
+        it is covered. The SACK blocks (if SACK is on) are the arrived subflow bytes above
+        the ACK whose data the local stack acknowledged or holds.
         """
         s = self.rcv_acked
         ents = self.rcv_map.entries
@@ -253,11 +254,15 @@ class Subflow:
         if self.peer_fin is not None and s >= self.peer_fin:
             s = self.peer_fin + 1
         sacks: list[Range] = []
-        if held and self.sack_ok:
+        if self.sack_ok and s < self.rcv_high:
+            # data the local stack acknowledged counts too: a peer reinjecting old data
+            # on this subflow must see what arrived above a loss, or it recovers one
+            # segment per round trip
+            acked_or_held = [(-(1 << 64), r_ack), *held]
             for sa, ra, n in ents:
                 if sa + n <= s:
                     continue
-                for lo, hi in held:
+                for lo, hi in acked_or_held:
                     a = max(lo, ra)
                     b = min(hi, ra + n)
                     if a < b:

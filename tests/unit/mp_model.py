@@ -46,8 +46,8 @@ independently of the proxy's codec; MP_CAPABLE/DSS decoding comes from
 from __future__ import annotations
 
 import hashlib
-import hmac
 import heapq
+import hmac
 import random
 import struct
 from bisect import bisect_left, bisect_right
@@ -918,6 +918,7 @@ class PSub:
         self.s_alloc = 0
         self.fin_s: int | None = None
         self.fin_acked = False
+        self.close_pending = False  # the other side closed it: FIN after ``cur``
         self.rcv_nxt = 0
         self.ooo: dict[int, tuple] = {}
         self.ooo_r = RangeSet()
@@ -959,7 +960,7 @@ class PSub:
 
     @property
     def usable(self) -> bool:
-        return self.state == "ESTABLISHED" and self.fin_s is None
+        return self.state == "ESTABLISHED" and self.fin_s is None and not self.close_pending
 
     @property
     def stale(self) -> bool:
@@ -1614,6 +1615,11 @@ class MpPeer:
             sub.rcv_nxt += 1
             sub.fin_rcvd = True
             self.net.note("peer_subflow_fin_rx")
+            if sub.state == "ESTABLISHED" and sub.fin_s is None and not self.dfin_rcvd:
+                # the proxy closed this subflow alone (remove-subflow): Linux closes
+                # it too, with a FIN after the mapping it is sending
+                sub.close_pending = True
+                self._fin_if_idle(sub)
             self._maybe_close_subflows()
 
     def _arrived(self, dsn: int, data: bytes, s) -> None:
@@ -1775,12 +1781,14 @@ class MpPeer:
         while True:
             for sub in self.subs:  # finish groups already mapped to a subflow
                 g = sub.cur
-                while g is not None and sub.usable and sub.tx.room() > 0:
+                while g is not None and sub.state == "ESTABLISHED" and sub.fin_s is None \
+                        and sub.tx.room() > 0:
                     n = min(sub.mss, g[0] + g[2] - g[3])
                     self._emit(sub, g[3], n, False)
                     g[3] += n
                     if g[3] >= g[0] + g[2]:
                         sub.cur = g = None
+                        self._fin_if_idle(sub)
             # the next chunk: reinjection first, then new data
             self.reinject.remove_below(self.d_una)
             chunk = None
@@ -1865,6 +1873,12 @@ class MpPeer:
             self._send_raw(sub, ACK, sub.tx.nxt, dss_opt(data_ack=dack, ack64=self.use_64bit_ack,
                                                          dsn=dsn, ssn=0, dll=1, fin=True))
         self.dfin_timer.arm(self.net.now + 0.5)
+
+    def _fin_if_idle(self, sub: PSub) -> None:
+        if sub.close_pending and sub.cur is None and sub.fin_s is None \
+                and sub.state == "ESTABLISHED":
+            sub.fin_s = sub.tx.nxt
+            self._emit(sub, sub.fin_s, 1, False)
 
     def _maybe_close_subflows(self) -> None:
         """Both DATA_FINs done: close every subflow with a FIN (after Linux)."""

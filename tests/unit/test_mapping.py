@@ -322,7 +322,7 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
     the last ACK sent, every subflow byte whose data byte the local stack acknowledged
     (``r < r_ack``) or holds (``r`` in ``held``); never beyond ``rcv_high`` nor below
     ``rcv_acked``; plus the peer's FIN once everything before it is covered. SACK: the
-    received subflow bytes above that ACK whose data bytes are held."""
+    received subflow bytes above that ACK whose data bytes are acknowledged or held."""
     held_set = covered(held)
     s = rcv_acked
     while s in model and (model[s] < r_ack or model[s] in held_set):
@@ -332,7 +332,8 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
         cum = peer_fin + 1
     sacks: list[tuple[int, int]] = []
     if sack_ok:
-        sacks = to_ranges(x for x, r in model.items() if r in held_set and cum <= x < rcv_high)
+        sacks = to_ranges(x for x, r in model.items()
+                          if (r < r_ack or r in held_set) and cum <= x < rcv_high)
     return cum, sacks
 
 
@@ -396,10 +397,12 @@ class TestProjectAck:
 
     def test_handover_examples(self):
         sf = self._handover()
-        assert sf.project_ack(20, []) == (10, [])  # s 10 carries r 30: not yet acked
+        # s 10 carries r 30: not yet acked; s 20..29 (r 10..19) acknowledged: SACKed
+        assert sf.project_ack(20, []) == (10, [(20, 30)])
         assert sf.project_ack(40, []) == (30, [])
         assert sf.project_ack(20, [(30, 40)]) == (30, [])  # r 30..39 held: s 10..19 covered
-        assert sf.project_ack(20, [(35, 40)]) == (10, [(15, 20)])
+        # r 35..39 held (s 15..19), r 10..19 already acknowledged (s 20..29)
+        assert sf.project_ack(20, [(35, 40)]) == (10, [(15, 30)])
         assert sf.project_ack(5, [(12, 15), (35, 37)]) == (5, [(15, 17), (22, 25)])
         assert sf.project_ack(3, [(3, 8)]) == (8, [])  # held data extends the ACK
         assert sf.project_ack(2, [(2, 5), (6, 9)]) == (5, [(6, 9)])
@@ -418,7 +421,8 @@ class TestProjectAck:
     def test_peer_fin(self):
         sf = self._handover()
         sf.peer_fin = 30
-        assert sf.project_ack(39, []) == (19, [])  # r 39 (s 19) not acked: FIN not covered
+        # r 39 (s 19) not acked: FIN not covered
+        assert sf.project_ack(39, []) == (19, [(20, 30)])
         assert sf.project_ack(40, []) == (31, [])  # FIN consumes one subflow sequence number
         assert sf.project_ack(30, [(30, 40)]) == (31, [])
         sf.rcv_acked = 31

@@ -63,7 +63,8 @@ class ProxyTx:
     """Tap on the proxy's data segments to the peer. For each it knows the subflow
     (client 4-tuple), relative subflow seq ``s`` and relative DSN ``d``; it checks
     paper §3.3 (a retransmission goes where the original went, with the same
-    DSN→SSN offset, while that subflow lives) and records per subflow whether the
+    DSN→SSN offset, while that subflow lives and has not acknowledged the original
+    subflow bytes) and records per subflow whether the
     mapping became non-monotonic."""
 
     def __init__(self, net: MpNet) -> None:
@@ -117,7 +118,10 @@ class ProxyTx:
                 break
             sf0 = proxy_sf(self.net, t0)
             if sf0 is not None and sf0.state == SubflowState.ESTABLISHED:
-                if t0 != tup or off0 != srel - d:
+                # (bytes the peer acknowledged at the subflow level but not at the data
+                # level go as new subflow data: at their old place it would drop them)
+                acked = sf0.snd_una >= min(hi, end) + off0
+                if (t0 != tup or off0 != srel - d) and not acked:
                     self.errors.append(
                         f"t={now:.4f}: data [{max(lo, cur)},{min(hi, end)}) first sent on "
                         f"{t0[1]} (offset {off0}) retransmitted on {tup[1]} (offset "
@@ -902,5 +906,40 @@ def test_graceful_close_after_handovers():
     assert net.peer.dfin_rcvd and net.peer.dfin_acked
     for x in net.peer.subs:
         assert x.fin_rcvd and x.fin_acked, x
+    net.stream_ok()
+    net.assert_clean()
+
+
+def test_removed_subflow_closes_when_the_peer_fin_is_acknowledged_late():
+    """remove-subflow while the peer sends on that subflow (slowly, in large mappings):
+    the peer finishes its mapping, answers with its FIN, both FINs are acknowledged and
+    the subflow ends 'closed' in the proxy's view (not left 'closing', to be reset when
+    the connection ends), with a graceful connection close afterwards. On the namespace
+    bed the FIN sometimes came behind data the local stack had not acknowledged yet, so
+    the proxy acknowledged it later on the local stack's ACK and never re-checked the
+    subflow (tests/interop/test_multipath_interop.py test_remove_subflow); the model
+    does not hit that ordering reliably, so this pins the flow, not that ordering."""
+    net = started(41, subflows="active")
+    conn = net.conn
+    # 63 KB mappings at 100 KB/s on path 1: the peer's FIN comes after the mapping it is
+    # sending, well after the proxy's FIN retransmission timer stopped (FIN acknowledged)
+    net.peer.map_segs = 45
+    net.paths[1]["down"].rate = 100_000
+    net.peer.write(blob(3_000_000, 81))
+    net.local.write(blob(300_000, 82))
+    net.run(net.now + 0.6)
+    sf1 = conn.subflows[1]
+    assert sf1.state == SubflowState.ESTABLISHED and sf1.rcv_high > 20_000
+    net.pm.remove_subflow(conn, sf1, net.now)
+    net._forged()
+    assert net.run(net.now + 3, lambda: sf1.state == SubflowState.CLOSED), \
+        (sf1.state, sf1.fin_acked, sf1.peer_fin, sf1.rcv_acked)
+    psub = net.peer.subs[1]
+    assert psub.fin_rcvd and net.run(net.now + 1, lambda: psub.fin_acked)
+    assert net.run(net.now + 30, net.transfer_done)
+    net.local.close()
+    net.peer.close()
+    assert net.run(net.now + 30, lambda: not net.proxy.connections)
+    assert net.proxy.counters["MPFastcloseTx"] == 0 and net.proxy.counters["RstTx"] == 0
     net.stream_ok()
     net.assert_clean()

@@ -13,10 +13,24 @@ directions (``Emulation``: NFQUEUE delay stage + tbf), with a native MPTCP liste
   gating tshark expert info (``tshark_failures``);
 - the proxy's own view (``mptcpctl subflows CONN``): which subflows exist and which one sends.
 
-Where a test needs the client's sending direction to stay open for the whole download
-(a join is only possible before the proxy's DATA_FIN: Linux refuses MP_JOIN once the
-connection is closing), it uses a paced uploader (:data:`_PACED_CLIENT`) that uploads the
-deterministic stream at a fixed rate until the download ended.
+Traffic goes both ways at once: a bulk download, and an upload paced at 8 Mbit/s
+(:data:`_PACED_CLIENT`) that lasts until the download ended, so the client's sending
+direction stays open (a join is only possible before the proxy's DATA_FIN: Linux refuses
+MP_JOIN once the connection is closing); test_no_sack_bulk_both_ways saturates both
+directions.
+
+Proxy bugs these tests found, all fixed now and each held by the test that found it:
+(A) a re-segmented retransmission got a mapping cut to the new segment instead of the
+one first sent (Linux: DSSNotMatching, fallback) -- test_no_sack_bulk_both_ways, and
+every capture is checked for re-sent bytes under another mapping (:func:`_finish`);
+(B) a link flap after the local half-close killed the connection --
+test_link_flap_after_local_half_close; (C) late segments after a graceful close made the
+local stack answer RST, turned into MP_FASTCLOSE -- test_close_after_handover_is_graceful;
+(D) after break-before-make with a join after the break, new data was mapped after a
+reserved subflow gap that the local stack's re-sends never filled exactly: the upload
+stalled -- test_link_cut_failover_and_rejoin[manual-sack]; (E) a removed subflow stayed
+'closing' when the peer's FIN was acknowledged late, and old data the peer reinjected on
+the remaining subflow was not SACKed: the download stalled 7-15 s -- test_remove_subflow.
 
 Stimulus for the peer's priority switch (test_peer_switches_priority): the in-kernel path
 manager of the server has an endpoint (no flags) for its own address; ``ip mptcp endpoint
@@ -27,6 +41,7 @@ connection whose local address is that endpoint's (``mptcp_nl_set_flags`` ->
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -43,7 +58,7 @@ import pytest
 from netns import Topology
 from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
 from netns.emulation import Emulation
-from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
+from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero, tcp_counters
 from netns.peer import ServerHandle, expected_sha, run_client, start_server
 from netns.proxyd import ProxyHandle
 
@@ -55,10 +70,8 @@ DELAY_MS = 30
 RATE_MBIT = 20
 MAX_STALL_S = 2.0  # longest delivery gap tolerated in a make-before-break handover
 MOVE_WITHIN_S = 2.5  # a priority switch must move the bulk of the traffic within this
-# Upload rate of the paced client (8 Mbit/s: well below the path rate). Bulk uploads that
-# fill the path are left to test_no_sack_bulk_both_ways: with the default queue backend a
-# lost upload segment breaks the connection (see that test's xfail reason), with SACK in
-# ~40 % of runs, so a saturating upload would make every test here flaky.
+# Upload rate of the paced client (8 Mbit/s: well below the path rate, so the handover
+# timings measured here are the download's). Bulk both ways: test_no_sack_bulk_both_ways.
 UPLOAD_RATE = 1_000_000
 # MPTCP_PROXY_TEST_LOG=debug: the daemons log at that level (proxy.log next to the pcaps)
 PROXY_LOG = os.environ.get("MPTCP_PROXY_TEST_LOG")
@@ -237,8 +250,9 @@ class Transfer:
     ``down`` bytes at full speed)."""
 
     def __init__(self, topo: Topology, srv: ServerHandle, addr: str, down: int, seed: int,
-                 up: int = 0, paced: float | None = UPLOAD_RATE, timeout: float = 30.0) -> None:
-        self.topo, self.srv, self.addr = topo, srv, addr
+                 up: int = 0, paced: float | None = UPLOAD_RATE, timeout: float = 30.0,
+                 nth: int = 0) -> None:
+        self.topo, self.srv, self.addr, self.nth = topo, srv, addr, nth
         self.up, self.down, self.seed, self.paced, self.timeout = up, down, seed, paced, timeout
         self.cli: dict | None = None
         self.exc: BaseException | None = None
@@ -276,9 +290,10 @@ class Transfer:
         if self.exc is not None:
             raise self.exc
         assert self.cli is not None
-        recs = self.srv.wait(1, timeout=15)
-        assert recs, f"the server never finished the connection; client record: {self.cli}"
-        return self.cli, recs[-1]
+        recs = self.srv.wait(self.nth + 1, timeout=15)
+        assert len(recs) > self.nth, \
+            f"the server never finished the connection; client record: {self.cli}"
+        return self.cli, recs[self.nth]
 
 
 # ------------------------------------------------------------------ the bed
@@ -432,16 +447,63 @@ class Outcome:
     sd: dict[str, int]  # server MPTcpExt deltas
     pd: dict[str, int]  # proxy counter deltas
     pcap: str | None
+    remapped: int = 0  # segments re-sent under a different mapping (must stay 0)
 
 
 def _finish(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outcome:
     """Wait for the transfer, then the checks every test shares: data both ways, no
-    fallback, no server error counter, a clean capture. The proxy's log is kept next to
-    the captures (``proxy.log``)."""
+    fallback, no server error counter, a clean capture (no tshark expert info, and no
+    subflow bytes re-sent under a mapping other than the one first sent for them:
+    :func:`_remapped_segments`; a same-offset sub-mapping makes tshark's MPTCP analysis
+    assert, Linux count DSSNotMatching). The proxy's log is kept next to the captures
+    (``proxy.log``), with the facts checked (``facts.json``)."""
     try:
         return _checks(bed, px, tr, p0)
     finally:
         (bed.tmp / "proxy.log").write_text("\n".join(px.log) + "\n")
+
+
+def _remapped_segments(pcap: str) -> tuple[set[int], set[int]]:
+    """Frames whose DSS mapping overlaps an earlier mapping of the same subflow and
+    direction without being identical: ``(same_offset, conflicting)``. Linux re-sends a
+    segment under its original mapping; a same-offset sub-mapping breaks that rule, a
+    conflicting one would be corruption."""
+    out = _tshark(pcap, ["-Y", "tcp.options.mptcp.datalvllen", "-T", "fields",
+                         "-e", "frame.number", "-e", "tcp.stream", "-e", "tcp.srcport",
+                         "-e", "tcp.options.mptcp.rawdataseqno",
+                         "-e", "tcp.options.mptcp.subflowseqno",
+                         "-e", "tcp.options.mptcp.datalvllen",
+                         "-e", "tcp.options.mptcp.datafin.flag"], prefs={})
+    seen: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    same_offset: set[int] = set()
+    conflicting: set[int] = set()
+    for line in out.splitlines():
+        f = line.split("\t")
+        try:
+            frame = int(f[0])
+            dsn, ssn, dll = (int(f[i].split(",")[0]) for i in (3, 4, 5))
+        except (ValueError, IndexError):
+            continue
+        if ssn == 0 or dll == 0:  # DATA_FIN alone
+            continue
+        data_fin = len(f) > 6 and f[6].split(",")[0] in ("1", "True")
+        maps = seen.setdefault((f[1], f[2]), [])
+        # (a DATA_FIN counts in the data-level length, not in the subflow's sequence)
+        end, off = ssn + dll - (1 if data_fin else 0), dsn - ssn
+        lo = bisect.bisect_left(maps, (ssn - (1 << 18),))
+        hi = bisect.bisect_left(maps, (end,))
+        identical = False
+        for s2, e2, o2 in maps[lo:hi]:
+            if s2 < end and e2 > ssn:
+                if (s2, e2, o2) == (ssn, end, off):
+                    identical = True
+                elif o2 == off:
+                    same_offset.add(frame)
+                else:
+                    conflicting.add(frame)
+        if not identical:
+            bisect.insort(maps, (ssn, end, off))
+    return same_offset, conflicting
 
 
 def _checks(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outcome:
@@ -453,6 +515,7 @@ def _checks(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outc
     facts = {"client": {k: cli.get(k) for k in ("error", "sent", "received", "max_gap_s")},
              "server": {k: rec.get(k) for k in ("error", "sent", "received", "max_gap_s")},
              "server_counters": nonzero(sd), "proxy_counters": nonzero(pd)}
+    (bed.tmp / "facts.json").write_text(json.dumps(facts, indent=1))
     # data, both directions
     assert cli["error"] is None and rec["error"] is None, facts
     assert cli["received"] == tr.down and rec["sent"] == tr.down, facts
@@ -473,12 +536,18 @@ def _checks(bed: Bed, px: ProxyHandle, tr: Transfer, p0: dict[str, int]) -> Outc
     assert_no_errors(sd)
     assert pd.get("InternalErrors", 0) == 0 and pd.get("FallbackConnections", 0) == 0, facts
     # tshark on the server link(s): no gating expert info, final checksums
+    remapped: set[int] = set()
     if pcap is not None:
         failures = tshark_failures(pcap, check_checksum=True)
+        remapped, conflicting = _remapped_segments(pcap)
+        assert not conflicting, f"mappings contradicting earlier ones: {sorted(conflicting)}"
+        assert not remapped, f"{len(remapped)} segments re-sent under another mapping, " \
+                             f"frames {sorted(remapped)[:10]}"
         assert failures == [], f"tshark: {failures[:20]}"
         summary = mptcp_summary(pcap)
-        assert summary["MP_FAIL"] == 0 and summary["MP_TCPRST"] == 0, summary
-    return Outcome(cli, rec, sd, pd, pcap)
+        assert summary["MP_FAIL"] == 0, summary
+    # (MP_FASTCLOSE/MP_TCPRST at the very end are test_close_after_handover_is_graceful's)
+    return Outcome(cli, rec, sd, pd, pcap, len(remapped))
 
 
 def _report(record_property: Callable[[str, Any], None], **facts: Any) -> None:
@@ -502,22 +571,31 @@ def _rm_addr_ids(pcap: str, src: str) -> list[str]:
     return ids
 
 
-def _fin_rst(pcap: str, client: str, sport: int) -> dict[str, int]:
-    """FIN and RST segments each way on the subflow ``client:sport``."""
-    out = _tshark(pcap, ["-Y", f"ip.addr == {client} && tcp.port == {sport} && "
-                         "(tcp.flags.fin == 1 || tcp.flags.reset == 1)",
-                         "-T", "fields", "-e", "ip.src", "-e", "tcp.flags.fin",
-                         "-e", "tcp.flags.reset"], prefs={})
-    counts = {"fin_from_client": 0, "fin_from_server": 0, "rst_from_client": 0,
-              "rst_from_server": 0}
+def _subflow_close(pcap: str, client: str, sport: int) -> dict[str, Any]:
+    """How the subflow ``client:sport`` ended on the wire: each side's FIN and whether the
+    other side acknowledged it, and the RSTs from each side before and after both FINs
+    were acknowledged."""
+    out = _tshark(pcap, ["-Y", f"ip.addr == {client} && tcp.port == {sport}", "-T", "fields",
+                         "-e", "ip.src", "-e", "tcp.flags.fin", "-e", "tcp.flags.reset",
+                         "-e", "tcp.seq", "-e", "tcp.len", "-e", "tcp.ack"],
+                  prefs={"tcp.relative_sequence_numbers": "TRUE"})
+    fin_end: dict[str, int | None] = {"client": None, "server": None}
+    acked = {"client": False, "server": False}  # that side's FIN was acknowledged
+    rst = {"client_before": 0, "client_after": 0, "server_before": 0, "server_after": 0}
     for line in out.splitlines():
-        src, fin, rst = (line.split("\t") + ["", "", ""])[:3]
+        src, fin, reset, seq, plen, ack = (line.split("\t") + [""] * 6)[:6]
         who = "client" if src == client else "server"
-        if fin in ("1", "True"):
-            counts[f"fin_from_{who}"] += 1
-        if rst in ("1", "True"):
-            counts[f"rst_from_{who}"] += 1
-    return counts
+        other = "server" if who == "client" else "client"
+        if reset in ("1", "True"):
+            rst[f"{who}_{'after' if all(acked.values()) else 'before'}"] += 1
+            continue
+        if fin in ("1", "True") and fin_end[who] is None:
+            fin_end[who] = int(seq) + int(plen or 0) + 1
+        if ack and fin_end[other] is not None and int(ack) >= fin_end[other]:
+            acked[other] = True
+    return {"fin_from_client": fin_end["client"] is not None,
+            "fin_from_server": fin_end["server"] is not None,
+            "client_fin_acked": acked["client"], "server_fin_acked": acked["server"], **rst}
 
 
 # ------------------------------------------------------------------ 1. add a subflow
@@ -562,7 +640,8 @@ def test_add_subflow_during_transfer(mp_bed, run_proxy, record_property) -> None
     summary = mptcp_summary(out.pcap)
     assert summary["MP_JOIN"] >= 3, summary  # SYN, SYN/ACK, third ACK on the server link
     _report(record_property, join_s=round(t_est - t_add, 3), c1_bytes_1_5s=carried["rc1"],
-            max_gap_down=out.cli["max_gap_s"], max_gap_up=out.rec["max_gap_s"])
+            max_gap_down=out.cli["max_gap_s"], max_gap_up=out.rec["max_gap_s"],
+            remapped=out.remapped)
 
 
 # ------------------------------------------------------------------ 2. make before break
@@ -579,30 +658,29 @@ def test_make_before_break_handover(mp_bed, run_proxy, record_property, family: 
     caddr = topo.client_addrs6 if v6 else topo.client_addrs
     px = run_proxy(topo, extra=_opts("--subflows", "backup"))
     p0 = px.stats()
-    down = 18 * MB if not v6 else 14 * MB
     with LinkMeter(topo) as meter:
-        tr = Transfer(topo, bed.srv, addr, down=down, seed=202)
+        tr = Transfer(topo, bed.srv, addr, down=16 * MB, seed=202)
         cid = _conn_id(px)
         _wait_subflow(px, cid, lambda s: s["iface"] == "c1" and s["state"] == "established",
                       5, "the backup subflow on c1")
         sfs0 = _subflows(px, cid)
         sd = bed.server_delta()
         assert sd["MPJoinSynBackupRx"] == 1 and sd["MPJoinAckRx"] == 1, nonzero(sd)
-        meter.wait_total(3 * MB, timeout=15)
+        meter.wait_total(2 * MB, timeout=15)
 
         t1 = time.monotonic()
         h1 = px.ctl("handover", str(cid), "--to", "c1")
         prio1 = _wait_server_counter(bed, "MPPrioRx", 1, 3)
         sfs1 = _subflows(px, cid)
-        time.sleep(max(0.0, t1 + 3.0 - time.monotonic()))
+        time.sleep(max(0.0, t1 + 2.5 - time.monotonic()))
         assert tr.running, "the transfer ended before the second handover"
 
         t2 = time.monotonic()
         h2 = px.ctl("handover", str(cid), "--to", "c0")
         _wait_server_counter(bed, "MPPrioRx", prio1 + 1, 3)
         sfs2 = _subflows(px, cid)
-    out = _finish(bed, px, tr, p0)
-    t_end = time.monotonic()
+        out = _finish(bed, px, tr, p0)
+        t_end = time.monotonic()
 
     # the proxy's view
     assert [(s["iface"], s["backup"], s["active"]) for s in sfs0] == \
@@ -631,27 +709,65 @@ def test_make_before_break_handover(mp_bed, run_proxy, record_property, family: 
     gaps = {"down": out.cli["max_gap_s"], "up": out.rec["max_gap_s"]}
     assert max(gaps.values()) <= MAX_STALL_S, gaps
     _report(record_property, family=family, move_latency=move, max_gap=gaps,
-            mpprio=(out.pd["MPPrioTx"], out.sd["MPPrioRx"]))
+            mpprio=(out.pd["MPPrioTx"], out.sd["MPPrioRx"]), remapped=out.remapped)
+
+
+def test_close_after_handover_is_graceful(mp_bed, run_proxy, record_property) -> None:
+    """Three connections, each handed over to c1 and back to c0 about 1.5 MB before the
+    end of its download: every one must end with FINs only, as without handover
+    (test_proxy_basic.test_close_semantics_match_native): no RST from the local stack,
+    no MP_FASTCLOSE/MP_TCPRST from the proxy."""
+    bed = mp_bed()
+    topo = bed.topo
+    px = run_proxy(topo, extra=_opts("--subflows", "backup"))
+    p0 = px.stats()
+    c0 = tcp_counters(topo.client)
+    down = 8 * MB
+    for i in range(3):
+        with LinkMeter(topo) as meter:
+            tr = Transfer(topo, bed.srv, topo.server_addr, down=down, seed=210 + i, nth=i)
+            cid = px.wait_connection("established", timeout=10)["id"]
+            _wait_subflow(px, cid, lambda s: s["iface"] == "c1" and s["state"] == "established",
+                          5, "the backup subflow on c1")
+            meter.wait_total(2 * MB, timeout=15)
+            px.ctl("handover", str(cid), "--to", "c1")
+            meter.wait_total(down - int(1.5 * MB), timeout=15)
+            px.ctl("handover", str(cid), "--to", "c0")
+            cli, rec = tr.result()
+        assert cli["error"] is None and rec["error"] is None, (cli, rec)
+        assert cli["recv_sha256"] == expected_sha(210 + i, down, "down")
+        assert rec["recv_sha256"] == expected_sha(210 + i, cli["sent"], "up")
+    time.sleep(1.0)
+    pd = diff(p0, px.stats())
+    td = diff(c0, tcp_counters(topo.client))
+    pcap = bed.stop_captures()
+    summary = mptcp_summary(pcap) if pcap else {}
+    facts = {"proxy": {k: pd.get(k, 0) for k in ("MPFastcloseTx", "RstTx", "DataFinTx",
+                                                 "DataFinRx")},
+             "client_OutRsts": td.get("OutRsts", 0),
+             "wire": {k: summary.get(k) for k in ("MP_FASTCLOSE", "MP_TCPRST")}}
+    _report(record_property, **facts)
+    assert pd["DataFinTx"] == 3 and pd["DataFinRx"] == 3, facts
+    assert td.get("OutRsts", 0) == 0, f"the local stack sent RSTs: {facts}"
+    assert pd["MPFastcloseTx"] == 0 and pd["RstTx"] == 0, facts
+    assert summary["MP_FASTCLOSE"] == 0 and summary["MP_TCPRST"] == 0, facts
+    assert_no_errors(bed.server_delta())
 
 
 # ------------------------------------------------------------------ 3. break before make
 
-LINK_CUT_CASES = {
-    # (subflows policy, SACK on the client)
-    "backup-sack": ("backup", True),
-    "backup-nosack": ("backup", False),
-    "manual-sack": ("manual", True),
-}
-
-
-@pytest.mark.parametrize("case", list(LINK_CUT_CASES))
-def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, case: str) -> None:
+@pytest.mark.parametrize("mode,sack", [
+    pytest.param("backup", True, id="backup-sack"),
+    pytest.param("backup", False, id="backup-nosack"),
+    pytest.param("manual", True, id="manual-sack"),
+])
+def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, mode: str,
+                                      sack: bool) -> None:
     """Link c0 is cut (both veth ends down) during a download with a paced upload: the proxy
     fails over to c1 (backup: the backup subflow; manual: a join after the break, paper
     §5.4), sends REMOVE_ADDR for address ID 0 (the server's RmAddr rises), and c1 carries
     the rest intact. With ``--subflows backup`` (rejoin on), c0 comes back up and the proxy
     joins on it again: MPJoinAckRx rises again, no MPJoinRejected."""
-    mode, sack = LINK_CUT_CASES[case]
     bed = mp_bed(sack=sack)
     topo = bed.topo
     px = run_proxy(topo, extra=_opts("--subflows", mode))
@@ -692,10 +808,14 @@ def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, case: 
     assert out.sd["RmAddr"] >= 1, nonzero(out.sd)
     assert "0" in _rm_addr_ids(out.pcap, topo.client_addrs[1]), "no REMOVE_ADDR for ID 0"
     assert out.pd["LinkDown"] == 1 and out.pd["RmAddrTx"] >= 1, nonzero(out.pd)
-    facts: dict[str, Any] = {"case": case, "failover_s": round(t_fail - t_cut, 3),
-                             "resume_1MB_s": round(t_resume - t_cut, 3),
-                             "max_gap_down": out.cli["max_gap_s"],
-                             "max_gap_up": out.rec["max_gap_s"]}
+    # break before make costs a gap, natively 0.8-1.7 s with SACK and up to 8 s without
+    # (DESIGN.md §5); both directions must resume within that
+    gaps = {"down": out.cli["max_gap_s"], "up": out.rec["max_gap_s"]}
+    assert max(gaps.values()) <= (3.0 if sack else 8.0), gaps
+    facts: dict[str, Any] = {"case": f"{mode}-{'sack' if sack else 'nosack'}",
+                             "failover_s": round(t_fail - t_cut, 3),
+                             "resume_1MB_s": round(t_resume - t_cut, 3), "max_gap": gaps,
+                             "remapped": out.remapped}
     if mode == "manual":
         # paper §5.4: one subflow at the start, the join on c1 comes after the break
         assert out.sd["MPJoinAckRx"] == 1 and joins_before == 0, nonzero(out.sd)
@@ -742,19 +862,19 @@ def test_break_command_handover(mp_bed, run_proxy, record_property) -> None:
     assert moved is not None, "the download never moved to c1"
     _report(record_property, join_s=round(t_est - t_cmd, 3),
             resume_1MB_s=round(t_resume - t_cmd, 3), down_on_c1_s=moved,
-            max_gap_down=out.cli["max_gap_s"])
+            max_gap_down=out.cli["max_gap_s"], max_gap_up=out.rec["max_gap_s"],
+            remapped=out.remapped)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: without SACK on the client, bulk both ways stalls for good after the first upload "
-    "loss: a retransmission re-segmented by the local stack gets a DSS mapping cut to the "
-    "new segment (a strict subset of the original mapping, same offset) instead of the "
-    "original one; Linux, still holding the original as its current mapping, counts "
-    "DSSNotMatching and falls back (DssFallback)"))
 def test_no_sack_bulk_both_ways(mp_bed, run_proxy) -> None:
-    """The precondition of break-before-make without SACK (scenario 3): one subflow,
-    ``tcp_sack=0`` on the client, 4 MB up and 8 MB down at once through 30 ms / 20 Mbit/s.
-    Native MPTCP and plain TCP both complete this on the same bed (10-17 s)."""
+    """Bug A's test: one subflow, ``tcp_sack=0`` on the client, 4 MB up and 8 MB down at
+    once through 30 ms / 20 Mbit/s (the precondition of break-before-make without SACK
+    with a bulk upload). Every upload loss is repaired by re-sending with a new
+    segmentation (GSO super-packets of the default backend make that the rule); each
+    re-sent byte must carry the mapping first sent for it, or the server counts
+    DSSNotMatching, falls back and the transfer stalls for good (as it did before the
+    proxy kept a log of its mappings). Native MPTCP and plain TCP complete it on the
+    same bed in 10-17 s."""
     bed = mp_bed(sack=False)
     px = run_proxy(bed.topo, extra=_opts("--subflows", "manual"))
     p0 = px.stats()
@@ -763,11 +883,6 @@ def test_no_sack_bulk_both_ways(mp_bed, run_proxy) -> None:
     _finish(bed, px, tr, p0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a link flap after the local app half-closed (proxy DATA_FIN sent) kills the "
-    "connection: a join is impossible (Linux refuses MP_JOIN once closing), the proxy "
-    "marks subflow 0 closed on link down and never uses it again when the link (and the "
-    "unchanged address) comes back, so the download hangs until the app times out"))
 def test_link_flap_after_local_half_close(mp_bed, run_proxy) -> None:
     """``--subflows manual``: the client uploads 2 MB and half-closes, the download goes on;
     c0 goes down for 2 s and comes back with the same address. Plain TCP survives such a
@@ -810,29 +925,36 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
         assert reply["id"] == 1, reply
         gone = _wait(lambda: _server_subflows(topo) == 1, 5)
         t_gone = time.monotonic()
-        _wait_subflow(px, cid, lambda s: s["id"] == 1 and s["state"] == "closed", 5,
-                      "subflow 1 closed")
+        closed = _wait(lambda: any(s["id"] == 1 and s["state"] == "closed"
+                                   for s in _query(px, "subflows", conn=cid)), 3)
         after = _subflows(px, cid)
         assert tr.running, "the transfer ended before the removal was checked"
-        time.sleep(1.0)
+        time.sleep(max(0.0, t_gone + 1.5 - time.monotonic()))
         t_mid = time.monotonic()
-        time.sleep(1.5)
+        time.sleep(1.0)
         late = meter.bytes(t_mid, time.monotonic())
-    out = _finish(bed, px, tr, p0)
+        assert tr.running, "the transfer ended before the path after the removal was seen"
+        out = _finish(bed, px, tr, p0)
 
     assert gone, "the server still has 2 established subflows"
-    assert [(s["id"], s["state"]) for s in after] == [(0, "established"), (1, "closed")], \
-        _brief(after)
     assert _active(after)["id"] == 0
     sport = int(sf1["local"].rsplit(":", 1)[1])
-    finrst = _fin_rst(out.pcap, topo.client_addrs[1], sport)
-    assert finrst["fin_from_client"] >= 1 and finrst["fin_from_server"] >= 1, finrst
-    assert finrst["rst_from_client"] == 0 and finrst["rst_from_server"] == 0, finrst
-    assert late["rc1"] < 50_000 and late["rc0"] > 500_000, late  # the rest goes over c0
+    wire = _subflow_close(out.pcap, topo.client_addrs[1], sport)
+    # a clean close on the wire: FIN each way, each acknowledged, no RST meanwhile
+    assert wire["fin_from_client"] and wire["fin_from_server"], wire
+    assert wire["client_fin_acked"] and wire["server_fin_acked"], wire
+    assert wire["client_before"] == 0 and wire["server_before"] == 0, wire
+    assert wire["server_after"] == 0, wire
+    # the proxy's view agrees with the wire (bug E: it stayed 'closing' and reset the
+    # subflow when the connection ended)
+    assert closed, _brief(after)
+    assert wire["client_after"] == 0, wire
+    assert late["rc1"] < 50_000 and late["rc0"] > 1 * MB, late  # the rest goes over c0
     assert out.pd["RmSubflowTx"] == 1 and out.pd.get("SubflowFinTx", 0) >= 1, nonzero(out.pd)
     assert out.sd["MPJoinAckRx"] == 1 and out.sd["MPRstRx"] == 0, nonzero(out.sd)
-    _report(record_property, server_subflow_gone_s=round(t_gone - t_rm, 3), fin_rst=finrst,
-            sf1_received=sf1["bytes_received"])
+    _report(record_property, server_subflow_gone_s=round(t_gone - t_rm, 3), wire=wire,
+            proxy_closed=bool(closed), sf1_received=sf1["bytes_received"],
+            remapped=out.remapped)
 
 
 # ------------------------------------------------------------------ 5. ADD_ADDR from the peer
@@ -875,7 +997,7 @@ def test_peer_announces_address(mp_bed, run_proxy, record_property) -> None:
                                        "-T", "fields", "-e", "ip.dst"], prefs={}).split()
     assert join_syns == [topo.server_addrs[1]], join_syns
     _report(record_property, add_addr=(out.sd["AddAddrTx"], out.sd["EchoAdd"]),
-            s1_bytes=s1_rx)
+            s1_bytes=s1_rx, remapped=out.remapped)
 
 
 # ------------------------------------------------------------------ 6. MP_PRIO from the peer
@@ -925,7 +1047,7 @@ def test_peer_switches_priority(mp_bed, run_proxy, record_property) -> None:
         assert latency is not None and latency <= MOVE_WITHIN_S, move
     _report(record_property, stimulus="ip mptcp endpoint change id 1 backup (server)",
             move_latency=move, max_gap_down=out.cli["max_gap_s"],
-            max_gap_up=out.rec["max_gap_s"])
+            max_gap_up=out.rec["max_gap_s"], remapped=out.remapped)
 
 
 # ------------------------------------------------------------------ 7. multipath reception
@@ -950,10 +1072,10 @@ def test_multipath_reception(mp_bed, run_proxy, record_property) -> None:
     assert out.sd["MPJoinSynRx"] == 1 and out.sd["MPJoinSynBackupRx"] == 0, nonzero(out.sd)
     for ifname in ("rc0", "rc1"):
         assert per_link[ifname] > 3 * MB, f"download per link: {per_link}"
+    # the rate is reported, not asserted (DESIGN.md §5: performance is the benchmarks')
     rate = 10 * MB * 8 / out.cli["recv_s"] / 1e6
-    assert rate > 1.2 * RATE_MBIT, f"{rate:.1f} Mbit/s: no aggregation over two paths"
     _report(record_property, download_per_link=per_link, download_mbit=round(rate, 1),
-            max_gap_down=out.cli["max_gap_s"])
+            max_gap_down=out.cli["max_gap_s"], remapped=out.remapped)
 
 
 # ------------------------------------------------------------------ 8. three interfaces
@@ -968,7 +1090,7 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
     p0 = px.stats()
     steps: dict[str, Any] = {}
     with LinkMeter(topo) as meter:
-        tr = Transfer(topo, bed.srv, topo.server_addr, down=22 * MB, seed=808)
+        tr = Transfer(topo, bed.srv, topo.server_addr, down=26 * MB, seed=808)
         cid = _conn_id(px)
         for ifname in ("c1", "c2"):
             _wait_subflow(px, cid, lambda s, i=ifname: s["iface"] == i
@@ -976,7 +1098,7 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
         start = _subflows(px, cid)
         sd = bed.server_delta()
         assert sd["MPJoinSynBackupRx"] == 2 and sd["MPJoinAckRx"] == 2, nonzero(sd)
-        meter.wait_total(3 * MB, timeout=15)
+        meter.wait_total(2 * MB, timeout=15)
         for target in ("c2", "c1", "c2"):
             t = time.monotonic()
             px.ctl("handover", str(cid), "--to", target)
@@ -986,7 +1108,7 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
                 (target, moved, meter.bytes(t, time.monotonic()))
             assert _active(_subflows(px, cid))["iface"] == target
             steps.setdefault("moves", []).append((target, moved))
-            time.sleep(0.4)
+            time.sleep(0.2)
         assert tr.running, "the transfer ended before the cut"
         t_cut = time.monotonic()
         bed.emu.down(2)
@@ -1005,5 +1127,5 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
     assert out.pd["Handovers"] >= 4 and out.pd["LinkDown"] == 1, nonzero(out.pd)
     steps.update(failover_to=act["iface"], failover_s=round(t_fail - t_cut, 3),
                  down_moved_s=moved, max_gap_down=out.cli["max_gap_s"],
-                 max_gap_up=out.rec["max_gap_s"])
+                 max_gap_up=out.rec["max_gap_s"], remapped=out.remapped)
     _report(record_property, **steps)
