@@ -203,6 +203,10 @@ class ClosingPath:
                     and sf.peer_fin is not None and sf.rcv_acked > sf.peer_fin):
                 sf.state = SubflowState.CLOSED
                 sf.timer = None
+                if not self.data_closed():  # one subflow closed alone (remove-subflow)
+                    sf.closed_at = now
+                    self.proxy.emit_event("subflow_closed", self, subflow=sf.index,
+                                          reason="fin")
         if self.data_closed() and all(sf.state == SubflowState.CLOSED for sf in self.subflows):
             self._close(now)
 

@@ -908,14 +908,18 @@ def test_link_flap_after_local_half_close(mp_bed, run_proxy) -> None:
 
 def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
     """``--subflows active`` (the server sends on both); once subflow 1 carried data,
-    ``remove-subflow CONN 1`` closes it with a FIN exchange (no RST), the server's subflow
-    count drops to 1 and the rest of the transfer goes over c0."""
+    ``remove-subflow CONN 1`` closes it with a FIN exchange (no RST): the server's subflow
+    count drops to 1, the proxy reports the subflow closed (``subflow_closed subflow=1
+    reason=fin``) while the connection is still open, and from then on the rest of the
+    transfer goes over c0. (The server's FIN can come seconds after ours: Linux keeps
+    sending on a subflow in CLOSE_WAIT -- ``__tcp_can_send`` -- until its path manager
+    closes it, and the path's queue holds up to ~1 s of data.)"""
     bed = mp_bed()
     topo = bed.topo
     px = run_proxy(topo, extra=_opts("--subflows", "active"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
-        tr = Transfer(topo, bed.srv, topo.server_addr, down=16 * MB, seed=404)
+        tr = Transfer(topo, bed.srv, topo.server_addr, down=30 * MB, seed=404)
         cid = _conn_id(px)
         sf1 = _wait_subflow(px, cid, lambda s: s["id"] == 1 and s["state"] == "established"
                             and s["bytes_received"] > 1 * MB, 8, "subflow 1 carrying 1 MB")
@@ -925,11 +929,13 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
         assert reply["id"] == 1, reply
         gone = _wait(lambda: _server_subflows(topo) == 1, 5)
         t_gone = time.monotonic()
-        closed = _wait(lambda: any(s["id"] == 1 and s["state"] == "closed"
-                                   for s in _query(px, "subflows", conn=cid)), 3)
         after = _subflows(px, cid)
-        assert tr.running, "the transfer ended before the removal was checked"
-        time.sleep(max(0.0, t_gone + 1.5 - time.monotonic()))
+        event = f"conn {cid} subflow_closed subflow=1 reason=fin"
+        closed = _wait(lambda: any(event in x for x in px.log), 10)
+        t_closed = time.monotonic()
+        assert tr.running, "the transfer ended before the subflow was closed"
+        view = _subflows(px, cid)
+        time.sleep(0.3)  # the last ACKs of subflow 1 cross the path
         t_mid = time.monotonic()
         time.sleep(1.0)
         late = meter.bytes(t_mid, time.monotonic())
@@ -947,13 +953,14 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
     assert wire["server_after"] == 0, wire
     # the proxy's view agrees with the wire (bug E: it stayed 'closing' and reset the
     # subflow when the connection ended)
-    assert closed, _brief(after)
+    assert closed, (_brief(after), [x for x in px.log if "subflow" in x][-5:])
+    assert [s["state"] for s in view if s["id"] == 1] in ([], ["closed"]), _brief(view)
     assert wire["client_after"] == 0, wire
     assert late["rc1"] < 50_000 and late["rc0"] > 1 * MB, late  # the rest goes over c0
     assert out.pd["RmSubflowTx"] == 1 and out.pd.get("SubflowFinTx", 0) >= 1, nonzero(out.pd)
     assert out.sd["MPJoinAckRx"] == 1 and out.sd["MPRstRx"] == 0, nonzero(out.sd)
     _report(record_property, server_subflow_gone_s=round(t_gone - t_rm, 3), wire=wire,
-            proxy_closed=bool(closed), sf1_received=sf1["bytes_received"],
+            proxy_closed_s=round(t_closed - t_rm, 3), sf1_received=sf1["bytes_received"],
             remapped=out.remapped)
 
 
