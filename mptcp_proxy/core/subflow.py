@@ -223,8 +223,10 @@ class Subflow:
         The ACK covers subflow bytes whose data is acknowledged or held, in subflow
         order; it never goes below the last ACK sent (``rcv_acked``) nor beyond what
         arrived (``rcv_high``), and covers the peer's subflow FIN once all data before
-        it is covered. The SACK blocks (if SACK is on) are the arrived subflow bytes above
-        the ACK whose data the local stack acknowledged or holds.
+        it is covered. The SACK blocks (if SACK is on, and only when the local stack holds
+        data above a data-level hole or this subflow has one: otherwise there is no loss
+        for them to tell about) are the arrived subflow bytes above the ACK whose data the
+        local stack acknowledged or holds.
         """
         s = self.rcv_acked
         ents = self.rcv_map.entries
@@ -254,7 +256,7 @@ class Subflow:
         if self.peer_fin is not None and s >= self.peer_fin:
             s = self.peer_fin + 1
         sacks: list[Range] = []
-        if self.sack_ok and s < self.rcv_high:
+        if self.sack_ok and (held or self.rcv_ooo) and s < self.rcv_high:
             # data the local stack acknowledged counts too: a peer reinjecting old data
             # on this subflow must see what arrived above a loss, or it recovers one
             # segment per round trip

@@ -321,8 +321,9 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
     """The docstring, per byte: the cumulative subflow ACK covers, in subflow order from
     the last ACK sent, every subflow byte whose data byte the local stack acknowledged
     (``r < r_ack``) or holds (``r`` in ``held``); never beyond ``rcv_high`` nor below
-    ``rcv_acked``; plus the peer's FIN once everything before it is covered. SACK: the
-    received subflow bytes above that ACK whose data bytes are acknowledged or held."""
+    ``rcv_acked``; plus the peer's FIN once everything before it is covered. SACK (only
+    when something is held: here every subflow byte arrived, so there is no subflow hole):
+    the received subflow bytes above that ACK whose data bytes are acknowledged or held."""
     held_set = covered(held)
     s = rcv_acked
     while s in model and (model[s] < r_ack or model[s] in held_set):
@@ -331,7 +332,7 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
     if peer_fin is not None and cum >= peer_fin:
         cum = peer_fin + 1
     sacks: list[tuple[int, int]] = []
-    if sack_ok:
+    if sack_ok and held:
         sacks = to_ranges(x for x, r in model.items()
                           if (r < r_ack or r in held_set) and cum <= x < rcv_high)
     return cum, sacks
@@ -397,8 +398,8 @@ class TestProjectAck:
 
     def test_handover_examples(self):
         sf = self._handover()
-        # s 10 carries r 30: not yet acked; s 20..29 (r 10..19) acknowledged: SACKed
-        assert sf.project_ack(20, []) == (10, [(20, 30)])
+        # s 10 carries r 30: not yet acked (nothing held, no subflow hole: no SACK)
+        assert sf.project_ack(20, []) == (10, [])
         assert sf.project_ack(40, []) == (30, [])
         assert sf.project_ack(20, [(30, 40)]) == (30, [])  # r 30..39 held: s 10..19 covered
         # r 35..39 held (s 15..19), r 10..19 already acknowledged (s 20..29)
@@ -408,6 +409,18 @@ class TestProjectAck:
         assert sf.project_ack(2, [(2, 5), (6, 9)]) == (5, [(6, 9)])
         sf.sack_ok = False
         assert sf.project_ack(5, [(12, 15)]) == (5, [])
+
+    def test_old_data_above_a_subflow_hole_is_sacked(self):
+        """The peer reinjected data the local stack already acknowledged onto this
+        subflow and one segment of it was lost: what arrived above the hole is SACKed,
+        or the peer recovers it one segment per round trip (seen as 7-15 s stalls after
+        remove-subflow on the namespace bed)."""
+        sf = self._handover()
+        sf.rcv_contig = 12  # s 12..14 lost
+        sf.rcv_ooo = [[15, 30]]
+        assert sf.project_ack(40, []) == (12, [(15, 30)])
+        sf.sack_ok = False
+        assert sf.project_ack(40, []) == (12, [])
 
     def test_never_below_last_ack_nor_beyond_received(self):
         sf = self._handover()
@@ -422,7 +435,7 @@ class TestProjectAck:
         sf = self._handover()
         sf.peer_fin = 30
         # r 39 (s 19) not acked: FIN not covered
-        assert sf.project_ack(39, []) == (19, [(20, 30)])
+        assert sf.project_ack(39, []) == (19, [])
         assert sf.project_ack(40, []) == (31, [])  # FIN consumes one subflow sequence number
         assert sf.project_ack(30, [(30, 40)]) == (31, [])
         sf.rcv_acked = 31
