@@ -22,7 +22,7 @@ from typing import Any
 
 _EXPORTS = {
     "Topology": "topology", "CommandError": "topology", "ns_pids": "topology",
-    "python_argv": "topology", "reap_stale": "topology",
+    "python_argv": "topology", "reap_stale": "topology", "wait_until": "topology",
     "start_server": "peer", "run_client": "peer", "measure_rtt": "peer",
     "expected_sha": "peer", "ServerHandle": "peer", "socket_facts": "peer",
     "mptcp_info": "peer",

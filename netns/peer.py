@@ -158,7 +158,9 @@ def socket_facts(sock: socket.socket, mptcp_expected: bool = False) -> dict[str,
             "mptcp_info": info}
 
 
-def _error_name(exc: BaseException) -> str:
+def error_name(exc: BaseException, detail: bool = False) -> str:
+    """Short name of a socket error (``reset``, ``timeout``, an errno name...); other
+    exceptions by type name, with their message if ``detail``."""
     if isinstance(exc, ConnectionResetError):
         return "reset"
     if isinstance(exc, BrokenPipeError):
@@ -167,7 +169,7 @@ def _error_name(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, OSError) and exc.errno:
         return errno.errorcode.get(exc.errno, str(exc.errno)).lower()
-    return type(exc).__name__
+    return f"{type(exc).__name__}: {exc}" if detail else type(exc).__name__
 
 
 def _addr(sa: Sequence[Any]) -> str:
@@ -193,7 +195,7 @@ class _Side:
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
-            self.error = _error_name(exc)
+            self.error = error_name(exc)
 
     def send(self, sock: socket.socket, chunks: Iterator[bytes]) -> None:
         for block in chunks:

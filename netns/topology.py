@@ -38,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 from socket import AF_INET, AF_INET6
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pyroute2 import MPTCP, IPRoute
 from pyroute2 import netns as pr_netns
@@ -86,6 +86,17 @@ class CommandError(subprocess.CalledProcessError):
         if isinstance(tail, bytes):
             tail = tail.decode(errors="replace")
         return f"{super().__str__()}: {tail.strip()[-2000:]}"
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
+    """Poll ``pred()`` every ``step`` s until it is truthy or ``timeout`` s passed;
+    returns its last value (so a falsy result means: timed out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
 
 
 def python_argv(module: str, *args: str) -> list[str]:

@@ -51,6 +51,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netns.peer import error_name  # noqa: E402
+
 IPPROTO_MPTCP = 262
 PATTERN_LEN = 1_048_573  # prime: a shifted stream never matches by accident
 PATTERN = random.Random(20240601).randbytes(PATTERN_LEN)
@@ -70,18 +72,6 @@ def raise_nofile() -> int:
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         return hard
-
-
-def _err(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    if isinstance(exc, BrokenPipeError):
-        return "broken-pipe"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.errno:
-        return errno.errorcode.get(exc.errno, str(exc.errno)).lower()
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _facts(sock: socket.socket, mptcp_expected: bool = False) -> dict[str, Any]:
@@ -195,7 +185,7 @@ def serve_bulk(sock: socket.socket, kind: bytes, timeout: float, mptcp: bool) ->
             (got,) = struct.unpack("!Q", _recv_exact(sock, 8))
             emit({"event": "download", "sent": sent, "got": got, "facts": _facts(sock, mptcp)})
     except Exception as exc:
-        emit({"event": "error", "kind": kind.decode(), "error": _err(exc)})
+        emit({"event": "error", "kind": kind.decode(), "error": error_name(exc, detail=True)})
     finally:
         sock.close()
 
@@ -290,7 +280,7 @@ def op_bulk(addr: str, port: int, mptcp: bool, direction: str, max_bytes: int,
             if not rx.ok:
                 out["error"] = f"data mismatch at byte {rx.bad_at}"
     except Exception as exc:
-        out["error"] = _err(exc)
+        out["error"] = error_name(exc, detail=True)
     finally:
         s.close()
     if out["error"] is None and not out.get("mbps"):
@@ -320,7 +310,7 @@ def op_rr(addr: str, port: int, mptcp: bool, count: int, timeout: float = 5.0,
         try:
             times.append(_exchange(addr, port, mptcp, timeout) * 1e3)
         except Exception as exc:
-            e = _err(exc)
+            e = error_name(exc, detail=True)
             errors[e] = errors.get(e, 0) + 1
     return {"ms": times, "errors": errors}
 
@@ -339,7 +329,7 @@ def op_cps(addr: str, port: int, mptcp: bool, threads: int, seconds: float,
                 _exchange(addr, port, mptcp, timeout)
                 done[i] += 1
             except Exception as exc:
-                e = _err(exc)
+                e = error_name(exc, detail=True)
                 errs[i][e] = errs[i].get(e, 0) + 1
                 if e in ("eaddrnotavail",):
                     time.sleep(0.01)
@@ -404,7 +394,7 @@ def op_hold(addr: str, port: int, mptcp: bool, n: int, window: int = 128,
                 except OSError as exc:
                     sel.unregister(s)
                     inflight -= 1
-                    fail(s, _err(exc))
+                    fail(s, error_name(exc, detail=True))
                     continue
                 sel.modify(s, selectors.EVENT_READ, "waiting")
             else:
@@ -413,7 +403,7 @@ def op_hold(addr: str, port: int, mptcp: bool, n: int, window: int = 128,
                 try:
                     ok = s.recv(1) == b"r"
                 except OSError as exc:
-                    fail(s, _err(exc))
+                    fail(s, error_name(exc, detail=True))
                     continue
                 if ok:
                     opened += 1

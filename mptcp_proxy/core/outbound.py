@@ -69,6 +69,7 @@ class OutboundPath:
             base = self.tcp_rcv_base
             r_sacks = [(unwrap(lft, base, self.r_ack), unwrap(rgt, base, self.r_ack))
                        for lft, rgt in sack_wire]
+        held = self._held(r_sacks)  # (fixed for this segment: computed once)
         # -- what the local stack sends
         plen = pkt.plen
         fin = flags & TCP_FIN
@@ -86,10 +87,7 @@ class OutboundPath:
             # the peer would drop it as old, and the mapping it was first sent under
             # may be forgotten already
             self.counters.inc("RetransConsumed")
-            for sf in self.subflows:  # what its ACK field tells still goes out
-                if sf.state == SubflowState.ESTABLISHED or sf.state == SubflowState.CLOSING:
-                    if sf.project_ack(self.r_ack, self._held(r_sacks))[0] > sf.rcv_acked:
-                        self.send_ack(sf, now, r_sacks)
+            self._ack_other_subflows(None, held, ts, now, dupack=False)
             return DROP
         if plen:
             dfin = d + plen if fin else None
@@ -98,24 +96,23 @@ class OutboundPath:
             lone_fin = fin and not pieces[-1][4][3]
             if len(pieces) == 1 and len(pkt.buf) + 28 <= 0xFFFF:
                 sf, pd, ps, n, m = pieces[0]
-                self._ack_other_subflows(sf, r_sacks, ts, now, dupack=False)
-                v = self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, r_sacks, extra, now,
-                                      m)
+                self._ack_other_subflows(sf, held, ts, now, dupack=False)
+                v = self._rewrite_out(pkt, sf, pd, ps, n, bool(fin), ts, held, extra, now, m)
                 if lone_fin:
                     self._send_data_fin(sf, now)
                 return v
             payload = pkt.payload
             for sf, pd, ps, n, m in pieces:
                 part = payload[pd - d:pd - d + n]
-                self._forge_data(sf, pd, ps, part, ts, r_sacks, now, m)
+                self._forge_data(sf, pd, ps, part, ts, held, now, m)
             if lone_fin:
                 self._send_data_fin(pieces[-1][0], now)
-            self._ack_other_subflows(None, r_sacks, ts, now, dupack=False)
+            self._ack_other_subflows(None, held, ts, now, dupack=False)
             return DROP
         # pure ACK or FIN-only
-        sf, dupack = self._pick_ack_subflow(r_sacks)
-        self._ack_other_subflows(sf, r_sacks, ts, now, dupack=dupack)
-        verdict = self._rewrite_out(pkt, sf, d, sf.seq_nxt, 0, bool(fin), ts, r_sacks, extra, now)
+        sf, dupack = self._pick_ack_subflow(held)
+        self._ack_other_subflows(sf, held, ts, now, dupack=dupack)
+        verdict = self._rewrite_out(pkt, sf, d, sf.seq_nxt, 0, bool(fin), ts, held, extra, now)
         if not self.joins_opened and self.join_at is None and self.proxy.pm is not None:
             # joins wait until the peer has surely processed our third ACK, else the
             # token is unknown to it (MPJoinNoTokenFound); the first DATA_ACK also
@@ -288,15 +285,18 @@ class OutboundPath:
         return build_dss_map(dan, dsn, ssn, dll, csum, m[3])
 
     def _out_options(self, sf: Subflow, d: int, s: int, n: int, data_fin: bool, ts,
-                     r_sacks, extra: bytes, payload, now: float,
+                     held, extra: bytes, payload, now: float,
                      m: list | None = None) -> tuple[bytes, int]:
-        """Full option block and subflow ACK (relative) for a segment on ``sf``."""
+        """Full option block and subflow ACK (relative) for a segment on ``sf``;
+        ``held`` is :meth:`_held` of the local stack's SACK blocks (None: none)."""
         parts = []
         if sf.ts_ok:
             tsval = ts if ts is not None else self.ts_now(now)
             parts.append(build_ts(tsval, sf.ts_recent))
         parts.append(self._mptcp_out_option(sf, d, s, n, data_fin, payload, m))
-        san, s_sacks = sf.project_ack(self.r_ack, self._held(r_sacks))
+        if held is None:
+            held = self._held(None)
+        san, s_sacks = sf.project_ack(self.r_ack, held)
         used = sum(len(p) for p in parts)
         if s_sacks and sf.sack_ok:
             room = (40 - used - 4) // 8
@@ -314,10 +314,10 @@ class OutboundPath:
         return b"".join(parts), san
 
     def _rewrite_out(self, pkt: TcpPacket, sf: Subflow, d: int, s: int, n: int,
-                     data_fin: bool, ts, r_sacks, extra: bytes, now: float,
+                     data_fin: bool, ts, held, extra: bytes, now: float,
                      m: list | None = None):
         payload = pkt.payload if (n and self.csum) else b""
-        opts, san = self._out_options(sf, d, s, n, data_fin, ts, r_sacks, extra, payload, now,
+        opts, san = self._out_options(sf, d, s, n, data_fin, ts, held, extra, payload, now,
                                       m)
         pkt.set_seq(sf.snd_wire(s))
         if pkt.flags & TCP_ACK:
@@ -335,7 +335,7 @@ class OutboundPath:
         sf.rcv_map.prune_below_key(san)
         return pkt.finish()
 
-    def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, ts, r_sacks,
+    def _forge_data(self, sf: Subflow, d: int, s: int, payload: bytes, ts, held,
                     now: float, m: list) -> None:
         """Send data bytes ``[d, d+len)`` on ``sf`` at ``s`` under mapping ``m``, in
         segments of our own (a raw socket sends no GSO super-packet: cut to the path's
@@ -347,7 +347,7 @@ class OutboundPath:
         for off in range(0, total, step):
             part = payload[off:off + step]
             n = len(part)
-            opts, san = self._out_options(sf, d + off, s + off, n, False, ts, r_sacks, b"",
+            opts, san = self._out_options(sf, d + off, s + off, n, False, ts, held, b"",
                                           part, now, m)
             sf.rcv_acked = san
             self.proxy.send(self._segment(sf, sf.snd_wire(s + off), TCP_ACK, opts, part))
@@ -365,7 +365,7 @@ class OutboundPath:
         return build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, seq_wire,
                              sf.rcv_wire(sf.rcv_acked), flags, self.win_local, opts, payload)
 
-    def _pick_ack_subflow(self, r_sacks) -> tuple[Subflow, bool]:
+    def _pick_ack_subflow(self, held: list) -> tuple[Subflow, bool]:
         """Subflow for a pure ACK of the local stack: where the ACK advances most,
         else where the peer has a hole (a real duplicate ACK), else where the peer
         sent last (paper §3.4)."""
@@ -376,7 +376,7 @@ class OutboundPath:
         for sf in self.subflows:
             if sf.state != SubflowState.ESTABLISHED:
                 continue
-            san, _ = sf.project_ack(self.r_ack, self._held(r_sacks))
+            san, _ = sf.project_ack(self.r_ack, held)
             adv = san - sf.rcv_acked
             if adv > best_adv:
                 best, best_adv = sf, adv
@@ -390,24 +390,25 @@ class OutboundPath:
             sf = self.active
         return sf, False
 
-    def _ack_other_subflows(self, carrier: Subflow | None, r_sacks, ts, now: float,
+    def _ack_other_subflows(self, carrier: Subflow | None, held: list, ts, now: float,
                             dupack: bool) -> None:
         """Forge subflow ACKs on subflows that contributed to the local stack's ACK
-        but do not carry this segment (paper §3.4)."""
-        if len(self.subflows) == 1:
+        but do not carry this segment (``carrier`` None: no segment carries it; paper
+        §3.4)."""
+        if carrier is not None and len(self.subflows) == 1:
             return
         for sf in self.subflows:
             if sf is carrier or sf.state not in (SubflowState.ESTABLISHED, SubflowState.CLOSING):
                 continue
-            san, sacks = sf.project_ack(self.r_ack, self._held(r_sacks))
+            san, _ = sf.project_ack(self.r_ack, held)
             if san > sf.rcv_acked or (dupack and sf.rcv_high > san):
-                self.send_ack(sf, now, r_sacks)
+                self.send_ack(sf, now, held)
 
-    def send_ack(self, sf: Subflow, now: float, r_sacks=None, flags: int = TCP_ACK,
-                 extra: bytes = b"") -> None:
+    def send_ack(self, sf: Subflow, now: float, held: list | None = None,
+                 flags: int = TCP_ACK, extra: bytes = b"") -> None:
         """Forge a pure ACK (with DATA_ACK) on ``sf``; ``extra`` adds options."""
         opts, san = self._out_options(sf, self.d_nxt, sf.snd_nxt, 0, False, None,
-                                      r_sacks, b"", b"", now)
+                                      held, b"", b"", now)
         if extra:
             if len(opts) + len(extra) > 40:
                 # signalling wins over the DATA_ACK (Linux drops other suboptions too)

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from netns import Topology
+from netns import Topology, wait_until
 from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
 from netns.emulation import Emulation
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero, tcp_counters
@@ -360,15 +360,6 @@ def mp_bed(make_topology: Callable[..., Topology], tmp_path: Path) -> Iterator[C
 
 # ------------------------------------------------------------------ proxy helpers
 
-def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
 def _query(px: ProxyHandle, cmd: str, **args: Any) -> Any:
     """A control request in-process (cheap enough to poll; ``px.ctl`` runs mptcpctl)."""
     from mptcp_proxy.ctl import Client
@@ -394,7 +385,7 @@ def _wait_subflow(px: ProxyHandle, cid: int, pred: Callable[[dict], bool], timeo
         nonlocal found
         found = next((s for s in _query(px, "subflows", conn=cid) if pred(s)), None)
         return found is not None
-    if not _wait(look, timeout):
+    if not wait_until(look, timeout):
         raise AssertionError(f"{what} not seen within {timeout} s; subflows: "
                              f"{_brief(_query(px, 'subflows', conn=cid))}")
     assert found is not None
@@ -411,7 +402,7 @@ def _wait_moved(meter: LinkMeter, t_from: float, iface: str, timeout: float,
         if got is not None:
             box.append(got)
         return bool(box)
-    _wait(look, timeout, 0.1)
+    wait_until(look, timeout, 0.1)
     return box[0] if box else None
 
 
@@ -431,7 +422,7 @@ def _server_subflows(topo: Topology) -> int:
 
 
 def _wait_server_counter(bed: Bed, name: str, at_least: int, timeout: float) -> int:
-    got = _wait(lambda: bed.server_delta().get(name, 0) >= at_least, timeout)
+    got = wait_until(lambda: bed.server_delta().get(name, 0) >= at_least, timeout)
     value = bed.server_delta().get(name, 0)
     assert got, f"server {name} delta {value} < {at_least} after {timeout} s: " \
                 f"{nonzero(bed.server_delta())}"
@@ -895,7 +886,7 @@ def test_link_flap_after_local_half_close(mp_bed, run_proxy) -> None:
                       seed=333, timeout=12)
         cid = _conn_id(px)
         meter.wait_total(4 * MB, timeout=20)
-        assert _wait(lambda: meter.total("rx") > 1.2 * MB, 10), "upload not done"
+        assert wait_until(lambda: meter.total("rx") > 1.2 * MB, 10), "upload not done"
         bed.emu.down(0)
         time.sleep(2.0)
         bed.emu.up(0)
@@ -927,11 +918,11 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
         t_rm = time.monotonic()
         reply = px.ctl("remove-subflow", str(cid), "1")
         assert reply["id"] == 1, reply
-        gone = _wait(lambda: _server_subflows(topo) == 1, 5)
+        gone = wait_until(lambda: _server_subflows(topo) == 1, 5)
         t_gone = time.monotonic()
         after = _subflows(px, cid)
         event = f"conn {cid} subflow_closed subflow=1 reason=fin"
-        closed = _wait(lambda: any(event in x for x in px.log), 10)
+        closed = wait_until(lambda: any(event in x for x in px.log), 10)
         t_closed = time.monotonic()
         assert tr.running, "the transfer ended before the subflow was closed"
         view = _subflows(px, cid)
@@ -1037,7 +1028,7 @@ def test_peer_switches_priority(mp_bed, run_proxy, record_property) -> None:
                             "subflow 0 marked backup by the peer")
         after = _subflows(px, cid)
         assert tr.running, "the transfer ended before the switch was checked"
-        _wait(lambda: not tr.running, 30)
+        wait_until(lambda: not tr.running, 30)
         t_end = time.monotonic()
         move = {"down_to_c1_s": meter.moved(t_prio, "rc1", "tx", until=t_end, share=0.9),
                 "up_to_c1_s": meter.moved(t_prio, "rc1", "rx", until=t_end, share=0.9)}

@@ -17,11 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable
 
 import pytest
 
-from netns import Topology
+from netns import Topology, wait_until
 from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
 from netns.peer import ServerHandle, expected_sha, run_client, start_server
@@ -64,15 +63,6 @@ def _proxy_delta(before: dict, px: ProxyHandle) -> dict[str, int]:
     return diff(before, px.stats())
 
 
-def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
 def _all_closed(px: ProxyHandle) -> list[dict]:
     """The proxy's connections that are not 'closed' (empty when all are done)."""
     return [c for c in px.connections() if c["state"] != "closed"]
@@ -86,7 +76,7 @@ def _drained(px: ProxyHandle, timeout: float) -> list[dict]:
         nonlocal left
         left = px.connections()
         return not left
-    _wait(empty, timeout, 0.5)
+    wait_until(empty, timeout, 0.5)
     return left
 
 
@@ -106,7 +96,7 @@ def _log_index(px: ProxyHandle, conn_id: int, event: str, timeout: float = 3.0) 
             if line.endswith(needle):
                 return i + 1  # truthy for _wait
         return None
-    pos = _wait(find, timeout, 0.05)
+    pos = wait_until(find, timeout, 0.05)
     assert pos, f"no '{needle}' in the proxy log:\n" + "\n".join(px.log[-30:])
     return pos - 1
 
@@ -302,7 +292,7 @@ def test_many_connections(topo: Topology, run_proxy) -> None:
     pd = _proxy_delta(p0, px)
     assert pd["MPCapableSYNACKRX"] == n and pd["FallbackConnections"] == 0, nonzero(pd)
     assert pd["DataFinTx"] == n and pd["DataFinRx"] == n, nonzero(pd)
-    assert _wait(lambda: not _all_closed(px), 5), f"still open: {_all_closed(px)[:3]}"
+    assert wait_until(lambda: not _all_closed(px), 5), f"still open: {_all_closed(px)[:3]}"
     left = _drained(px, LINGER + 5)
     assert left == [], f"{len(left)} connection(s) not forgotten: {left[:3]}"
     assert px.stats()["ConnClosed"] - p0["ConnClosed"] == n
@@ -518,7 +508,7 @@ def test_live_connection_reset_at_exit(topo: Topology, run_proxy) -> None:
     s0 = mptcp_counters(topo.server)
     client = _start_bulk_client(topo, 5001, 4000 * MB)
     px.wait_connection("established", timeout=10)
-    _wait(lambda: px.connections()[0]["bytes_received"] > 5 * MB, 10)
+    wait_until(lambda: px.connections()[0]["bytes_received"] > 5 * MB, 10)
     t0 = time.monotonic()
     assert px.stop() == 0, px.log[-20:]
     assert px.rules_left == 0
