@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .core.events import INFO_EVENTS, Event
 from .core.proxy import Proxy, ProxyConfig
 
 log = logging.getLogger("mptcp_proxy")
@@ -154,19 +155,13 @@ class RpFilter:
         self.saved.clear()
 
 
-# Events worth a line at INFO; the per-connection routine ones (established,
-# data_fin_*, closed...) are DEBUG: at a thousand connections a second, logging
-# each of them was a tenth of the daemon's CPU.
-INFO_EVENTS = {"handover", "subflow_established", "subflow_closed", "peer_add_addr",
-               "peer_prio", "fallback"}
-
-
-def log_event(ev) -> None:
-    name, conn, info = ev
-    level = logging.INFO if name in INFO_EVENTS else logging.DEBUG
+def log_event(ev: Event) -> None:
+    """One log line per event, in the shape of ``ip mptcp monitor``."""
+    level = logging.INFO if ev.kind in INFO_EVENTS else logging.DEBUG
     if log.isEnabledFor(level):
-        extra = "".join(f" {k}={v}" for k, v in info.items())
-        log.log(level, "conn %d %s%s", conn.id, name, extra)
+        f = ev.fields()
+        del f["type"], f["time"]
+        log.log(level, "[%14s] %s", ev.kind.value, " ".join(f"{k}={v}" for k, v in f.items()))
 
 
 async def run(args, ifaces: dict[str, dict]) -> int:

@@ -3,6 +3,7 @@ MP_FASTCLOSE, fallback, linger and timers (RFC 8684 §3.3.3, §3.5–3.7; paper 
 
 from __future__ import annotations
 
+from .events import EventKind
 from .constants import (
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EUNSPEC,
@@ -81,7 +82,7 @@ class ClosingPath:
         simply pass as unknown, and a new SYN on it starts a new connection."""
         self.state = ConnState.FALLBACK
         self.counters.inc("FallbackConnections")
-        self.proxy.emit_event("fallback", self)
+        self.proxy.emit_event(EventKind.FALLBACK, self)
         self.closed_at = now
         pm = self.proxy.pm
         for sf in self.subflows[1:]:
@@ -97,7 +98,8 @@ class ClosingPath:
             self.closed_at = now
             for sf in self.subflows:
                 sf.state = SubflowState.CLOSED
-            self.proxy.emit_event("closed", self)
+            self.proxy.emit_event(EventKind.CLOSED, self,
+                                  reason="reset" if self.closed_by_reset else "fin")
             self._set_timer(now + self.proxy.config.linger)
 
     def _subflow_protocol_error(self, sf: Subflow, now: float, reason: int):
@@ -205,8 +207,7 @@ class ClosingPath:
                 sf.timer = None
                 if not self.data_closed():  # one subflow closed alone (remove-subflow)
                     sf.closed_at = now
-                    self.proxy.emit_event("subflow_closed", self, subflow=sf.index,
-                                          reason="fin")
+                    self.proxy.emit_event(EventKind.SF_CLOSED, self, sf, reason="fin")
         if self.data_closed() and all(sf.state == SubflowState.CLOSED for sf in self.subflows):
             self._close(now)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import crypto
+from .events import EventKind
 from .constants import (
     MPTCP_CAP_CHECKSUM_REQD,
     MPTCP_CAP_DENY_JOIN_ID0,
@@ -69,7 +70,7 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         "sacks_shown", "sf0", "snd_data_fin", "srtt", "state", "subflows", "syn_count",
         "syn_mpc", "syn_time", "tcp_rcv_base", "tcp_rcv_isn", "tcp_snd_base",
         "tcp_snd_isn", "timer", "ts_local", "ts_local_time", "ts_shown", "v6", "win_local",
-        "win_shown", "fast",
+        "win_shown", "fast", "handover_at",
     )
 
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
@@ -130,6 +131,7 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         self.pending_signals: list = []
         self.remote_addrs: dict[int, tuple] = {}
         self.handovers = 0
+        self.handover_at: float | None = None  # until data flows again (RESUMED event)
         self.joins_opened = False
         self.closed_by_reset = False
         self.next_sf_index = 0
@@ -266,7 +268,7 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         self.fast = not self.csum and sf.ts_ok
         self.srtt = max(now - self.syn_time, 0.0)
         self.counters.inc("MPCapableSYNACKRX")
-        self.proxy.emit_event("established", self)
+        self.proxy.emit_event(EventKind.ESTABLISHED, self, elapsed=self.srtt)
         pkt.set_options(pad_options(bytes(keep)))
         return pkt.finish()
 

@@ -1,61 +1,121 @@
-"""Kernel-style named event counters (like Linux ``net/mptcp/mib.c``).
+"""The proxy's named event counters: one registry of every name with its help text,
+like Linux ``net/mptcp/mib.c`` (``MPTcpExt``).
 
 Every drop, fallback, malformed option or HMAC failure bumps one of these;
-``mptcpctl stats`` shows them and the tests assert on them. Names follow the
-kernel's ``MPTcpExt`` names where the event is the same, so the proxy's and the
-native peer's counters can be read side by side.
+``mptcpctl stats`` shows them with their help, the metrics endpoint exports them, and
+the tests assert on them. Names follow the kernel's ``MPTcpExt`` names where the event
+is the same, so the proxy's and the native peer's counters read side by side. A name
+used anywhere in the code must be registered here (a unit test checks it).
 """
 
 from collections import Counter
 
-# Documented names (others may appear; every name used in the core is listed here).
-COUNTER_HELP = {
-    # handshake / fallback
+__all__ = ["COUNTERS", "COUNTER_HELP", "Counters", "help_of"]
+
+# name -> help text, grouped as `mptcpctl stats` lists them
+COUNTERS: dict[str, str] = {
+    # -- handshake and fallback (RFC 8684 §3.1, §3.7)
     "MPCapableSYNTX": "SYNs sent with MP_CAPABLE",
     "MPCapableSYNACKRX": "SYN/ACKs received with a valid MP_CAPABLE",
-    "MPCapableFallbackSYNACK": "SYN/ACK without a valid MP_CAPABLE: connection left as plain TCP",
-    "MPCapableSYNTXDrop": "MP_CAPABLE dropped from a retransmitted SYN (blackhole guard)",
+    "MPCapableFallbackSYNACK": "SYN/ACK without a valid MP_CAPABLE: connection left as "
+                               "plain TCP",
+    "MPCapableSYNTXDrop": "MP_CAPABLE left out of a retransmitted SYN (blackhole guard)",
     "MPCapableACKTX": "third ACKs sent with MP_CAPABLE",
     "MPCapableDataTX": "first data segments sent with MP_CAPABLE and a data-level length",
+    "MPCapableDataFallback": "the peer's first data came without DSS: it fell back to TCP",
     "MPFullyEstablished": "connections that received the peer's first DATA_ACK",
-    "FallbackConnections": "connections handled as plain TCP (peer did not answer MP_CAPABLE)",
-    # data path
+    "FallbackConnections": "connections handled as plain TCP (no MPTCP from the peer)",
+    # -- data path (RFC 8684 §3.3)
     "DSSTx": "segments sent with a DSS mapping",
     "DataAckTx": "segments sent with a DATA_ACK",
     "DSSRx": "segments received with a DSS option",
     "DSSNoMapping": "data received with no DSS mapping covering it (dropped)",
-    "DSSNotMatching": "received mapping conflicting with a known one (ignored)",
+    "DSSNoMatchTCP": "received mapping not covering its own segment (ignored, as Linux)",
+    "DSSNotMatching": "received mapping conflicting with a known one",
+    "DSSPartialMapping": "received segment running past its mapping (payload cut to it)",
     "DSSChecksumTx": "DSS checksums computed",
     "DataCsumErr": "received DSS checksum failures",
-    "DataCsumMissing": "DSS checksum missing/unexpected versus negotiation",
+    "DataCsumMissing": "DSS checksum missing or unexpected versus the negotiation",
+    "InfiniteMapRx": "infinite mappings received (the peer falls back)",
     "DataFinTx": "DATA_FINs sent",
     "DataFinRx": "DATA_FINs received",
+    "DataFinMismatch": "a second DATA_FIN at another data sequence number (ignored)",
     "SackBlocksDropped": "SACK blocks left out for lack of option space",
     "MssClamped": "MSS options clamped to leave room for MPTCP options",
     "AcksConsumed": "peer ACKs consumed (no new information for the local stack)",
-    # options / packets
+    "RetransConsumed": "local re-sends of data the peer already DATA_ACKed (consumed)",
+    "HoleFill": "segments forged to fill a subflow hole whose data arrived elsewhere",
+    "NoUsableSubflow": "local segments dropped while no subflow could carry them",
+    "LateSegmentsConsumed": "segments after the data-level close, acknowledged and consumed",
+    "LateRstDropped": "local RSTs answering late segments after a graceful close",
+    # -- packets and options
     "OptMalformed": "malformed MPTCP options ignored",
     "OptUnexpected": "well-formed MPTCP options ignored in this state",
     "PktMalformed": "malformed TCP/IP packets passed on untouched",
     "PktNotTcp": "non-TCP or unparsable packets passed on untouched",
     "PktUnknownConn": "TCP packets of connections the proxy does not know, passed on",
-    # close / reset
+    "PktBadChecksum": "segments with a bad TCP checksum dropped before acting on them",
+    "PktOutOfWindow": "segments outside the receive window dropped",
+    "PktDeadSubflow": "segments on a closed subflow dropped",
+    # -- joins (RFC 8684 §3.2)
+    "MPJoinSynTx": "MP_JOIN SYNs sent",
+    "MPJoinSynAckRx": "MP_JOIN SYN/ACKs received with a valid HMAC",
+    "MPJoinSynAckHMacFailure": "MP_JOIN SYN/ACKs with a wrong HMAC (subflow reset)",
+    "MPJoinSynAckNoMPJoin": "SYN/ACKs to our MP_JOIN SYN without MP_JOIN (subflow reset)",
+    "MPJoinAckTx": "MP_JOIN third ACKs sent",
+    "MPJoinEstab": "MP_JOIN subflows established (fourth ACK received)",
+    "MPJoinRstRx": "MP_JOIN subflows reset by the peer during the handshake",
+    "MPJoinTimeout": "MP_JOIN handshakes given up after retransmissions",
+    "MPJoinDenied": "joins not attempted: the peer asked for none to its address (C flag)",
+    "MPJoinLimit": "joins not attempted: subflow limit reached",
+    "MPJoinSkippedClosing": "joins not attempted: our DATA_FIN is out (the peer refuses)",
+    # -- signalling (RFC 8684 §3.3.8, §3.4)
+    "AddAddrTx": "ADD_ADDR sent",
+    "AddAddrRx": "ADD_ADDR received with a valid HMAC",
+    "AddAddrHMacFailure": "ADD_ADDR received with a wrong HMAC (ignored)",
+    "EchoAddTx": "ADD_ADDR echoes sent",
+    "EchoAddRx": "ADD_ADDR echoes received",
+    "RmAddrTx": "REMOVE_ADDR sent",
+    "RmAddrRx": "REMOVE_ADDR received",
+    "MPPrioTx": "MP_PRIO sent",
+    "MPPrioRx": "MP_PRIO received",
+    "MPFailRx": "MP_FAIL received",
+    # -- paths and handover (paper §5)
+    "Handovers": "times new data moved to another subflow",
+    "SubflowBroken": "subflows abandoned because their path went away",
+    "SubflowSuspended": "subflows kept unused while their link is down with nowhere to go",
+    "RmSubflowTx": "subflows closed on command",
+    "LinkDown": "managed interfaces that went down or lost their address",
+    "LinkUp": "managed interfaces that came back",
+    # -- close and reset (RFC 8684 §3.5, §3.6)
     "MPFastcloseTx": "MP_FASTCLOSE sent (local reset)",
     "MPFastcloseRx": "MP_FASTCLOSE received with our key",
     "MPRstTx": "RSTs with MP_TCPRST sent",
     "MPRstRx": "RSTs with MP_TCPRST received",
     "RstTx": "RSTs forged towards the local stack or the peer",
     "RstRx": "RSTs received from the peer",
+    "RstChallenged": "in-window RSTs not at the expected sequence: challenge ACK sent",
     "SubflowFinTx": "subflow FINs forged",
     "SubflowFinRx": "subflow FINs received",
     "ConnClosed": "connections closed and forgotten",
     "ConnTimeout": "connections forgotten after idling",
     "Retransmits": "forged control segments retransmitted",
+    # -- the driver
+    "QueueOverrun": "times the kernel dropped queued packets (socket buffer full)",
+    "VerdictErrors": "verdicts the kernel refused",
+    "InternalErrors": "packets or timers whose handling raised (a bug)",
 }
+
+COUNTER_HELP = COUNTERS  # (the name the control socket and the tests use)
+
+
+def help_of(name: str) -> str:
+    """The help text of counter ``name``; ``KeyError`` for a name not registered."""
+    return COUNTERS[name]
 
 
 class Counters(Counter):
-    """A ``collections.Counter`` of event names; ``inc(name, n)`` bumps one."""
+    """A ``collections.Counter`` of registered event names; ``inc(name, n)`` bumps one."""
 
     def inc(self, name: str, n: int = 1) -> None:
         self[name] += n

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+from .events import EventKind
 from .constants import (
     MPTCP_DSS_DATA_FIN,
     MPTCP_RST_EMIDDLEBOX,
@@ -171,7 +172,7 @@ class InboundPath:
                     if self.rcv_data_fin is None:
                         counters.inc("DataFinRx")
                         self.rcv_data_fin = fin_r
-                        self.proxy.emit_event("data_fin_received", self)
+                        self.proxy.emit_event(EventKind.DATA_FIN_RX, self)
                     elif self.rcv_data_fin != fin_r:
                         counters.inc("DataFinMismatch")
                     if ssn == 0 and nbytes == 0 and self.rcv_data_fin == fin_r:
@@ -209,6 +210,10 @@ class InboundPath:
             if r + plen > self.r_high:
                 self.r_high = r + plen
             self._fwd_add(r, r + plen)
+            if self.handover_at is not None:
+                self.proxy.emit_event(EventKind.RESUMED, self, sf,
+                                      elapsed=now - self.handover_at)
+                self.handover_at = None
             tsn = self.tcp_rcv_base + r
             if self.rcv_data_fin is not None and self.rcv_data_fin == r + plen:
                 local_fin = True

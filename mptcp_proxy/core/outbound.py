@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 
+from .events import EventKind
 from .constants import (
     MPTCP_CAP_CHECKSUM_REQD,
     MPTCP_CAP_HMAC_SHA256,
@@ -79,7 +80,7 @@ class OutboundPath:
             if self.snd_data_fin is None:
                 self.snd_data_fin = dfin
                 self.counters.inc("DataFinTx")
-                self.proxy.emit_event("data_fin_sent", self)
+                self.proxy.emit_event(EventKind.DATA_FIN_TX, self)
         if plen and not fin and d + plen <= self.d_una:
             # a re-send of bytes the peer already DATA_ACKed (the local stack sent it
             # before it saw that DATA_ACK, which is on its way to it: a go-back-N

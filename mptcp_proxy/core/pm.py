@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from . import crypto
+from .events import EventKind
 from .connection import ACCEPT, DROP, Connection, ConnState
 from .constants import (
     MPTCP_RST_EMPTCP,
@@ -182,7 +183,7 @@ class PathManager:
         sf.rto = JOIN_SYN_RTO
         self._send_join_syn(conn, sf, now)
         self.counters.inc("MPJoinSynTx")
-        self.proxy.emit_event("subflow_opening", conn, subflow=sf.index, iface=iface.name)
+        self.proxy.emit_event(EventKind.SF_OPENING, conn, sf)
         return sf
 
     def _send_join_syn(self, conn: Connection, sf: Subflow, now: float) -> None:
@@ -238,8 +239,7 @@ class PathManager:
             sf.timer = None
             sf.last_rx = now
             self.counters.inc("MPJoinEstab")
-            self.proxy.emit_event("subflow_established", conn, subflow=sf.index,
-                                  iface=sf.iface)
+            self.proxy.emit_event(EventKind.SF_ESTABLISHED, conn, sf)
             self._after_join(conn, sf, now)
             return conn._in_established(pkt, sf, now)
         return DROP
@@ -342,7 +342,7 @@ class PathManager:
         sf.timer = None
         if sf is not conn.sf0:
             self.release_port(sf.laddr, sf.lport)
-        self.proxy.emit_event("subflow_closed", conn, subflow=sf.index, reason=why)
+        self.proxy.emit_event(EventKind.SF_CLOSED, conn, sf, reason=why)
         if conn.active is sf:
             self._failover(conn, now, exclude)
 
@@ -399,8 +399,9 @@ class PathManager:
         old = conn.active
         conn.active = sf
         conn.handovers += 1
+        conn.handover_at = now
         self.counters.inc("Handovers")
-        self.proxy.emit_event("handover", conn, frm=old.index, to=sf.index, iface=sf.iface)
+        self.proxy.emit_event(EventKind.HANDOVER, conn, sf, from_subflow=old.index)
         if not signal:
             return
         if defer:
@@ -418,6 +419,7 @@ class PathManager:
                 other.backup = want_backup
                 self.send_signal(conn, other, push_option(MpPrio(backup=want_backup)), now)
                 self.counters.inc("MPPrioTx")
+                self.proxy.emit_event(EventKind.SF_PRIO, conn, other, reason="ours")
 
     def handover(self, conn: Connection, iface: LocalIface, now: float,
                  break_: bool = False) -> Subflow | None:
@@ -496,12 +498,13 @@ class PathManager:
         if sf.state == SubflowState.ESTABLISHED:
             conn._send_fin(sf, now)
             self.counters.inc("RmSubflowTx")
-            self.proxy.emit_event("subflow_closing", conn, subflow=sf.index)
+            self.proxy.emit_event(EventKind.SF_CLOSING, conn, sf)
 
     def set_prio(self, conn: Connection, sf: Subflow, backup: bool, now: float) -> None:
         sf.backup = backup
         self.send_signal(conn, sf, push_option(MpPrio(backup=backup)), now)
         self.counters.inc("MPPrioTx")
+        self.proxy.emit_event(EventKind.SF_PRIO, conn, sf, reason="ours")
 
     # ---------------------------------------------------------- signalling
     def send_signal(self, conn: Connection, sf: Subflow, option: bytes, now: float) -> None:
@@ -550,6 +553,8 @@ class PathManager:
             elif sub == MPTCPOPT_RM_ADDR:
                 signal = True
                 self.counters.inc("RmAddrRx")
+                for rid in o.addr_ids:
+                    self.proxy.emit_event(EventKind.REMOVED, conn, remid=rid)
                 for s in conn.subflows:
                     if s.state != SubflowState.CLOSED and s.remote_id in o.addr_ids:
                         self._dead(conn, s, now, "peer removed its address")
@@ -559,7 +564,8 @@ class PathManager:
                 signal = True
                 self.counters.inc("MPPrioRx")
                 sf.peer_backup = o.backup
-                self.proxy.emit_event("peer_prio", conn, subflow=sf.index, backup=o.backup)
+                self.proxy.emit_event(EventKind.SF_PRIO, conn, sf,
+                                      reason="peer backup" if o.backup else "peer regular")
                 if o.backup and conn.active is sf:
                     alt = [s for s in self.usable(conn) if s is not sf and not s.peer_backup]
                     if alt:
@@ -603,7 +609,7 @@ class PathManager:
         self.counters.inc("EchoAddTx")
         known = conn.remote_addrs.get(o.addr_id)
         conn.remote_addrs[o.addr_id] = (o.addr, o.port)
-        self.proxy.emit_event("peer_add_addr", conn, addr_id=o.addr_id)
+        self.proxy.emit_event(EventKind.ANNOUNCED, conn, remid=o.addr_id)
         if known == (o.addr, o.port) or not self.config.join_announced:
             return
         if len(o.addr) != len(conn.sf0.raddr):
@@ -657,7 +663,7 @@ class PathManager:
                         # while the link is down; its 4-tuple is valid again when the
                         # link comes back with the same address
                         self.counters.inc("SubflowSuspended")
-                        self.proxy.emit_event("subflow_suspended", conn, subflow=sf.index)
+                        self.proxy.emit_event(EventKind.SF_SUSPENDED, conn, sf)
 
     def _can_move(self, conn: Connection, sf: Subflow) -> bool:
         """Another path exists for ``conn`` than ``sf``'s: a usable subflow elsewhere,

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 from .connection import ACCEPT, DROP, Connection, ConnState
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
+from .events import Event, EventKind
 from .subflow import Subflow
 from .tcp import TcpPacket, parse_packet
 
@@ -92,14 +93,33 @@ class Proxy:
         self._tx = []
         return tx
 
-    def emit_event(self, name: str, conn: Connection, **info) -> None:
-        self._events.append((name, conn, info))
+    def emit_event(self, kind: EventKind, conn: Connection, sf: Subflow | None = None,
+                   **fields) -> None:
+        """Record an :class:`~.events.Event` of ``conn`` (of its subflow ``sf`` for the
+        ``SF_*`` kinds, with that subflow's 4-tuple, index, address IDs and backup flag)."""
+        if sf is None:
+            la, lp, ra, rp = conn.key
+        else:
+            la, lp, ra, rp = sf.key
+            fields.setdefault("subflow", sf.index)
+            fields.setdefault("locid", sf.addr_id)
+            fields.setdefault("remid", sf.remote_id)
+            fields.setdefault("backup", sf.backup)
+            if sf.iface:
+                fields.setdefault("iface", sf.iface)
+        self._events.append(Event(kind, self.now, conn.id, conn.local_token,
+                                  conn.remote_token, la, lp, ra, rp, **fields))
 
-    def events(self) -> Iterator[tuple]:
-        """Pop events ``(name, connection, info)``: established, fallback, closed..."""
+    def events(self) -> Iterator[Event]:
+        """Pop the :class:`~.events.Event` records queued since the last call."""
         ev = self._events
         while ev:
             yield ev.popleft()
+
+    @property
+    def has_output(self) -> bool:
+        """Forged packets or events are waiting for the driver."""
+        return bool(self._tx or self._events)
 
     def schedule(self, conn: Connection, when: float) -> None:
         self._seq += 1
@@ -194,6 +214,7 @@ class Proxy:
         self.connections[conn.id] = conn
         self.register_subflow(conn, conn.sf0)
         conn._set_timer(now + self.config.syn_timeout)
+        self.emit_event(EventKind.CREATED, conn)
         return conn.on_outbound(pkt, now)
 
     # ------------------------------------------------- hooks for connections

@@ -2002,7 +2002,7 @@ class MpNet:
             else:
                 self.violate(f"proxy forged a packet to an unknown address {dst.hex()}")
         for ev in self.proxy.events():
-            self.events.append((self.now, ev[0], ev[2]))
+            self.events.append((self.now, ev))
 
     # -- local stack -> proxy (OUTPUT) -> wire
     def local_out(self, buf: bytes) -> None:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from mp_model import A0, A1, P0, P1, MpNet
 from peer_model import TcpRst, parse_seg, sdiff
 
+from mptcp_proxy.core.events import EventKind
 from mptcp_proxy.core.subflow import SubflowState
 
 M64 = (1 << 64) - 1
@@ -295,8 +296,8 @@ def test_bad_synack_hmac_resets_the_join():
     resets = [r for idx, r in net.peer.resets_rcvd if idx == join.idx]
     assert resets and resets[0] and isinstance(resets[0][0], TcpRst)
     assert resets[0][0].reason == 1
-    assert ("subflow_closed", {"subflow": 1, "reason": "join failed"}) in \
-        [(e[1], e[2]) for e in net.events]
+    assert (EventKind.SF_CLOSED, 1, "join failed") in \
+        [(e.kind, e.subflow, e.reason) for _t, e in net.events]
     # nothing more on that 4-tuple, and the connection lives on the initial subflow
     net.run_transfer(blob(300_000, 5), blob(300_000, 6))
     net.stream_ok()
@@ -544,8 +545,8 @@ def test_peer_remove_addr_closes_the_subflow_and_moves_the_proxy_sending():
     assert net.proxy.counters["RmAddrRx"] == 1
     assert sfj.state == SubflowState.CLOSED and conn.active is sf0
     assert 1 not in conn.remote_addrs
-    t_closed = next(t for t, name, info in net.events
-                    if name == "subflow_closed" and info["subflow"] == sfj.index)
+    t_closed = next(t for t, e in net.events
+                    if e.kind == EventKind.SF_CLOSED and e.subflow == sfj.index)
     t_r, d_r = net.now, conn.d_nxt
     assert net.run(net.now + 30, net.transfer_done)
     net.stream_ok()
