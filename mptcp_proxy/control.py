@@ -381,7 +381,7 @@ class ControlServer:
             return self._error(Fault.INTERNAL, f"internal error: {e}")
         if self.driver is not None:
             try:
-                self.driver._after()  # send what the command forged, re-arm timers
+                self.driver.flush_outputs()  # send what the command forged, re-arm timers
             except Exception:
                 log.exception("flushing after control command %s failed", req["cmd"])
         return {"ok": True, "result": result}

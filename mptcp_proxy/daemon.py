@@ -166,22 +166,20 @@ def log_event(ev: Event) -> None:
 
 async def run(args, ifaces: dict[str, dict]) -> int:
     from .control import ControlServer
-    from .core.pm import LocalIface, PathManager, PmConfig
+    from .core.policy import LocalIface, PathManager, PmConfig
     from .links import FallbackRoutes, LinkMonitor, PortReservations
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
     loop = asyncio.get_running_loop()
     config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum)
-    proxy = Proxy(config, random_bytes=os.urandom)
     ports = PortReservations()
     pm = PathManager(
-        proxy,
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
                     up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
         PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin),
-        alloc_port=ports.alloc)
-    pm.release_port = ports.release
+        alloc_port=ports.alloc, release_port=ports.release)
+    proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
     injector = Injector(args.mark, local_addrs)
     if args.backend == "fnfqueue":
@@ -208,7 +206,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
             pm.link_up(name, now, v4, v6)
         else:
             pm.link_down(name, now)
-        driver._after()
+        driver.flush_outputs()
 
     fallback = None
     if not args.no_fallback_routes:

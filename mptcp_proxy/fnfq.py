@@ -29,7 +29,8 @@ import struct
 import time
 
 from .core.proxy import Proxy
-from .core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL
+from .core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL, CSUM_UNVERIFIED
+from .core.verdict import ACCEPT, DROP
 from .nfqueue import DriverBase, Injector, QueueBusyError
 
 log = logging.getLogger("mptcp_proxy.fnfq")
@@ -43,6 +44,7 @@ SO_RCVBUFFORCE = 33
 # include/uapi/linux/netfilter/nfnetlink_queue.h
 NFQA_SKB_CSUMNOTREADY = 1 << 0
 NFQA_SKB_GSO = 1 << 1
+NFQA_SKB_CSUM_NOTVERIFIED = 1 << 2  # (set on PREROUTING unless the NIC/kernel verified it)
 
 
 class FnfqueueDriver(DriverBase):
@@ -160,7 +162,7 @@ class FnfqueueDriver(DriverBase):
         proxy = self.proxy
         q_out = self.queue_out
         PAYLOAD, SKB_INFO = lib.NFQA_PAYLOAD, lib.NFQA_SKB_INFO
-        ACCEPT, DROP, MANGLE = lib.NF_ACCEPT, lib.NF_DROP, lib.MANGLE_PAYLOAD
+        NF_ACCEPT, NF_DROP, MANGLE = lib.NF_ACCEPT, lib.NF_DROP, lib.MANGLE_PAYLOAD
         unpack, cast, from_buffer, ffi_buffer = ffi.unpack, ffi.cast, ffi.from_buffer, ffi.buffer
         verdict = lib.set_verdict
         accept_all = self.accept_all
@@ -183,10 +185,10 @@ class FnfqueueDriver(DriverBase):
                 a = p.attr[PAYLOAD]
                 if accept_all:
                     unpack(cast("char *", a.buffer), a.len)
-                    verdict(conn, p, ACCEPT, 0, 0, 0)
+                    verdict(conn, p, NF_ACCEPT, 0, 0, 0)
                     continue
-                csum = CSUM_OK
                 out = p.queue_id == q_out
+                csum = CSUM_OK  # no flag: complete, and verified if it was received
                 si = p.attr[SKB_INFO]
                 if si.buffer != ffi.NULL:
                     info = _U32.unpack(ffi_buffer(cast("char *", si.buffer), 4))[0]
@@ -194,6 +196,8 @@ class FnfqueueDriver(DriverBase):
                         # outbound GSO: the kernel's segmentation recomputes checksums;
                         # anything else rewritten goes back as CHECKSUM_NONE: complete it
                         csum = CSUM_GSO if out and info & NFQA_SKB_GSO else CSUM_PARTIAL
+                    elif info & NFQA_SKB_CSUM_NOTVERIFIED:
+                        csum = CSUM_UNVERIFIED  # received, nobody checked it: the core does
                 buf = bytearray(ffi_buffer(cast("char *", a.buffer), a.len))  # one copy
                 try:
                     if out:
@@ -203,20 +207,20 @@ class FnfqueueDriver(DriverBase):
                 except Exception:  # the daemon must survive any bug: pass the packet on
                     log.exception("packet handling failed")
                     proxy.counters.inc("InternalErrors")
-                    v = None
-                if v is None:
-                    verdict(conn, p, ACCEPT, 0, 0, 0)
-                elif v is False:
-                    verdict(conn, p, DROP, 0, 0, 0)
+                    v = ACCEPT
+                if v is ACCEPT:
+                    verdict(conn, p, NF_ACCEPT, 0, 0, 0)
+                elif v is DROP:
+                    verdict(conn, p, NF_DROP, 0, 0, 0)
                 else:
-                    keep = from_buffer(v)
+                    keep = from_buffer(buf)
                     a.buffer = keep
-                    a.len = len(v)
-                    if verdict(conn, p, ACCEPT, MANGLE, 0, 0) == -1:
+                    a.len = len(buf)
+                    if verdict(conn, p, NF_ACCEPT, MANGLE, 0, 0) == -1:
                         proxy.counters.inc("VerdictErrors")
             if n < BATCH:
                 break
-        self._after()
+        self.flush_outputs()
 
 
 _U32 = struct.Struct("!I")

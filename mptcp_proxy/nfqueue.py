@@ -17,6 +17,7 @@ import socket
 import time
 
 from .core.proxy import Proxy
+from .core.verdict import ACCEPT, DROP, Verdict
 
 log = logging.getLogger("mptcp_proxy.nfqueue")
 
@@ -86,13 +87,19 @@ class DriverBase:
     _timer_handle: asyncio.TimerHandle | None = None
     _timer_at: float | None = None
 
-    def _after(self) -> None:
+    def flush_outputs(self) -> None:
+        """After a batch of verdicts (or a command): send the forged packets, report the
+        events, and re-arm the timer at the core's next deadline."""
         proxy = self.proxy
-        if proxy._tx:
+        if proxy.has_output:
             self.flush()
-        if proxy._events and self.on_event is not None:
-            for ev in proxy.events():
-                self.on_event(ev)
+            events = proxy.events()
+            if self.on_event is not None:
+                for ev in events:
+                    self.on_event(ev)
+            else:
+                for _ev in events:
+                    pass
         t = proxy.get_timer()
         if t != self._timer_at:
             self._arm(t)
@@ -119,7 +126,7 @@ class DriverBase:
         except Exception:
             log.exception("timer handling failed")
             self.proxy.counters.inc("InternalErrors")
-        self._after()
+        self.flush_outputs()
         if self._timer_at is None:
             t = self.proxy.get_timer()
             if t is not None:
@@ -186,13 +193,13 @@ class NfqueueDriver(DriverBase):
         self.queues = []
 
     # ----------------------------------------------------------- callbacks
-    def _verdict(self, p, v) -> None:
-        if v is None:
+    def _verdict(self, p, v: Verdict, buf: bytearray) -> None:
+        if v is ACCEPT:
             p.accept()
-        elif v is False:
+        elif v is DROP:
             p.drop()
         else:
-            p.set_payload(bytes(v))
+            p.set_payload(bytes(buf))
             p.accept()
 
     def _cb_accept(self, p) -> None:
@@ -205,23 +212,25 @@ class NfqueueDriver(DriverBase):
     def _cb_out(self, p) -> None:
         self.packets += 1
         proxy = self.proxy
+        buf = bytearray(p.get_payload())
         try:
-            v = proxy.outbound(bytearray(p.get_payload()), time.monotonic())
+            v = proxy.outbound(buf, time.monotonic())
         except Exception:  # the daemon must survive any bug: pass the packet on
             log.exception("outbound packet handling failed")
             proxy.counters.inc("InternalErrors")
-            v = None
-        self._verdict(p, v)
-        self._after()
+            v = ACCEPT
+        self._verdict(p, v, buf)
+        self.flush_outputs()
 
     def _cb_in(self, p) -> None:
         self.packets += 1
         proxy = self.proxy
+        buf = bytearray(p.get_payload())
         try:
-            v = proxy.inbound(bytearray(p.get_payload()), time.monotonic())
+            v = proxy.inbound(buf, time.monotonic())
         except Exception:
             log.exception("inbound packet handling failed")
             proxy.counters.inc("InternalErrors")
-            v = None
-        self._verdict(p, v)
-        self._after()
+            v = ACCEPT
+        self._verdict(p, v, buf)
+        self.flush_outputs()

@@ -1,9 +1,17 @@
-"""Closing and resetting a connection: DATA_FIN ↔ FIN, subflow FINs, RST ↔
-MP_FASTCLOSE, fallback, linger and timers (RFC 8684 §3.3.3, §3.5–3.7; paper Fig. 4)."""
+"""Closing: DATA_FIN ↔ FIN, the subflows' own FINs, RST ↔ MP_FASTCLOSE and MP_TCPRST,
+fallback to TCP, and what a closed connection still answers (RFC 8684 §3.3.3, §3.5–3.7;
+paper Fig. 4). The same in both roles.
+
+The TCP side's FIN is our DATA_FIN (it consumes one data sequence number, §3.3.3); the
+peer's DATA_FIN becomes a FIN for the TCP side once every byte before it was delivered.
+Subflows are closed with FINs of their own once the data level is closed; a reset of the
+TCP side is an MP_FASTCLOSE on every subflow (§3.5).
+"""
 
 from __future__ import annotations
 
-from .events import EventKind
+from typing import TYPE_CHECKING
+
 from .constants import (
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EUNSPEC,
@@ -12,269 +20,304 @@ from .constants import (
     TCP_FIN,
     TCP_RST,
 )
-from .fastopt import build_ts
-from .options import (
-    MpFastclose,
-    MpTcpRst,
-    pull_option,
-    push_option,
-)
+from .emission import forge_segment, option_block, send_ack
+from .events import EventKind
+from .forge import build_segment
+from .options import MpFastclose, MpTcpRst, pull_option, push_option
+from .projection import held_ranges, subflow_ack
 from .seq import MASK32
-from .state import DROP, ConnState
-from .subflow import Subflow, SubflowState, unwrap
-from .tcp import TcpPacket, pad_options
+from .states import ConnInput, ConnState, SubflowInput, SubflowState
+from .tcp import TcpPacket, build_ts, pad_options
+from .verdict import DROP
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .subflow import Subflow
+
+__all__ = [
+    "data_closed", "send_data_fin", "check_close", "subflow_fin_received", "maybe_finished",
+    "retransmit_fin", "local_reset", "reset_local", "reset_peer", "reset_subflow", "abort",
+    "fallback", "close", "protocol_error", "peer_reset", "closed_segment", "subflow_gone",
+    "close_subflow",
+]
+
+FIN_RETRIES = 6  # our subflow FIN's retransmissions before the subflow is given up
 
 
-class ClosingPath:
-    """Methods of :class:`~.connection.Connection` (a mixin; all state lives there)."""
+# -- graceful: DATA_FIN and FIN -----------------------------------------------------------
 
-    __slots__ = ()
+def data_closed(conn: "Connection") -> bool:
+    """Both DATA_FINs sent and acknowledged (RFC 8684 §3.3.3)."""
+    return (conn.data_fin_acked and conn.rcv_data_fin is not None
+            and conn.r_ack > conn.rcv_data_fin)
 
-    def _local_reset(self, pkt: TcpPacket, now: float):
-        """The local stack resets: MP_FASTCLOSE on RST on every subflow (RFC 8684 §3.5)."""
-        opt = pad_options(push_option(MpFastclose(self.remote_key))
-                          + push_option(MpTcpRst(0, MPTCP_RST_EUNSPEC)))
-        verdict = DROP
-        for sf in self.subflows:
-            if sf.state in (SubflowState.CLOSED,):
-                continue
-            self.counters.inc("MPFastcloseTx")
-            if sf is self.sf0:
-                pkt.set_seq(sf.snd_wire(sf.seq_nxt))
-                pkt.set_options(opt)
-                verdict = pkt.finish()
-            else:
-                self.proxy.send(self._segment(sf, sf.snd_wire(sf.seq_nxt), TCP_RST | TCP_ACK,
-                                              opt))
-        self._close(now, reset=True)
-        return verdict
 
-    def reset_local(self, now: float) -> None:
-        """Forge an RST to the local stack (the connection is gone on the wire)."""
-        from .forge import build_segment
-        la, lp, ra, rp = self.key
-        for r in sorted({self.r_ack, self.r_high}):
-            seq = (self.tcp_rcv_base + r) & MASK32
-            self.proxy.send(build_segment(ra, la, rp, lp, seq, 0, TCP_RST, 0))
-        self.counters.inc("RstTx")
+def send_data_fin(conn: "Connection", sf: "Subflow", now: float) -> None:
+    """Our DATA_FIN on its own (SSN 0, DLL 1; §3.3.3) on a pure ACK on ``sf`` (when the
+    mapping of our last bytes, sent before, does not carry it)."""
+    opts, san = option_block(conn, sf, conn.d_nxt, sf.snd_nxt, 0, True, None,
+                             held_ranges(conn, None))
+    sf.rcv_acked = san
+    conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.seq_nxt), TCP_ACK, opts))
 
-    def reset_peer(self, now: float, reason: int = MPTCP_RST_EUNSPEC) -> None:
-        """Reset every subflow towards the peer with MP_FASTCLOSE + MP_TCPRST."""
-        opt = push_option(MpFastclose(self.remote_key)) + push_option(MpTcpRst(0, reason))
-        for sf in self.subflows:
-            if sf.state == SubflowState.CLOSED:
-                continue
-            self.counters.inc("MPFastcloseTx")
-            self.counters.inc("MPRstTx")
-            self.proxy.send(self._segment(sf, sf.snd_wire(sf.snd_nxt), TCP_RST | TCP_ACK,
-                                          pad_options(opt)))
 
-    def abort(self, now: float, reason: int = MPTCP_RST_EUNSPEC) -> None:
-        """Reset both sides and forget the connection (daemon exit, fatal errors)."""
-        if self.state == ConnState.ESTABLISHED:
-            self.reset_peer(now, reason)
-            self.reset_local(now)
-        self._close(now, reset=True)
+def check_close(conn: "Connection", now: float) -> None:
+    """Once the data level is closed, close every subflow with a FIN of its own."""
+    if not data_closed(conn):
+        return
+    for sf in conn.subflows:
+        if sf.state in (SubflowState.ESTABLISHED, SubflowState.CLOSING) and sf.fin_sent is None:
+            _send_fin(conn, sf, now)
+    maybe_finished(conn, now)
 
-    def _fallback(self, now: float) -> None:
-        """Plain TCP from now on, untouched (RFC 8684 §3.7). The proxy keeps nothing for
-        it: the entry stays visible for ``linger`` seconds, then packets of the 4-tuple
-        simply pass as unknown, and a new SYN on it starts a new connection."""
-        self.state = ConnState.FALLBACK
-        self.counters.inc("FallbackConnections")
-        self.proxy.emit_event(EventKind.FALLBACK, self)
-        self.closed_at = now
-        pm = self.proxy.pm
-        for sf in self.subflows[1:]:
-            if sf.state != SubflowState.CLOSED and pm is not None:
-                pm.reset_subflow(self, sf, now, MPTCP_RST_EMPTCP)
-        self._set_timer(now + self.proxy.config.linger)
 
-    def _close(self, now: float, reset: bool = False) -> None:
-        if reset:
-            self.closed_by_reset = True
-        if self.state != ConnState.CLOSED:
-            self.state = ConnState.CLOSED
-            self.closed_at = now
-            for sf in self.subflows:
-                sf.state = SubflowState.CLOSED
-            self.proxy.emit_event(EventKind.CLOSED, self,
-                                  reason="reset" if self.closed_by_reset else "fin")
-            self._set_timer(now + self.proxy.config.linger)
+def _send_fin(conn: "Connection", sf: "Subflow", now: float) -> None:
+    sf.fin_sent = sf.snd_nxt
+    sf.transition(SubflowInput.FIN)
+    sf.retries = 0
+    sf.rto = conn.proxy.config.fin_rto
+    sf.timer = now + sf.rto
+    _emit_fin(conn, sf)
+    conn.rearm()
 
-    def _subflow_protocol_error(self, sf: Subflow, now: float, reason: int):
-        """RFC 8684 §3.3: a mapping that breaks the negotiated rules resets the
-        subflow (MP_TCPRST); with no other subflow, the connection."""
-        others = [x for x in self.subflows if x is not sf and x.alive]
-        if others:
-            self.proxy.reset_subflow(self, sf, now, reason)
-            return DROP
-        self.reset_peer(now, reason)
-        self.reset_local(now)
-        self._close(now, reset=True)
-        return DROP
 
-    def _peer_reset(self, pkt: TcpPacket, sf: Subflow, others, now: float):
-        """RST from the peer on ``sf``: MP_FASTCLOSE with our key resets the connection
-        (RFC 8684 §3.5); a plain subflow reset ends only that subflow unless it was
-        the last one."""
-        self.counters.inc("RstRx")
-        fastclose = False
-        b = pkt.buf
-        for sub, off, olen in others or ():
-            o = pull_option(bytes(b[off:off + olen]))
-            if isinstance(o, MpFastclose):
-                if o.rcvr_key == self.local_key:
-                    fastclose = True
-                    self.counters.inc("MPFastcloseRx")
-            elif sub == MPTCPOPT_RST:
-                self.counters.inc("MPRstRx")
-        # RFC 5961 §3.2: an RST is accepted only at exactly the next expected sequence;
-        # in the window it earns a challenge ACK (the peer answers it with an exact RST)
-        s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
-        exact = s == sf.rcv_high or (sf.peer_fin is not None and s == sf.peer_fin + 1)
-        if not exact:
-            self.counters.inc("RstChallenged")
-            self.send_ack(sf, now)
-            return DROP
-        sf.state = SubflowState.CLOSED
-        alive = [x for x in self.subflows if x.alive]
-        if fastclose or not alive:
-            if sf is self.sf0:
-                r = self.r_high
-                pkt.set_seq((self.tcp_rcv_base + r) & MASK32)
-                pkt.set_options(b"")
-                self._close(now, reset=True)
-                if self.r_ack != self.r_high:
-                    self.reset_local(now)
-                return pkt.finish()
-            self.reset_local(now)
-            self._close(now, reset=True)
-            return DROP
-        self.proxy.subflow_lost(self, sf, now)
-        return DROP
+def close_subflow(conn: "Connection", sf: "Subflow", now: float) -> None:
+    """Close ``sf`` alone with a FIN (remove-subflow): the data level goes on elsewhere."""
+    if sf.state == SubflowState.ESTABLISHED:
+        _send_fin(conn, sf, now)
 
-    def data_closed(self) -> bool:
-        """Both DATA_FINs sent and acknowledged (RFC 8684 §3.3.3)."""
-        return (self.data_fin_acked and self.rcv_data_fin is not None
-                and self.r_ack > self.rcv_data_fin)
 
-    def _check_close(self, now: float) -> None:
-        """Once the data level is closed, close every subflow with a FIN."""
-        if not self.data_closed():
-            return
-        for sf in self.subflows:
-            if sf.state in (SubflowState.ESTABLISHED, SubflowState.CLOSING) \
-                    and sf.fin_sent is None:
-                self._send_fin(sf, now)
-        self._maybe_finished(now)
+def _emit_fin(conn: "Connection", sf: "Subflow") -> None:
+    opts, san = option_block(conn, sf, conn.d_nxt, sf.snd_nxt, 0, False, None,
+                             held_ranges(conn, None))
+    sf.rcv_acked = san
+    conn.counters.inc("SubflowFinTx")
+    conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.fin_sent), TCP_FIN | TCP_ACK, opts))
 
-    def _send_fin(self, sf: Subflow, now: float) -> None:
-        sf.fin_sent = sf.snd_nxt
-        sf.state = SubflowState.CLOSING
-        sf.retries = 0
-        sf.rto = self.proxy.config.fin_rto
-        sf.timer = now + sf.rto
-        self._emit_fin(sf, now)
-        self._rearm()
 
-    def _emit_fin(self, sf: Subflow, now: float) -> None:
-        opts, san = self._out_options(sf, self.d_nxt, sf.snd_nxt, 0, False, None, None, b"",
-                                      b"", now)
-        sf.rcv_acked = san
-        self.counters.inc("SubflowFinTx")
-        self.proxy.send(self._segment(sf, sf.snd_wire(sf.fin_sent), TCP_FIN | TCP_ACK, opts))
+def retransmit_fin(conn: "Connection", sf: "Subflow", now: float) -> None:
+    """Our subflow FIN is unacknowledged after its RTO: again, with back-off; given up
+    after :data:`FIN_RETRIES`."""
+    sf.retries += 1
+    if sf.retries > conn.proxy.config.fin_retries:
+        sf.transition(SubflowInput.RESET)
+        return
+    conn.counters.inc("Retransmits")
+    _emit_fin(conn, sf)
+    sf.rto *= 2
+    sf.timer = now + sf.rto
 
-    def on_subflow_fin(self, sf: Subflow, now: float) -> None:
-        """The peer closed subflow ``sf``: acknowledge its FIN (once the local stack
-        has all the data before it), and answer with ours when the data level is
-        closed."""
-        if sf.state == SubflowState.ESTABLISHED:
-            sf.state = SubflowState.CLOSING
-        if self.data_closed() and sf.fin_sent is None:
-            self._send_fin(sf, now)
+
+def subflow_fin_received(conn: "Connection", sf: "Subflow", now: float) -> None:
+    """The peer closed subflow ``sf``: acknowledge its FIN (once the TCP side has every
+    byte before it), and answer with ours when the data level is closed."""
+    sf.transition(SubflowInput.FIN)
+    if data_closed(conn) and sf.fin_sent is None:
+        _send_fin(conn, sf, now)
+    else:
+        held = held_ranges(conn, None)
+        if subflow_ack(sf, conn.r_ack, held)[0] > sf.rcv_acked:
+            send_ack(conn, sf, now, held)
+    maybe_finished(conn, now)
+
+
+def maybe_finished(conn: "Connection", now: float) -> None:
+    """Subflows whose FINs both went and were acknowledged are closed; the connection is
+    closed when the data level is and no subflow is left."""
+    for sf in conn.subflows:
+        if (sf.state == SubflowState.CLOSING and sf.fin_acked
+                and sf.peer_fin is not None and sf.rcv_acked > sf.peer_fin):
+            sf.transition(SubflowInput.FINISHED)
+            sf.timer = None
+            if not data_closed(conn):  # one subflow closed alone (remove-subflow)
+                sf.closed_at = now
+                conn.proxy.emit_event(EventKind.SF_CLOSED, conn, sf, reason="fin")
+    if data_closed(conn) and all(sf.state == SubflowState.CLOSED for sf in conn.subflows):
+        close(conn, now)
+
+
+# -- resets -----------------------------------------------------------------------------------
+
+def _fastclose_option(conn: "Connection", reason: int) -> bytes:
+    return pad_options(push_option(MpFastclose(conn.remote_key))
+                       + push_option(MpTcpRst(0, reason)))
+
+
+def local_reset(conn: "Connection", pkt: TcpPacket, now: float):
+    """The TCP side resets: MP_FASTCLOSE on RST on every subflow (RFC 8684 §3.5); its own
+    RST becomes the initial subflow's."""
+    opt = _fastclose_option(conn, MPTCP_RST_EUNSPEC)
+    verdict = DROP
+    for sf in conn.subflows:
+        if sf.state == SubflowState.CLOSED:
+            continue
+        conn.counters.inc("MPFastcloseTx")
+        if sf is conn.sf0:
+            pkt.set_seq(sf.snd_wire(sf.seq_nxt))
+            pkt.set_options(opt)
+            verdict = pkt.finish()
         else:
-            san, _ = sf.project_ack(self.r_ack, self._held(None))
-            if san > sf.rcv_acked:
-                self.send_ack(sf, now)
-        self._maybe_finished(now)
+            conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.seq_nxt), TCP_RST | TCP_ACK,
+                                          opt))
+    close(conn, now, reset=True)
+    return verdict
 
-    def _maybe_finished(self, now: float) -> None:
-        for sf in self.subflows:
-            if (sf.state == SubflowState.CLOSING and sf.fin_acked
-                    and sf.peer_fin is not None and sf.rcv_acked > sf.peer_fin):
-                sf.state = SubflowState.CLOSED
-                sf.timer = None
-                if not self.data_closed():  # one subflow closed alone (remove-subflow)
-                    sf.closed_at = now
-                    self.proxy.emit_event(EventKind.SF_CLOSED, self, sf, reason="fin")
-        if self.data_closed() and all(sf.state == SubflowState.CLOSED for sf in self.subflows):
-            self._close(now)
 
-    def _rearm(self) -> None:
-        due = [sf.timer for sf in self.subflows if sf.timer is not None]
-        if self.join_at is not None and not self.joins_opened:
-            due.append(self.join_at)
-        when = min(due) if due else None
-        if when is not None and (self.timer is None or when < self.timer
-                                 or self.state == ConnState.ESTABLISHED):
-            self._set_timer(when)
+def reset_local(conn: "Connection") -> None:
+    """Forge an RST to the TCP side (the connection is gone on the wire), at the places
+    it may expect the next byte."""
+    la, lp, ra, rp = conn.key
+    for r in sorted({conn.r_ack, conn.r_high}):
+        seq = (conn.tcp_rcv_base + r) & MASK32
+        conn.proxy.send(build_segment(ra, la, rp, lp, seq, 0, TCP_RST, 0))
+    conn.counters.inc("RstTx")
 
-    def _closed_ack(self, pkt: TcpPacket, sf: Subflow, now: float):
-        """A segment on a closed connection. After a reset, answer anything but an RST
-        with an RST at the sequence the peer expects (what a closed socket does), so
-        a challenge ACK to our reset ends the peer's side too; after a normal close,
-        acknowledge a late FIN."""
-        from .forge import build_segment
-        if self.closed_by_reset:
-            if not pkt.flags & TCP_RST and pkt.flags & TCP_ACK and self.remote_key:
-                opt = pad_options(push_option(MpFastclose(self.remote_key))
-                                  + push_option(MpTcpRst(0, MPTCP_RST_EUNSPEC)))
-                self.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
-                                              pkt.ack, 0, TCP_RST, 0, opt))
-                self.counters.inc("RstTx")
-            return DROP
-        if pkt.flags & TCP_FIN and not pkt.flags & TCP_RST and sf.rcv_base:
-            s_fin = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high) + pkt.plen
-            opts = build_ts(self.ts_now(now), sf.ts_recent) if sf.ts_ok else b""
-            self.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
-                                          sf.snd_wire(sf.seq_nxt), sf.rcv_wire(s_fin + 1),
-                                          TCP_ACK, self.win_local, opts))
+
+def reset_peer(conn: "Connection", reason: int = MPTCP_RST_EUNSPEC) -> None:
+    """Reset every subflow towards the peer with MP_FASTCLOSE + MP_TCPRST (§3.5, §3.6)."""
+    opt = _fastclose_option(conn, reason)
+    for sf in conn.subflows:
+        if sf.state == SubflowState.CLOSED:
+            continue
+        conn.counters.inc("MPFastcloseTx")
+        conn.counters.inc("MPRstTx")
+        conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.snd_nxt), TCP_RST | TCP_ACK, opt))
+
+
+def reset_subflow(conn: "Connection", sf: "Subflow", now: float, reason: int,
+                  why: str = "protocol error") -> None:
+    """Reset one subflow with MP_TCPRST ``reason`` (§3.6); the connection goes on."""
+    opt = pad_options(push_option(MpTcpRst(0, reason)))
+    conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
+                                  sf.snd_wire(sf.seq_nxt), sf.rcv_wire(sf.rcv_acked),
+                                  TCP_RST | TCP_ACK, 0, opt))
+    conn.counters.inc("MPRstTx")
+    subflow_gone(conn, sf, now, why)
+
+
+def subflow_gone(conn: "Connection", sf: "Subflow", now: float, why: str,
+                 exclude_iface: str | None = None) -> None:
+    """``sf`` ended (reset, handshake failure, path gone): closed for good, reported, and
+    the path manager moves new data elsewhere if it was the active one."""
+    if sf.state == SubflowState.CLOSED:
+        return
+    sf.transition(SubflowInput.RESET)
+    sf.closed_at = now
+    sf.timer = None
+    conn.proxy.emit_event(EventKind.SF_CLOSED, conn, sf, reason=why)
+    conn.proxy.pm.subflow_gone(conn, sf, now, exclude_iface)
+
+
+def abort(conn: "Connection", now: float, reason: int = MPTCP_RST_EUNSPEC) -> None:
+    """Reset both sides and close (daemon exit, fatal errors)."""
+    if conn.state == ConnState.ESTABLISHED:
+        reset_peer(conn, reason)
+        reset_local(conn)
+    close(conn, now, reset=True)
+
+
+def protocol_error(conn: "Connection", sf: "Subflow", now: float, reason: int):
+    """A segment broke the negotiated rules (RFC 8684 §3.3): reset the subflow with
+    MP_TCPRST; with no other usable subflow, the connection."""
+    if any(x is not sf and x.alive for x in conn.subflows):
+        reset_subflow(conn, sf, now, reason)
         return DROP
+    reset_peer(conn, reason)
+    reset_local(conn)
+    close(conn, now, reset=True)
+    return DROP
 
-    def on_timer(self, now: float) -> bool:
-        """Handle due timers; returns True when the connection can be forgotten."""
-        st = self.state
-        if st == ConnState.CLOSED or st == ConnState.FALLBACK:
-            return self.closed_at is not None and now >= self.closed_at + \
-                self.proxy.config.linger - 1e-9
-        if st == ConnState.SYN_SENT:
-            if now >= self.created + self.proxy.config.syn_timeout - 1e-9:
-                self.counters.inc("ConnTimeout")
-                return True
-            return False
-        if self.join_at is not None and not self.joins_opened and now >= self.join_at - 1e-9:
-            self.joins_opened = True
-            if self.proxy.pm is not None:
-                self.proxy.pm.on_established(self, now)
-        for sf in list(self.subflows):
-            if sf.timer is not None and sf.timer <= now:
-                sf.timer = None
-                if sf.state == SubflowState.CLOSING and sf.fin_sent is not None \
-                        and not sf.fin_acked:
-                    sf.retries += 1
-                    if sf.retries > self.proxy.config.fin_retries:
-                        sf.state = SubflowState.CLOSED
-                        continue
-                    self.counters.inc("Retransmits")
-                    self._emit_fin(sf, now)
-                    sf.rto *= 2
-                    sf.timer = now + sf.rto
-                elif self.proxy.pm is not None:
-                    self.proxy.pm.subflow_timer(self, sf, now)
-        self._maybe_finished(now)
-        if self.state == ConnState.ESTABLISHED:
-            if self.proxy.pm is not None and len(self.subflows) > 1:
-                self.proxy.pm.prune(self, now)
-            self._rearm()
-        return False
+
+def peer_reset(conn: "Connection", sf: "Subflow", pkt: TcpPacket, others, now: float):
+    """RST from the peer on ``sf``: with MP_FASTCLOSE carrying our key, the connection is
+    reset (§3.5); a plain subflow reset ends only that subflow unless it was the last.
+    RFC 5961 §3.2: taken only at exactly the next expected sequence number; in the window
+    it earns a challenge ACK (the peer answers with an exact RST)."""
+    conn.counters.inc("RstRx")
+    fastclose = False
+    b = pkt.buf
+    for sub, off, olen in others or ():
+        o = pull_option(bytes(b[off:off + olen]))
+        if isinstance(o, MpFastclose):
+            if o.rcvr_key == conn.local_key:
+                fastclose = True
+                conn.counters.inc("MPFastcloseRx")
+        elif sub == MPTCPOPT_RST:
+            conn.counters.inc("MPRstRx")
+    s = sf.rcv_rel(pkt.seq)
+    if not (s == sf.rcv_high or (sf.peer_fin is not None and s == sf.peer_fin + 1)):
+        conn.counters.inc("RstChallenged")
+        send_ack(conn, sf, now, held_ranges(conn, None))
+        return DROP
+    sf.transition(SubflowInput.RESET)
+    if fastclose or not any(x.alive for x in conn.subflows):
+        return _reset_by_peer(conn, sf, pkt, now)
+    sf.closed_at = now
+    conn.proxy.emit_event(EventKind.SF_CLOSED, conn, sf, reason="reset by peer")
+    conn.proxy.pm.subflow_gone(conn, sf, now, None)
+    return DROP
+
+
+def _reset_by_peer(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
+    """The whole connection was reset by the peer: the TCP side gets the RST."""
+    close(conn, now, reset=True)
+    if sf is conn.sf0:
+        pkt.set_seq((conn.tcp_rcv_base + conn.r_high) & MASK32)
+        pkt.set_options(b"")
+        if conn.r_ack != conn.r_high:
+            reset_local(conn)
+        return pkt.finish()
+    reset_local(conn)
+    return DROP
+
+
+def fallback(conn: "Connection", now: float) -> None:
+    """Plain TCP from now on, untouched (RFC 8684 §3.7). The proxy keeps nothing for it:
+    the entry stays visible for ``linger`` seconds, then packets of the 4-tuple pass as
+    unknown, and a new SYN on it starts a new connection."""
+    conn.transition(ConnInput.PEER_FELL_BACK if conn.state == ConnState.ESTABLISHED
+                    else ConnInput.NOT_ANSWERED)
+    conn.counters.inc("FallbackConnections")
+    conn.proxy.emit_event(EventKind.FALLBACK, conn)
+    conn.closed_at = now
+    for sf in conn.subflows[1:]:
+        if sf.state != SubflowState.CLOSED:
+            reset_subflow(conn, sf, now, MPTCP_RST_EMPTCP)
+    conn.set_timer(now + conn.proxy.config.linger)
+
+
+def close(conn: "Connection", now: float, reset: bool = False) -> None:
+    """The connection is closed (gracefully, or by a reset): every subflow with it; it is
+    remembered ``linger`` seconds to absorb late segments."""
+    if reset:
+        conn.closed_by_reset = True
+    if conn.state != ConnState.ESTABLISHED and conn.state != ConnState.SYN_SENT:
+        return
+    conn.transition(ConnInput.RESET if reset else ConnInput.DATA_CLOSED)
+    conn.closed_at = now
+    for sf in conn.subflows:
+        sf.transition(SubflowInput.RESET)
+    conn.proxy.emit_event(EventKind.CLOSED, conn, reason="reset" if reset else "fin")
+    conn.set_timer(now + conn.proxy.config.linger)
+
+
+def closed_segment(conn: "Connection", pkt: TcpPacket, sf: "Subflow", now: float):
+    """A segment on a closed connection. After a reset, anything but an RST is answered
+    with an RST at the sequence the peer expects (as a closed socket does), so a
+    challenge ACK to our reset ends the peer's side too; after a graceful close, a late
+    FIN is acknowledged."""
+    flags = pkt.flags
+    if conn.closed_by_reset:
+        if not flags & TCP_RST and flags & TCP_ACK and conn.remote_key:
+            conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, pkt.ack, 0,
+                                          TCP_RST, 0, _fastclose_option(conn, MPTCP_RST_EUNSPEC)))
+            conn.counters.inc("RstTx")
+        return DROP
+    if flags & TCP_FIN and not flags & TCP_RST and sf.rcv_base:
+        s_fin = sf.rcv_rel(pkt.seq) + pkt.plen
+        opts = build_ts(conn.tcp_tsval, sf.ts_recent) if sf.ts_ok else b""
+        conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
+                                      sf.snd_wire(sf.seq_nxt), sf.rcv_wire(s_fin + 1),
+                                      TCP_ACK, conn.tcp_win, opts))
+    return DROP
+

@@ -1,279 +1,156 @@
-"""One proxied connection: the local stack's plain TCP on one side, MPTCP v1 on
-the wire on the other (paper §3, Fig. 3–5; RFC 8684 §3.1, §3.3, §3.5).
+"""One proxied connection: its state, and a small dispatcher that hands each segment and
+timer to the concept modules (paper §3, Fig. 3–5; RFC 8684 §3).
 
-Rules for this module (after h11's ``_state.py``):
+The connection joins two sides:
 
-1. The local stack is the only flow- and congestion-control: the proxy never
-   buffers payload. It rewrites headers, adds or removes options, and forges
-   only control segments (ACKs, FINs, RSTs, handshakes of its own subflows).
-2. Sequence numbers are handled as relative, unwrapped integers (``d`` for our
-   direction, ``r`` for the peer's, ``s`` per subflow; see :mod:`.mapping`).
-   Because the local stack's ISN is mapped to IDSN+1, its relative TSN *is* the
-   relative DSN: TSN→DSN is the constant offset of paper §3.3.
-3. The cumulative ACK shown to the local stack is the peer's DATA_ACK; subflow
-   ACKs and SACKs become SACK blocks (paper §3.5, projection).
-4. Nothing raises out of here on bad input: it is counted and handled.
+- the **TCP side** (attributes ``tcp_*``): the plain TCP connection of the application —
+  in the client role the local stack's socket. Its sequence numbers are the paper's
+  TSN/TAN; the proxy maps its ISN to our IDSN + 1, so its relative TSN *is* our relative
+  data sequence number (paper §3.3);
+- the **MPTCP side**: our MPTCP endpoint (``local_key``, ``local_token``,
+  ``local_idsn``), the peer's (``remote_*``), the data level (``d_*`` our direction,
+  ``r_*`` the peer's, relative; see :mod:`.seq`) and the subflows (:mod:`.subflow`).
+
+Where each question is answered: :mod:`.handshake` (MP_CAPABLE), :mod:`.receive` (a peer
+segment, in stages), :mod:`.transmit` (a TCP side segment), :mod:`.projection` (ACKs and
+SACKs between the spaces), :mod:`.scheduling` (which subflow and mapping carry bytes),
+:mod:`.emission` (our option blocks and forged segments), :mod:`.closing` (DATA_FIN,
+FIN, resets, fallback), :mod:`.joins` (MP_JOIN), :mod:`.signalling` (ADD_ADDR,
+REMOVE_ADDR, MP_PRIO...), :mod:`.policy` (which subflows, handover, failover).
+
+The proxy never buffers payload: the TCP side is the only flow and congestion control.
+Nothing raises out of here on bad input: it is counted and handled.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import crypto
-from .events import EventKind
-from .constants import (
-    MPTCP_CAP_CHECKSUM_REQD,
-    MPTCP_CAP_DENY_JOIN_ID0,
-    MPTCP_CAP_HMAC_SHA256,
-    MPTCPOPT_MP_CAPABLE,
-    TCP_ACK,
-    TCP_RST,
-    TCP_SYN,
-    TCPOPT_MPTCP,
-    TCPOPT_MSS,
-    TCPOPT_SACK_PERM,
-    TCPOPT_TIMESTAMP,
-    TCPOPT_WINDOW,
-)
-from .options import (
-    MpCapable,
-    pull_option,
-    push_option,
-)
-from .seq import MASK32, MASK64
-from .subflow import Subflow, SubflowState
-from .tcp import TcpPacket, pad_options
+from . import closing, crypto, handshake, joins, receive, transmit
+from .constants import TCP_ACK, TCP_RST, TCP_SYN
+from .rangeset import RangeSet
+from .seq import MASK32
+from .states import ConnInput, ConnState, SubflowState, conn_next
+from .subflow import Subflow
+from .tcp import TcpPacket
+from .verdict import ACCEPT, DROP
 
 if TYPE_CHECKING:
     from .proxy import Proxy
-from .closing import ClosingPath
-from .inbound import InboundPath, in_fast
-from .outbound import OutboundPath, out_fast
-from .state import ACCEPT, DROP, ConnState
 
-__all__ = ["Connection", "ConnState", "ACCEPT", "DROP"]
+__all__ = ["Connection"]
+
+EPS = 1e-9  # timer comparisons (seconds)
 
 
-class Connection(OutboundPath, InboundPath, ClosingPath):
-    """State of one proxied TCP connection (end-host mode, the local stack is the
-    MPTCP client). Created by :class:`~.proxy.Proxy` on the local SYN."""
+class Connection:
+    """State of one proxied TCP connection. Created by :class:`~.proxy.Proxy` on the TCP
+    side's SYN (client role)."""
 
-    # slotted: ~1 KB less per connection than a __dict__ (tools/bench memory figure)
+    # slotted: ~1 KB less per connection than a __dict__ (bench memory figure)
     __slots__ = (
-        "active", "closed_at", "closed_by_reset", "counters", "created", "csum",
-        "csum_wanted", "d_nxt", "d_una", "data_fin_acked", "deny_join0",
-        "fully_established", "handovers", "id", "idsn_local", "idsn_remote", "join_at",
-        "joins_opened", "key", "last_activity", "last_rx_sf", "local_key", "local_mss",
-        "local_sack", "local_token", "local_ts", "local_wscale", "next_sf_index",
-        "peer_wscale0", "pending_handover", "pending_signals", "proxy", "r_ack", "r_fwd",
-        "r_high", "rcv_data_fin", "remote_addrs", "remote_key", "remote_token",
-        "sacks_shown", "sf0", "snd_data_fin", "srtt", "state", "subflows", "syn_count",
-        "syn_mpc", "syn_time", "tcp_rcv_base", "tcp_rcv_isn", "tcp_snd_base",
-        "tcp_snd_isn", "timer", "ts_local", "ts_local_time", "ts_shown", "v6", "win_local",
-        "win_shown", "fast", "handover_at",
+        "proxy", "counters", "id", "key", "v6", "role", "state", "created", "last_activity",
+        "closed_at", "closed_by_reset", "timer",
+        # MPTCP endpoints
+        "local_key", "local_token", "local_idsn", "remote_key", "remote_token",
+        "remote_idsn", "csum_requested", "csum", "deny_join0", "fully_established",
+        "syn_count", "syn_mpc", "syn_time", "srtt", "fast",
+        # data level (relative)
+        "d_nxt", "d_una", "snd_data_fin", "data_fin_acked", "r_ack", "r_high",
+        "rcv_data_fin", "r_fwd",
+        # the TCP side
+        "tcp_snd_isn", "tcp_snd_base", "tcp_rcv_isn", "tcp_rcv_base", "tcp_mss",
+        "tcp_wscale", "tcp_sack", "tcp_ts_ok", "tcp_tsval", "tcp_win", "peer_wscale0",
+        "shown_tsval", "shown_win", "shown_sacks",
+        # subflows and paths
+        "sf0", "subflows", "active", "last_rx_sf", "next_sf_index", "pending_handover",
+        "pending_signals", "remote_addrs", "handovers", "handover_at", "joins_opened",
+        "join_at",
     )
 
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
         self.proxy = proxy
         self.counters = proxy.counters
-        self.v6 = pkt.v6
-        self.key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
         self.id = proxy.next_conn_id()
+        self.key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)  # the TCP side's 4-tuple
+        self.v6 = pkt.v6
+        self.role = "client"
         self.state = ConnState.SYN_SENT
-        self.created = now
-        self.last_activity = now
+        self.created = self.last_activity = self.syn_time = now
         self.closed_at: float | None = None
-        self.tcp_snd_isn = pkt.seq
-        self.tcp_snd_base = (pkt.seq + 1) & MASK32
-        self.tcp_rcv_isn = 0
-        self.tcp_rcv_base = 0
+        self.closed_by_reset = False
+        self.timer: float | None = None
         self.local_key = local_key
-        self.local_token, self.idsn_local = crypto.key_sha(local_key)
-        self.remote_key = 0
-        self.remote_token = 0
-        self.idsn_remote = 0
-        self.csum_wanted = proxy.config.checksum
-        self.csum = False
-        self.deny_join0 = False
+        self.local_token, self.local_idsn = crypto.key_sha(local_key)
+        self.remote_key = self.remote_token = self.remote_idsn = 0
+        self.csum_requested = proxy.config.checksum
+        self.csum = False  # DSS checksums in use (RFC 8684 §3.3.1)
+        self.deny_join0 = False  # the peer's MP_CAPABLE C flag
         self.fully_established = False
-        self.fast = False
         self.syn_count = 0
         self.syn_mpc = True
-        # data-level state (relative)
-        self.d_nxt = 0
-        self.d_una = 0
-        self.r_ack = 0
-        self.r_high = 0
+        self.srtt = 0.0
+        self.fast = False  # the steady-state parsers may be tried
+        self.d_nxt = self.d_una = 0
         self.snd_data_fin: int | None = None
-        self.rcv_data_fin: int | None = None
         self.data_fin_acked = False
-        # local stack's negotiated TCP options
-        self.local_mss = 0
-        self.local_wscale = -1
-        self.local_sack = False
-        self.local_ts = False
+        self.r_ack = self.r_high = 0
+        self.rcv_data_fin: int | None = None
+        self.r_fwd = RangeSet()  # the peer's data forwarded to the TCP side, above r_ack
+        self.tcp_snd_isn = pkt.seq
+        self.tcp_snd_base = (pkt.seq + 1) & MASK32
+        self.tcp_rcv_isn = self.tcp_rcv_base = 0
+        self.tcp_mss = 0
+        self.tcp_wscale = -1  # -1: no window scaling
+        self.tcp_sack = False
+        self.tcp_ts_ok = False
+        self.tcp_tsval = 0  # the latest TSval the TCP side sent (echoed on our segments)
+        self.tcp_win = 0xFFFF  # its latest raw window field
         self.peer_wscale0 = 0
-        self.ts_local = 0  # last TSval the local stack sent
-        self.ts_local_time = now
-        self.ts_shown = None  # last TSval shown to the local stack
-        self.win_local = 0xFFFF  # last raw window field of the local stack
-        self.win_shown = -1
-        self.sacks_shown: list = []
-        sf = Subflow(0, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.seq)
-        self.sf0 = sf
-        self.subflows = [sf]
-        self.active = sf
-        self.last_rx_sf = sf
-        self.timer: float | None = None
-        self.r_fwd: list[list[int]] = []  # data ranges forwarded to the local stack, > r_ack
-        # multipath (used by the path manager, core/pm.py)
+        self.shown_tsval: int | None = None  # what the TCP side was shown last
+        self.shown_win = -1
+        self.shown_sacks: list | None = []
+        self.sf0 = Subflow(0, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.seq)
+        self.subflows = [self.sf0]
+        self.active = self.last_rx_sf = self.sf0
+        self.next_sf_index = 0
         self.pending_handover = None
         self.pending_signals: list = []
         self.remote_addrs: dict[int, tuple] = {}
         self.handovers = 0
-        self.handover_at: float | None = None  # until data flows again (RESUMED event)
+        self.handover_at: float | None = None  # until data flows again (RESUMED)
         self.joins_opened = False
-        self.closed_by_reset = False
-        self.next_sf_index = 0
         self.join_at: float | None = None
-        self.syn_time = now
-        self.srtt = 0.0
-        self._parse_local_syn(pkt)
+        handshake.read_tcp_syn(self, pkt)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.name} token={self.remote_token:#x}>"
 
-    def ts_now(self, now: float) -> int:
-        """A TSval for forged segments: the local stack's latest one. Never an estimate
-        ahead of its clock, or the peer's PAWS check (RFC 7323 §5) would drop the local
-        stack's next segments on that subflow."""
-        return self.ts_local
+    # -- state ---------------------------------------------------------------------------
+    def transition(self, event: ConnInput) -> None:
+        """Move the state machine (:data:`~.states.CONN_TRANSITIONS`)."""
+        self.state = conn_next(self.state, event)
 
-    def _dsn_l(self, d: int) -> int:
-        return (self.idsn_local + 1 + d) & MASK64
+    def state_closed(self) -> bool:
+        return self.state != ConnState.ESTABLISHED
 
-    def _dan(self) -> int:
-        """Our DATA_ACK (64-bit wire value) from what the local stack acknowledged."""
-        r = self.r_ack
-        if self.rcv_data_fin is not None and r > self.rcv_data_fin + 1:
-            r = self.rcv_data_fin + 1
-        return (self.idsn_remote + 1 + r) & MASK64
+    def set_remote_key(self, key: int) -> None:
+        self.remote_key = key
+        self.remote_token, self.remote_idsn = crypto.key_sha(key)
 
-    def _set_timer(self, when: float | None) -> None:
-        self.timer = when
-        if when is not None:
-            self.proxy.schedule(self, when)
+    def new_subflow(self, laddr: bytes, lport: int, raddr: bytes, rport: int, isn: int,
+                    addr_id: int) -> Subflow:
+        """A subflow of our own (registered, in SYN_SENT; the joins module runs it)."""
+        self.next_sf_index += 1
+        sf = Subflow(self.next_sf_index, laddr, lport, raddr, rport, isn, addr_id)
+        self.subflows.append(sf)
+        self.fast = False  # more than one subflow: the general stages only
+        self.proxy.register_subflow(self, sf)
+        return sf
 
-    def _parse_local_syn(self, pkt: TcpPacket) -> None:
-        b = pkt.buf
-        for kind, off, olen in pkt.options() or ():
-            if kind == TCPOPT_MSS and olen == 4:
-                self.local_mss = (b[off + 2] << 8) | b[off + 3]
-            elif kind == TCPOPT_WINDOW and olen == 3:
-                self.local_wscale = b[off + 2]
-            elif kind == TCPOPT_SACK_PERM and olen == 2:
-                self.local_sack = True
-            elif kind == TCPOPT_TIMESTAMP and olen == 10:
-                self.local_ts = True
-                self.ts_local = int.from_bytes(b[off + 2:off + 6], "big")
-        sf = self.sf0
-        sf.snd_wscale = max(self.local_wscale, 0)
-        sf.ts_ok = self.local_ts
-        sf.mss = self.local_mss
-
-    def out_syn(self, pkt: TcpPacket, now: float):
-        """The local SYN (first or retransmitted): add MP_CAPABLE (RFC 8684 §3.1)."""
-        self.syn_count += 1
-        self.syn_time = now
-        if self.syn_count > self.proxy.config.syn_mpc_retries + 1 and self.syn_mpc:
-            # like Linux: a SYN with MP_CAPABLE retransmitted twice goes out without
-            # it (middleboxes dropping unknown options); the answer decides.
-            self.syn_mpc = False
-            self.counters.inc("MPCapableSYNTXDrop")
-        if not self.syn_mpc:
-            return ACCEPT
-        flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if self.csum_wanted else 0)
-        mpc = push_option(MpCapable(flags=flags))
-        old = _used_options(pkt)
-        if len(old) + len(mpc) > 40:
-            self.syn_mpc = False
-            self.counters.inc("MPCapableSYNTXDrop")
-            return ACCEPT
-        pkt.set_options(pad_options(old + mpc))
-        self.counters.inc("MPCapableSYNTX")
-        return pkt.finish()
-
-    def in_synack(self, pkt: TcpPacket, now: float):
-        """The peer's SYN/ACK on the initial subflow: take its key, strip it, clamp MSS."""
-        if pkt.ack != self.tcp_snd_base:
-            return ACCEPT  # not for this SYN; the local stack will answer it
-        b = pkt.buf
-        opts = pkt.options()
-        mpc = None
-        keep = bytearray()
-        mss_off = -1
-        wscale = 0
-        sack = ts = False
-        for kind, off, olen in opts or ():
-            raw = bytes(b[off:off + olen])
-            if kind == TCPOPT_MPTCP:
-                o = pull_option(raw, syn=True)
-                if isinstance(o, MpCapable) and o.sndr_key is not None and o.rcvr_key is None:
-                    mpc = o
-                elif olen < 3 or (raw[2] >> 4) == MPTCPOPT_MP_CAPABLE:
-                    self.counters.inc("OptMalformed")
-                continue
-            if kind == TCPOPT_MSS and olen == 4:
-                mss_off = len(keep)
-            elif kind == TCPOPT_WINDOW and olen == 3:
-                wscale = raw[2]
-            elif kind == TCPOPT_SACK_PERM:
-                sack = True
-            elif kind == TCPOPT_TIMESTAMP and olen == 10:
-                ts = True
-                self.sf0.ts_recent = int.from_bytes(raw[2:6], "big")
-            keep += raw
-        if mpc is None or not self.syn_mpc or mpc.version != 1:
-            self.counters.inc("MPCapableFallbackSYNACK")
-            self._fallback(now)
-            return ACCEPT
-        self.remote_key = mpc.sndr_key
-        self.remote_token, self.idsn_remote = crypto.key_sha(mpc.sndr_key)
-        self.csum = self.csum_wanted or bool(mpc.flags & MPTCP_CAP_CHECKSUM_REQD)
-        self.deny_join0 = bool(mpc.flags & MPTCP_CAP_DENY_JOIN_ID0)
-        self.tcp_rcv_isn = pkt.seq
-        self.tcp_rcv_base = (pkt.seq + 1) & MASK32
-        sf = self.sf0
-        sf.set_rcv_isn(pkt.seq)
-        sf.rcv_wscale = wscale if self.local_wscale >= 0 else 0
-        self.peer_wscale0 = sf.rcv_wscale
-        sf.sack_ok = sack and self.local_sack
-        sf.ts_ok = ts and self.local_ts
-        if sf.ts_ok:
-            self.ts_shown = sf.ts_recent  # the local stack's ts_recent from now on
-        sf.state = SubflowState.ESTABLISHED
-        sf.est_once = True
-        sf.last_rx = now
-        self.local_sack = sf.sack_ok
-        self.local_ts = sf.ts_ok
-        if mss_off >= 0:
-            mss = (keep[mss_off + 2] << 8) | keep[mss_off + 3]
-            clamped = max(mss - self.proxy.config.mss_overhead, 536)
-            if clamped < mss:
-                keep[mss_off + 2:mss_off + 4] = clamped.to_bytes(2, "big")
-                self.counters.inc("MssClamped")
-            sf.mss = clamped
-        self.state = ConnState.ESTABLISHED
-        # the steady-state fast path (outbound.out_fast) while nothing special is on
-        self.fast = not self.csum and sf.ts_ok
-        self.srtt = max(now - self.syn_time, 0.0)
-        self.counters.inc("MPCapableSYNACKRX")
-        self.proxy.emit_event(EventKind.ESTABLISHED, self, elapsed=self.srtt)
-        pkt.set_options(pad_options(bytes(keep)))
-        return pkt.finish()
-
+    # -- dispatch ----------------------------------------------------------------------------
     def on_outbound(self, pkt: TcpPacket, now: float):
-        """A segment of the local stack (OUTPUT hook). Returns a verdict."""
+        """A segment of the TCP side (OUTPUT hook). Returns the verdict."""
         self.last_activity = now
         st = self.state
         if st == ConnState.FALLBACK:
@@ -281,39 +158,29 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         flags = pkt.flags
         if st == ConnState.SYN_SENT:
             if flags & TCP_SYN and not flags & TCP_ACK:
-                return self.out_syn(pkt, now)
+                return handshake.send_syn(self, pkt, now)
             if flags & TCP_RST:
-                self._close(now)
+                closing.close(self, now, reset=True)
             return ACCEPT
-        if st == ConnState.CLOSED:
+        if st != ConnState.ESTABLISHED:
             return DROP
         if flags & TCP_SYN:
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
-            if self.data_closed():
-                # the connection already closed gracefully at the data level: this RST
-                # answers a late segment, not an abort (no MP_FASTCLOSE)
+            if closing.data_closed(self):
+                # closed gracefully at the data level: this RST answers a late segment,
+                # not an abort (no MP_FASTCLOSE)
                 self.counters.inc("LateRstDropped")
                 return DROP
-            return self._local_reset(pkt, now)
-        if self.fast and self.fully_established:
-            v = out_fast(self, pkt, now)
-            if v is not None:
-                return v
-        if not self.active.can_send:
-            pm = self.proxy.pm
-            live = pm.usable(self) if pm is not None else []
-            if not live:
-                # break before make, the new subflow not up yet: nowhere to send; the
-                # local stack retransmits once it is (never map data onto a dead path)
-                if not self.data_closed():
-                    self.counters.inc("NoUsableSubflow")
-                return DROP
-            pm._switch(self, live[0], now, signal=True)
-        return self._out_established(pkt, now)
+            return closing.local_reset(self, pkt, now)
+        if not self.proxy.pm.ensure_sender(self, now):
+            if not closing.data_closed(self):
+                self.counters.inc("NoUsableSubflow")
+            return DROP
+        return transmit.transmit(self, pkt, now)
 
     def on_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
-        """A segment from the peer on subflow ``sf`` (PREROUTING). Returns a verdict."""
+        """A segment from the peer on subflow ``sf`` (PREROUTING). Returns the verdict."""
         self.last_activity = now
         st = self.state
         if st == ConnState.FALLBACK:
@@ -321,39 +188,86 @@ class Connection(OutboundPath, InboundPath, ClosingPath):
         flags = pkt.flags
         if st == ConnState.SYN_SENT:
             if sf is self.sf0 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-                return self.in_synack(pkt, now)
+                return handshake.receive_synack(self, pkt, now)
             if flags & TCP_RST:
-                self._close(now)
+                closing.close(self, now, reset=True)
             return ACCEPT
-        if st == ConnState.CLOSED:
-            return self._closed_ack(pkt, sf, now)
-        if self.fast and sf is self.sf0 and self.fully_established:
-            if in_fast(self, pkt, now):
-                return ACCEPT
+        if st != ConnState.ESTABLISHED:
+            return closing.closed_segment(self, pkt, sf, now)
         sst = sf.state
-        if sst != SubflowState.ESTABLISHED and sst != SubflowState.CLOSING:
-            if sst == SubflowState.CLOSED:
-                # a subflow we abandoned (break) may still deliver: its data and
-                # DATA_ACKs are real and spare the peer reinjections; never answer on it
-                if not sf.est_once or flags & (TCP_RST | TCP_SYN):
-                    self.counters.inc("PktDeadSubflow")
-                    return DROP
-                return self._in_established(pkt, sf, now)
-            return self.proxy.pm.handle_join_packet(self, sf, pkt, now)
+        if sst == SubflowState.SYN_SENT or sst == SubflowState.PRE_ESTABLISHED:
+            v = joins.join_segment(self, sf, pkt, now)
+            if v is not None:
+                return v
+        elif sst == SubflowState.CLOSED and (not sf.est_once or flags & (TCP_RST | TCP_SYN)):
+            # a subflow we abandoned (break) may still deliver: its data and DATA_ACKs are
+            # real and spare the peer reinjections; never answer on it
+            self.counters.inc("PktDeadSubflow")
+            return DROP
         if flags & TCP_SYN:
             if sf is self.sf0 and flags & TCP_ACK and pkt.seq == self.tcp_rcv_isn:
-                # retransmitted SYN/ACK: our third ACK was lost; let the local stack
-                # answer (its ACK gets MP_CAPABLE again) with the key stripped
-                return self._strip_mptcp(pkt)
+                return handshake.strip_mptcp(self, pkt)  # our third ACK was lost
             return DROP
-        return self._in_established(pkt, sf, now)
+        return receive.receive(self, sf, pkt, now)
 
+    # -- joins and timers ----------------------------------------------------------------
+    def open_joins(self, now: float) -> None:
+        """The connection is fully established: the path manager may open subflows (once)."""
+        if not self.joins_opened:
+            self.joins_opened = True
+            self.proxy.pm.on_established(self, now)
 
-def _used_options(pkt: TcpPacket) -> bytes:
-    """The option bytes up to the end of the last real option (no EOL/padding), so
-    more options can be appended; NOPs between options are kept."""
-    opts = pkt.options()
-    if not opts:
-        return b""
-    _kind, off, olen = opts[-1]
-    return bytes(pkt.buf[pkt.th + 20:off + olen])
+    def schedule_joins(self, now: float) -> None:
+        """Our third ACK went out: joins wait until the peer has surely processed it (else
+        our token is unknown to it, ``MPJoinNoTokenFound``); its first DATA_ACK also opens
+        them."""
+        if not self.joins_opened and self.join_at is None:
+            self.join_at = now + max(0.02, 1.5 * self.srtt)
+            self.rearm()
+
+    def set_timer(self, when: float | None) -> None:
+        self.timer = when
+        if when is not None:
+            self.proxy.schedule(self, when)
+
+    def rearm(self) -> None:
+        """The connection's timer at its earliest due subflow timer or join."""
+        due = [sf.timer for sf in self.subflows if sf.timer is not None]
+        if self.join_at is not None and not self.joins_opened:
+            due.append(self.join_at)
+        when = min(due) if due else None
+        if when is not None and (self.timer is None or when < self.timer
+                                 or self.state == ConnState.ESTABLISHED):
+            self.set_timer(when)
+
+    def on_timer(self, now: float) -> bool:
+        """Handle due timers; True when the connection can be forgotten."""
+        st = self.state
+        if st == ConnState.CLOSED or st == ConnState.FALLBACK:
+            if self.closed_at is not None and now >= self.closed_at + \
+                    self.proxy.config.linger - EPS:
+                self.transition(ConnInput.EXPIRED)
+                return True
+            return False
+        if st == ConnState.SYN_SENT:
+            if now >= self.created + self.proxy.config.syn_timeout - EPS:
+                self.counters.inc("ConnTimeout")
+                self.transition(ConnInput.EXPIRED)
+                return True
+            return False
+        if self.join_at is not None and not self.joins_opened and now >= self.join_at - EPS:
+            self.open_joins(now)
+        for sf in list(self.subflows):
+            if sf.timer is not None and sf.timer <= now:
+                sf.timer = None
+                if sf.state == SubflowState.CLOSING and sf.fin_sent is not None \
+                        and not sf.fin_acked:
+                    closing.retransmit_fin(self, sf, now)
+                else:
+                    self.proxy.pm.subflow_timer(self, sf, now)
+        closing.maybe_finished(self, now)
+        if self.state == ConnState.ESTABLISHED:
+            if len(self.subflows) > 1:
+                self.proxy.pm.prune(self, now)
+            self.rearm()
+        return False

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-Range = tuple[int, int]  # half-open [start, end)
+from .rangeset import Range, merge_ranges
 
 
 class MapTable:
@@ -137,28 +137,3 @@ class MapTable:
         if ents and all(e[1] + e[2] > b for e in ents):
             return
         self.entries = [e for e in ents if e[1] + e[2] > b]
-
-
-def merge_ranges(ranges: list[Range]) -> list[Range]:
-    """Sort and merge overlapping or adjacent half-open ranges."""
-    if len(ranges) < 2:
-        return list(ranges)
-    ranges = sorted(ranges)
-    out = [ranges[0]]
-    for lo, hi in ranges[1:]:
-        plo, phi = out[-1]
-        if lo <= phi:
-            if hi > phi:
-                out[-1] = (plo, hi)
-        else:
-            out.append((lo, hi))
-    return out
-
-
-def subtract_below(ranges: list[Range], floor: int) -> list[Range]:
-    """Ranges clipped to start at or above ``floor`` (empty ones removed)."""
-    out = []
-    for lo, hi in ranges:
-        if hi > floor:
-            out.append((max(lo, floor), hi))
-    return out

@@ -26,6 +26,7 @@ HMACs are Python ints of the stated width, except ``MpJoinAck.hmac`` (20 bytes).
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .constants import (
     MPTCP_ADDR_ECHO,
@@ -83,13 +84,14 @@ from .constants import (
 __all__ = [
     "MpCapable", "MpJoinSyn", "MpJoinSynAck", "MpJoinAck", "Dss", "AddAddr", "RemoveAddr",
     "MpPrio", "MpFail", "MpFastclose", "MpTcpRst", "Malformed", "MptcpOption", "Pulled",
-    "push_option", "pull_option", "option_length",
-    "ones_sum", "ones_add", "dss_checksum", "dss_checksum_ok",
+    "push_option", "pull_option", "option_length", "parse_dss", "pack_dss",
 ]
 
 MPTCP_VERSION_MASK = 0x0F  # low nibble of byte 2 of MP_CAPABLE (protocol.h)
 MPTCP_RM_IDS_MAX = 8  # REMOVE_ADDR ids Linux accepts and sends (protocol.h)
 _MPTCP_RST_FLAGS_MASK = 0x0F  # U, V, W, T bits of MP_TCPRST byte 2 (§3.6)
+_M32 = 0xFFFFFFFF
+_M64 = 0xFFFFFFFFFFFFFFFF
 
 
 # --- Option types ----------------------------------------------------------------------------
@@ -152,8 +154,7 @@ class MpJoinAck:
     """20 bytes: leftmost 160 bits of HMAC-SHA256(KeyA‖KeyB, R_A‖R_B)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Dss:
+class Dss(NamedTuple):
     """Data Sequence Signal (RFC 8684 §3.3, Fig. 9).
 
     Flags are derived from the fields: A = ``data_ack is not None``, a = ``ack64``,
@@ -161,6 +162,7 @@ class Dss:
     kept as given even without A or M (they then only occupy a flag bit).
     The mapping fields ``subflow_seq``, ``data_len`` and ``checksum`` exist on the wire
     only when M is set. Length = 4 + {0, 4, 8} + {0, 10, 14} + {0, 2 for checksum}.
+    A named tuple rather than a frozen dataclass: it is decoded for every data segment.
     """
 
     data_ack: int | None = None
@@ -431,18 +433,40 @@ def _push_mpj_ack(o: MpJoinAck) -> bytes:
                          bytes(o.hmac))
 
 
-def _push_dss(o: Dss) -> bytes:
-    n = _dss_len(o)
-    flags = _dss_flags(o)
-    values = [TCPOPT_MPTCP, n, MPTCPOPT_DSS << 4, flags]
-    if o.data_ack is not None:
-        values.append(o.data_ack)
-    if o.data_seq is not None:
-        values += (o.data_seq, o.subflow_seq, o.data_len)
-        if o.checksum is not None:
-            values.append(o.checksum)
-    layout = _DSS[(flags & 0x0F) | (0x10 if o.checksum is not None else 0)]
+def pack_dss(data_ack: int | None, data_seq: int | None, subflow_seq: int = 0,
+             data_len: int = 0, checksum: int | None = None, data_fin: bool = False,
+             ack64: bool = False, dsn64: bool = True) -> bytes:
+    """Encode a DSS option (RFC 8684 §3.3, no NOP padding): the one DSS encoder.
+
+    ``data_ack``/``data_seq``: None leaves the A/M part out; values are truncated to
+    their 32- or 64-bit field (``ack64``/``dsn64``). ``subflow_seq``: 32-bit relative
+    SSN (first byte 1); ``data_len``: 16 bits, counting a DATA_FIN; ``checksum``: the
+    16-bit DSS checksum, present only with a mapping. Raises ``struct.error`` for a
+    ``data_len``/``checksum`` that does not fit 16 bits."""
+    flags = ((MPTCP_DSS_HAS_ACK if data_ack is not None else 0)
+             | (MPTCP_DSS_ACK64 if ack64 else 0)
+             | (MPTCP_DSS_HAS_MAP if data_seq is not None else 0)
+             | (MPTCP_DSS_DSN64 if dsn64 else 0)
+             | (MPTCP_DSS_DATA_FIN if data_fin else 0))
+    csum = checksum is not None and data_seq is not None
+    layout = _DSS[(flags & 0x0F) | (0x10 if csum else 0)]
+    values = [TCPOPT_MPTCP, layout.size, MPTCPOPT_DSS << 4, flags]
+    if data_ack is not None:
+        values.append(data_ack & (_M64 if ack64 else _M32))
+    if data_seq is not None:
+        values += (data_seq & (_M64 if dsn64 else _M32), subflow_seq & _M32, data_len)
+        if csum:
+            values.append(checksum)
     return layout.pack(*values)
+
+
+def _push_dss(o: Dss) -> bytes:
+    _dss_len(o)  # (validates the field combination)
+    for value, wide in ((o.data_ack, o.ack64), (o.data_seq, o.dsn64)):
+        if value is not None and not 0 <= value <= (_M64 if wide else _M32):
+            raise ValueError("DSS: data_ack/data_seq out of range for its width")
+    return pack_dss(o.data_ack, o.data_seq, o.subflow_seq, o.data_len, o.checksum,
+                    o.data_fin, o.ack64, o.dsn64)
 
 
 def _push_add_addr(o: AddAddr) -> bytes:
@@ -542,30 +566,40 @@ def _pull_mpj(data: Buffer, n: int, syn: bool) -> Pulled:
     return Malformed(MPTCPOPT_MP_JOIN, n, "bad length")
 
 
-def _pull_dss(data: Buffer, n: int, syn: bool) -> Pulled:
-    flags = data[3] & MPTCP_DSS_FLAG_MASK  # 0xE0 is ignored, like Linux
+def parse_dss(buf: Buffer, off: int, n: int) -> Dss | None:
+    """Decode the DSS option of length ``n`` at ``buf[off]`` (kind byte there), or None
+    when the length does not match its flags exactly (Linux ignores such options,
+    ``mptcp_parse_option``). The one DSS decoder: the receive path calls it directly.
+
+    Linux accepts the 2 checksum bytes (§3.3.1) with either checksum negotiation (the
+    §3.3 presence rule is the caller's), and even without M, reading nothing from them.
+    Flag bits 0xE0 are ignored, like Linux."""
+    if n < 4:
+        return None
+    flags = buf[off + 3] & MPTCP_DSS_FLAG_MASK
     idx = flags & 0x0F
-    expected = _DSS[idx].size
-    if n == expected:
-        f = _DSS[idx].unpack_from(data)
-    elif n == expected + TCPOLEN_MPTCP_DSS_CHECKSUM:
-        # Linux parses both checksum presences (the §3.3 RST rule is the caller's). Without
-        # M it accepts the 2 extra bytes too but reads nothing from them; so do we.
-        f = _DSS[idx | 0x10].unpack_from(data)
+    layout = _DSS[idx]
+    if n == layout.size:
+        f = layout.unpack_from(buf, off)
+    elif n == layout.size + TCPOLEN_MPTCP_DSS_CHECKSUM:
+        f = _DSS[idx | 0x10].unpack_from(buf, off)
     else:
-        return Malformed(MPTCPOPT_DSS, n, "bad length")
-    i = 4
-    data_ack = data_seq = checksum = None
-    subflow_seq = data_len = 0
+        return None
+    ack64 = bool(flags & MPTCP_DSS_ACK64)
+    dsn64 = bool(flags & MPTCP_DSS_DSN64)
+    fin = bool(flags & MPTCP_DSS_DATA_FIN)
     if flags & MPTCP_DSS_HAS_ACK:
-        data_ack = f[i]
-        i += 1
+        if flags & MPTCP_DSS_HAS_MAP:
+            return Dss(f[4], ack64, f[5], dsn64, f[6], f[7], f[8] if len(f) > 8 else None, fin)
+        return Dss(f[4], ack64, None, dsn64, 0, 0, None, fin)
     if flags & MPTCP_DSS_HAS_MAP:
-        data_seq, subflow_seq, data_len = f[i:i + 3]
-        if len(f) > i + 3:
-            checksum = f[i + 3]
-    return Dss(data_ack, bool(flags & MPTCP_DSS_ACK64), data_seq, bool(flags & MPTCP_DSS_DSN64),
-               subflow_seq, data_len, checksum, bool(flags & MPTCP_DSS_DATA_FIN))
+        return Dss(None, ack64, f[4], dsn64, f[5], f[6], f[7] if len(f) > 7 else None, fin)
+    return Dss(None, ack64, None, dsn64, 0, 0, None, fin)
+
+
+def _pull_dss(data: Buffer, n: int, syn: bool) -> Pulled:
+    o = parse_dss(data, 0, n)
+    return Malformed(MPTCPOPT_DSS, n, "bad length") if o is None else o
 
 
 def _pull_add_addr(data: Buffer, n: int, syn: bool) -> Pulled:
@@ -650,63 +684,3 @@ def pull_option(data: Buffer, syn: bool = False) -> Pulled:
     if n < 4 and subtype not in (MPTCPOPT_RM_ADDR, MPTCPOPT_MP_PRIO):
         return Malformed(subtype, n, "bad length")
     return fn(data, n, syn)
-
-
-# --- DSS checksum (RFC 8684 §3.3.1) ----------------------------------------------------------
-
-_CSUM_PSEUDO = struct.Struct("!QIHH")  # DSN(64) SSN(32) DLL(16) zero/checksum(16)
-
-
-def _fold(total: int) -> int:
-    """Exact end-around-carry fold of a non-negative sum of 16-bit words."""
-    if total == 0:
-        return 0
-    r = total % 0xFFFF
-    return r if r else 0xFFFF
-
-
-def ones_sum(data: Buffer, odd_start: bool = False) -> int:
-    """Folded 16-bit ones'-complement sum of ``data`` (RFC 1071), as an int 0..0xFFFF.
-
-    An odd length is padded with a trailing zero byte. ``odd_start=True`` means
-    the first byte of ``data`` sits at an odd offset of the summed stream (the
-    low byte of a word), as when a mapping is split across segments: sums of the
-    pieces then combine with :func:`ones_add`.
-
-    0 vs 0xFFFF: the result is the exact end-around-carry sum, so it is 0 only
-    when every byte is zero (or ``data`` is empty); a nonzero sum that is a
-    multiple of 0xFFFF comes out as 0xFFFF.
-
-    Uses the identity: the big-endian integer of an even-length byte string is
-    congruent mod 0xFFFF to the sum of its 16-bit words, since 0x10000 ≡ 1.
-    """
-    total = int.from_bytes(data, "big")  # a leading zero byte (odd_start) changes nothing
-    if (len(data) + odd_start) & 1:
-        total <<= 8  # trailing zero pad byte
-    return _fold(total)
-
-
-def ones_add(a: int, b: int) -> int:
-    """Ones'-complement addition of two folded 16-bit sums (end-around carry)."""
-    return _fold(a + b)
-
-
-def dss_checksum(data_seq64: int, subflow_seq: int, data_len: int, payload_sum: int) -> int:
-    """DSS checksum to put on the wire (RFC 8684 §3.3.1; ``__mptcp_make_csum``).
-
-    The complement of the ones'-complement sum of the pseudo-header
-    DSN (64 bits, always the full 64-bit DSN) ‖ SSN (32) ‖ DLL (16) ‖ zero (16)
-    and the mapped payload, whose folded sum is ``payload_sum`` (see
-    :func:`ones_sum`; DLL counts a DATA_FIN, which adds no payload bytes).
-    """
-    header = _CSUM_PSEUDO.pack(data_seq64, subflow_seq, data_len, 0)
-    return ~ones_add(ones_sum(header), payload_sum) & 0xFFFF
-
-
-def dss_checksum_ok(data_seq64: int, subflow_seq: int, data_len: int, payload_sum: int,
-                    checksum: int) -> bool:
-    """Receiver check: the pseudo-header with ``checksum`` in place of the zero field,
-    plus the payload, must sum to ones'-complement zero (0xFFFF), i.e. fold to 0 once
-    complemented, as Linux ``__mptcp_validate_csum`` does."""
-    header = _CSUM_PSEUDO.pack(data_seq64, subflow_seq, data_len, checksum)
-    return ones_add(ones_sum(header), payload_sum) == 0xFFFF

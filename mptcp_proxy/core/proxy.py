@@ -1,18 +1,20 @@
-"""The sans-I/O proxy: every connection, the dispatch of packets, timers, and the
-packets the proxy forges (after aioquic's ``QuicConnection``, STYLE.md §1).
+"""The sans-I/O proxy: every connection, the dispatch of packets by 4-tuple, timers, and
+the packets the proxy forges (after aioquic's ``QuicConnection``).
 
 Three inputs, pulled outputs::
 
-    verdict = proxy.outbound(buf, now)   # a segment of the local stack (OUTPUT)
-    verdict = proxy.inbound(buf, now)    # a segment from the network (PREROUTING)
-    proxy.handle_timer(now)              # when proxy.get_timer() is due
+    verdict = proxy.outbound(buf, now, csum)  # a segment of the TCP side (OUTPUT)
+    verdict = proxy.inbound(buf, now, csum)   # a segment from the network (PREROUTING)
+    proxy.handle_timer(now)                   # when proxy.get_timer() is due
     for pkt in proxy.packets_to_send(): ...   # forged segments, whole IP packets
-    for ev in proxy.events(): ...             # ("established", conn) and the like
+    for ev in proxy.events(): ...             # events.Event records
 
-A verdict is :data:`ACCEPT` (``None``: pass unchanged), :data:`DROP` (``False``),
-or a ``bytearray`` holding the rewritten packet. Time is ``now`` in seconds
-(any monotonic origin); randomness comes from the ``random_bytes`` callable
-given to the constructor. Nothing here touches a socket, clock or RNG.
+``buf`` is a ``bytearray`` the core may rewrite in place; the verdict
+(:class:`~.verdict.Verdict`) says whether to pass it as it came, drop it, or pass it as
+rewritten — a rewritten buffer is never reported unchanged. ``csum`` is the state of its
+TCP checksum field as the queue reports it (``tcp.CSUM_*``). Time is ``now`` in seconds
+(any monotonic origin); randomness comes from the ``random_bytes`` callable. Nothing here
+touches a socket, clock or RNG.
 """
 
 from __future__ import annotations
@@ -22,28 +24,35 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .connection import ACCEPT, DROP, Connection, ConnState
+from . import closing
+from .connection import Connection
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
+from .policy import PathManager
+from .states import ConnState
 from .subflow import Subflow
-from .tcp import TcpPacket, parse_packet
+from .tcp import CSUM_OK, CSUM_UNVERIFIED, TcpPacket, parse_packet
+from .verdict import ACCEPT, DROP, MANGLE, Verdict
 
-__all__ = ["Proxy", "ProxyConfig", "ACCEPT", "DROP"]
+__all__ = ["Proxy", "ProxyConfig", "Verdict", "ACCEPT", "DROP", "MANGLE"]
+
+EVENT_BACKLOG = 4096  # events kept for the driver (oldest dropped first)
 
 
 @dataclass
 class ProxyConfig:
     """Settings of the sans-I/O core.
 
-    ``ports``: destination ports to convert (empty = all); ``checksum``: ask the
-    peer for DSS checksums (MP_CAPABLE flag A, RFC 8684 §3.3); ``mss_overhead``:
-    bytes subtracted from the peer's MSS shown to the local stack so that our
-    added options fit the MTU (DESIGN.md §3.1: MP_CAPABLE with data-level length,
-    or DSS with DATA_ACK and 64-bit mapping, each 24 bytes with padding);
-    ``linger``: seconds a closed connection is remembered to absorb late
-    segments; ``syn_timeout``: seconds a connection may stay in SYN_SENT;
-    ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE.
+    ``ports``: destination ports to convert (empty = all); ``checksum``: ask the peer for
+    DSS checksums (MP_CAPABLE flag A, RFC 8684 §3.3); ``mss_overhead``: bytes subtracted
+    from the peer's MSS shown to the TCP side so that our added options fit the MTU
+    (MP_CAPABLE with data-level length, or DSS with DATA_ACK and 64-bit mapping, each 24
+    bytes with padding); ``linger``: seconds a closed connection is remembered to absorb
+    late segments; ``syn_timeout``: seconds a connection may stay in SYN_SENT;
+    ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE; ``fin_rto``:
+    seconds before our subflow FIN is retransmitted (doubled each time, ``fin_retries``
+    times).
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
@@ -57,41 +66,41 @@ class ProxyConfig:
 
 
 class Proxy:
-    """All connections of one proxy instance (end-host mode)."""
+    """All connections of one proxy instance and the path manager they share."""
 
     def __init__(self, config: ProxyConfig | None = None,
-                 random_bytes: Callable[[int], bytes] | None = None) -> None:
+                 random_bytes: Callable[[int], bytes] | None = None,
+                 pm: PathManager | None = None) -> None:
         if random_bytes is None:
             raise ValueError("random_bytes is required (the core has no RNG of its own)")
         self.config = config or ProxyConfig()
         self.random_bytes = random_bytes
         self.counters = Counters()
-        self.conns: dict[tuple, tuple[Connection, Subflow]] = {}
+        self.conns: dict[tuple, tuple[Connection, Subflow]] = {}  # wire 4-tuple -> owner
         self.connections: dict[int, Connection] = {}
-        self.tokens: dict[int, Connection] = {}  # our local tokens (RFC 8684 §3.2)
+        self.tokens: dict[int, Connection] = {}  # our tokens (unique, RFC 8684 §3.2)
         self.now = 0.0
         self._tx: list[bytearray] = []
         self._timers: list[tuple[float, int, Connection]] = []
-        self._events: deque = deque(maxlen=4096)
+        self._events: deque[Event] = deque(maxlen=EVENT_BACKLOG)
         self._next_id = 1
         self._seq = 0
-        self.pm = None  # path manager hook (multipath); None = single subflow
+        self.pm = pm if pm is not None else PathManager()
+        self.pm.attach(self)
 
-    # ------------------------------------------------------------- plumbing
+    # -- services for the connections -------------------------------------------------------
     def next_conn_id(self) -> int:
         i = self._next_id
         self._next_id += 1
         return i
 
+    def random32(self) -> int:
+        """A random 32-bit value (nonces, ISNs)."""
+        return int.from_bytes(self.random_bytes(4), "big")
+
     def send(self, pkt: bytearray) -> None:
         """Queue a forged packet (a whole IP packet) for the driver."""
         self._tx.append(pkt)
-
-    def packets_to_send(self) -> list[bytearray]:
-        """Take the forged packets queued since the last call."""
-        tx = self._tx
-        self._tx = []
-        return tx
 
     def emit_event(self, kind: EventKind, conn: Connection, sf: Subflow | None = None,
                    **fields) -> None:
@@ -110,6 +119,29 @@ class Proxy:
         self._events.append(Event(kind, self.now, conn.id, conn.local_token,
                                   conn.remote_token, la, lp, ra, rp, **fields))
 
+    def schedule(self, conn: Connection, when: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, conn))
+
+    def register_subflow(self, conn: Connection, sf: Subflow) -> None:
+        self.conns[sf.key] = (conn, sf)
+
+    def unregister_subflow(self, conn: Connection, sf: Subflow) -> None:
+        cur = self.conns.get(sf.key)
+        if cur is not None and cur[1] is sf:
+            del self.conns[sf.key]
+
+    def established(self) -> list[Connection]:
+        """The connections in MPTCP use (a list: safe to change them while iterating)."""
+        return [c for c in self.connections.values() if c.state == ConnState.ESTABLISHED]
+
+    # -- outputs for the driver -----------------------------------------------------------
+    def packets_to_send(self) -> list[bytearray]:
+        """Take the forged packets queued since the last call."""
+        tx = self._tx
+        self._tx = []
+        return tx
+
     def events(self) -> Iterator[Event]:
         """Pop the :class:`~.events.Event` records queued since the last call."""
         ev = self._events
@@ -121,18 +153,15 @@ class Proxy:
         """Forged packets or events are waiting for the driver."""
         return bool(self._tx or self._events)
 
-    def schedule(self, conn: Connection, when: float) -> None:
-        self._seq += 1
-        heapq.heappush(self._timers, (when, self._seq, conn))
-
     def get_timer(self) -> float | None:
-        """The next time :meth:`handle_timer` must be called, or ``None``."""
+        """The next time :meth:`handle_timer` must be called, or None."""
         t = self._timers
         while t and t[0][2].timer != t[0][0]:
             heapq.heappop(t)
         return t[0][0] if t else None
 
     def handle_timer(self, now: float) -> None:
+        """Run the timers due at ``now``."""
         self.now = now
         t = self._timers
         while t and t[0][0] <= now:
@@ -144,31 +173,28 @@ class Proxy:
                 self.forget(conn)
 
     def forget(self, conn: Connection) -> None:
+        """Drop every trace of ``conn``."""
         for sf in conn.subflows:
-            cur = self.conns.get(sf.key)
-            if cur is not None and cur[0] is conn:
-                del self.conns[sf.key]
+            self.unregister_subflow(conn, sf)
         self.connections.pop(conn.id, None)
         if self.tokens.get(conn.local_token) is conn:
             del self.tokens[conn.local_token]
         conn.timer = None
         self.counters.inc("ConnClosed")
 
-    def register_subflow(self, conn: Connection, sf: Subflow) -> None:
-        self.conns[sf.key] = (conn, sf)
-
-    # ------------------------------------------------------------ dispatch
-    def outbound(self, buf: bytearray, now: float, csum: int = 0):
-        """A packet of the local stack, caught before it leaves (mangle OUTPUT).
-        ``csum``: the state of its TCP checksum field (``tcp.CSUM_*``)."""
+    # -- dispatch ---------------------------------------------------------------------------
+    def outbound(self, buf: bytearray, now: float, csum: int = CSUM_OK) -> Verdict:
+        """A packet of the TCP side, caught before it leaves (mangle OUTPUT)."""
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
             self.counters.inc("PktNotTcp")
             return ACCEPT
         pkt.csum_mode = csum
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        entry = self.conns.get(key)
+        return _checked(pkt, self._outbound(pkt, now))
+
+    def _outbound(self, pkt: TcpPacket, now: float) -> Verdict:
+        entry = self.conns.get((pkt.src, pkt.sport, pkt.dst, pkt.dport))
         flags = pkt.flags
         if entry is None or (entry[0].state in (ConnState.CLOSED, ConnState.FALLBACK)
                              and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
@@ -183,13 +209,12 @@ class Proxy:
             return self._new_connection(pkt, now)
         conn, sf = entry
         if sf is not conn.sf0:
-            # a proxy-owned subflow's tuple used by a local socket: never touch it
-            return ACCEPT
+            return ACCEPT  # a subflow tuple of ours used by a local socket: not ours to touch
         return conn.on_outbound(pkt, now)
 
-    def inbound(self, buf: bytearray, now: float, csum: int = 0):
-        """A packet from the network, caught before conntrack (raw PREROUTING).
-        ``csum``: the state of its TCP checksum field (``tcp.CSUM_*``)."""
+    def inbound(self, buf: bytearray, now: float, csum: int = CSUM_UNVERIFIED) -> Verdict:
+        """A packet from the network, caught before conntrack (raw PREROUTING). Its
+        checksum counts as unverified unless ``csum`` says otherwise."""
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
@@ -198,54 +223,33 @@ class Proxy:
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
-            if self.pm is not None:
-                return self.pm.unknown_inbound(pkt, now)
-            return ACCEPT
+            return _checked(pkt, self.pm.unknown_inbound(pkt, now))
         conn, sf = entry
-        return conn.on_inbound(pkt, sf, now)
+        return _checked(pkt, conn.on_inbound(pkt, sf, now))
 
-    def _new_connection(self, pkt: TcpPacket, now: float):
-        key = int.from_bytes(self.random_bytes(8), "big")
-        conn = Connection(self, pkt, now, key)
-        # RFC 8684 §3.1: the token must be unique among our connections
-        while conn.local_token in self.tokens:
+    def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
+        conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
+        while conn.local_token in self.tokens:  # RFC 8684 §3.1: tokens are unique
             conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
         self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
         self.register_subflow(conn, conn.sf0)
-        conn._set_timer(now + self.config.syn_timeout)
+        conn.set_timer(now + self.config.syn_timeout)
         self.emit_event(EventKind.CREATED, conn)
         return conn.on_outbound(pkt, now)
 
-    # ------------------------------------------------- hooks for connections
-    def handle_mptcp_options(self, conn: Connection, sf: Subflow, pkt: TcpPacket,
-                             others: list, now: float) -> bool:
-        """MPTCP options other than DSS on an established subflow. Returns True when
-        the segment is pure signalling (to be consumed, paper §3.1)."""
-        if self.pm is not None:
-            return self.pm.handle_options(conn, sf, pkt, others, now)
-        self.counters.inc("OptUnexpected", len(others))
-        return not pkt.plen
-
-    def subflow_fin_received(self, conn: Connection, sf: Subflow, now: float) -> None:
-        conn.on_subflow_fin(sf, now)
-
-    def subflow_lost(self, conn: Connection, sf: Subflow, now: float) -> None:
-        if self.pm is not None:
-            self.pm.subflow_lost(conn, sf, now)
-
-    def reset_subflow(self, conn: Connection, sf: Subflow, now: float, reason: int) -> None:
-        if self.pm is not None:
-            self.pm.reset_subflow(conn, sf, now, reason)
-
-    # ------------------------------------------------------------- control
+    # -- control ----------------------------------------------------------------------------
     def abort_all(self, now: float) -> None:
-        """Reset every live MPTCP connection on both sides (daemon shutdown, DESIGN
-        §3.11: existing connections end with a clean reset, not a hang)."""
+        """Reset every live MPTCP connection on both sides (daemon shutdown: existing
+        connections end with a clean reset, not a hang)."""
         self.now = now
-        for conn in list(self.connections.values()):
-            if conn.state == ConnState.ESTABLISHED:
-                conn.abort(now)
+        for conn in self.established():
+            closing.abort(conn, now)
 
 
-_ = (ACCEPT, DROP)
+def _checked(pkt: TcpPacket, verdict: Verdict) -> Verdict:
+    """The verdict contract: a buffer that was changed is never passed as unchanged (its
+    checksums are completed and it goes as rewritten)."""
+    if verdict is ACCEPT and pkt.modified:
+        return pkt.finish()
+    return verdict

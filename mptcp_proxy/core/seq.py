@@ -53,3 +53,29 @@ def expand_seq(ref64: int, value: int, bits: int) -> int:
     if bits == 64:
         return value
     return (ref64 + diff32(value, ref64 & MASK32)) & MASK64
+
+
+def unwrap(wire: int, base: int, ref: int) -> int:
+    """Relative, unwrapped value of a 32-bit wire sequence number (TSN or SSN).
+
+    ``base`` is the wire value of relative 0 (ISN + 1); ``ref`` a relative value near the
+    expected result. Result: the integer ≡ ``wire - base`` (mod 2**32) nearest ``ref``.
+    """
+    return ref + diff32((wire - base) & MASK32, ref & MASK32)
+
+
+def data_rel(idsn: int, ref: int, value: int, bits: int) -> int:
+    """Relative data sequence number (0 = the first data byte, DSN ``idsn + 1``) of a
+    wire DSN or DATA_ACK of ``bits`` bits (32 or 64) sent in the space of the key whose
+    IDSN is ``idsn``; a 32-bit value is widened next to ``ref`` (a relative value near
+    the expected one), like Linux ``mptcp_expand_seq`` (RFC 8684 §3.3.1). The one
+    DSN/DATA_ACK expansion of the proxy; the result may be negative for a value below
+    the first byte (an old or forged one)."""
+    base = (idsn + 1) & MASK64
+    v = (expand_seq((base + ref) & MASK64, value, bits) - base) & MASK64
+    return v - (1 << 64) if v >= _HALF64 else v
+
+
+def data_wire(idsn: int, rel: int) -> int:
+    """The 64-bit wire DSN (or DATA_ACK) of relative data sequence ``rel``."""
+    return (idsn + 1 + rel) & MASK64

@@ -18,71 +18,51 @@ from __future__ import annotations
 
 import struct
 
+from .checksum import (
+    M16,
+    fold_checksum,
+    ipv4_header_checksum,
+    ones_sum,
+    pseudo_header_sum,
+    tcp_checksum,
+)
 from .constants import (
     TCP_MAX_OPTION_SPACE,
     TCPOPT_EOL,
     TCPOPT_NOP,
+    TCPOPT_SACK,
+    TCPOPT_TIMESTAMP,
 )
+from .verdict import Verdict
 
 __all__ = [
     "TcpPacket",
     "parse_packet",
-    "ones_sum",
-    "fold_checksum",
-    "tcp_checksum",
-    "ipv4_header_checksum",
     "walk_options",
     "pad_options",
+    "build_ts",
+    "build_sack",
+    "read_sack",
     "CSUM_OK",
     "CSUM_PARTIAL",
     "CSUM_GSO",
+    "CSUM_UNVERIFIED",
+    # (re-exported from .checksum for the callers that build whole packets)
+    "fold_checksum",
+    "ipv4_header_checksum",
+    "ones_sum",
+    "tcp_checksum",
 ]
 
 _TCP_FIXED = struct.Struct("!HHIIBBHHH")  # sport dport seq ack doff_res flags win csum urg
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _IPV4_FIXED = struct.Struct("!BBHHHBBH4s4s")
+_TS = struct.Struct("!BBII")
+_II = struct.Struct("!II")
+NOP2 = b"\x01\x01"
 
 IPPROTO_TCP = 6
-M16 = 0xFFFF
-
-
-def ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """Ones'-complement sum of the 16-bit big-endian words of ``data`` (odd length
-    padded with a zero byte), as a value in 0..0xFFFF with 0 only for all-zero data."""
-    n = len(data)
-    v = int.from_bytes(data, "big")
-    if n & 1:
-        v <<= 8
-    if v == 0:
-        return 0
-    r = v % M16
-    return r or M16
-
-
-def fold_checksum(total: int) -> int:
-    """Checksum field value for a ones'-complement sum given as any non-negative integer
-    congruent to it mod 0xFFFF; ``total`` must not be 0 unless the data is all zeros."""
-    r = total % M16
-    if r == 0 and total:
-        r = M16
-    return M16 - r if r else M16
-
-
-def _pseudo_sum(src: bytes, dst: bytes, tcp_len: int) -> int:
-    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + IPPROTO_TCP + tcp_len
-
-
-def tcp_checksum(src: bytes, dst: bytes, segment: bytes | bytearray | memoryview) -> int:
-    """Full TCP checksum (RFC 9293 §3.1) of ``segment`` (header with its checksum field
-    zeroed, plus payload) for IPv4 or IPv6 addresses; returns the field value."""
-    return fold_checksum(_pseudo_sum(src, dst, len(segment)) + ones_sum(segment))
-
-
-def ipv4_header_checksum(hdr: bytes | bytearray | memoryview) -> int:
-    """IPv4 header checksum of ``hdr`` with its checksum field zeroed (RFC 791)."""
-    return fold_checksum(ones_sum(hdr))
-
 
 def walk_options(buf: bytes | bytearray, start: int, end: int) -> list[tuple[int, int, int]] | None:
     """List the TCP options in ``buf[start:end]`` as ``(kind, offset, length)``.
@@ -118,9 +98,38 @@ def pad_options(opts: bytes | bytearray) -> bytes:
     return bytes(opts)
 
 
+def build_ts(tsval: int, tsecr: int) -> bytes:
+    """NOP, NOP, Timestamps (RFC 7323 §3): 12 bytes; values are 32-bit."""
+    return NOP2 + _TS.pack(TCPOPT_TIMESTAMP, 10, tsval & 0xFFFFFFFF, tsecr & 0xFFFFFFFF)
+
+
+def build_sack(blocks: list[tuple[int, int]]) -> bytes:
+    """NOP, NOP, SACK (RFC 2018 §3) with 32-bit wire edges ``(left, right)``: 4 + 8n bytes."""
+    out = bytearray(NOP2)
+    out += bytes((TCPOPT_SACK, 2 + 8 * len(blocks)))
+    for left, right in blocks:
+        out += _II.pack(left & 0xFFFFFFFF, right & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def read_sack(buf, off: int, olen: int) -> list[tuple[int, int]]:
+    """The SACK blocks of the option at ``buf[off]`` as 32-bit wire ``(left, right)``
+    pairs; an option of a bad length (not 2 + 8n, n ≥ 1) yields none."""
+    n = olen - 2
+    if n <= 0 or n % 8:
+        return []
+    return [_II.unpack_from(buf, off + 2 + 8 * i) for i in range(n // 8)]
+
+
+# What the TCP checksum field of a queued packet holds (the driver says, from the queue's
+# metadata): a complete checksum that is trustworthy (verified by the NIC or the kernel,
+# or written by the local stack), only the pseudo-header sum of a checksum offload
+# (completed later), a GSO super-packet's (each segment's is computed when it is cut), or
+# a complete checksum nobody verified yet (a received packet: verify before acting).
 CSUM_OK = 0
 CSUM_PARTIAL = 1
 CSUM_GSO = 2
+CSUM_UNVERIFIED = 3
 
 
 class TcpPacket:
@@ -151,6 +160,7 @@ class TcpPacket:
         "_delta",
         "_ipdelta",
         "csum_mode",
+        "modified",
     )
 
     def __init__(self, buf: bytearray, v6: bool, th: int, hl: int, plen: int,
@@ -169,6 +179,7 @@ class TcpPacket:
         self._delta = 0
         self._ipdelta = 0
         self.csum_mode = CSUM_OK
+        self.modified = False  # any byte of the buffer changed (see Verdict)
 
     # -- addresses -----------------------------------------------------------
     @property
@@ -208,39 +219,46 @@ class TcpPacket:
 
     # -- field rewrites (incremental checksum) -------------------------------
     def set_seq(self, value: int) -> None:
+        self.modified = True
         value &= 0xFFFFFFFF
         self._delta += value - self.seq
         _U32.pack_into(self.buf, self.th + 4, value)
         self.seq = value
 
     def set_ack(self, value: int) -> None:
+        self.modified = True
         value &= 0xFFFFFFFF
         self._delta += value - self.ack
         _U32.pack_into(self.buf, self.th + 8, value)
         self.ack = value
 
     def set_win(self, value: int) -> None:
+        self.modified = True
         self._delta += value - self.win
         _U16.pack_into(self.buf, self.th + 14, value)
         self.win = value
 
     def set_flags(self, value: int) -> None:
+        self.modified = True
         # flags are the low byte of the 16-bit word at th+12
         self._delta += value - self.flags
         self.buf[self.th + 13] = value
         self.flags = value
 
     def set_sport(self, value: int) -> None:
+        self.modified = True
         self._delta += value - self.sport
         _U16.pack_into(self.buf, self.th, value)
         self.sport = value
 
     def set_dport(self, value: int) -> None:
+        self.modified = True
         self._delta += value - self.dport
         _U16.pack_into(self.buf, self.th + 2, value)
         self.dport = value
 
     def set_src(self, addr: bytes) -> None:
+        self.modified = True
         b = self.buf
         if self.v6:
             old = b[8:24]
@@ -252,6 +270,7 @@ class TcpPacket:
         self._delta += int.from_bytes(addr, "big") - int.from_bytes(old, "big")
 
     def set_dst(self, addr: bytes) -> None:
+        self.modified = True
         b = self.buf
         if self.v6:
             old = b[24:40]
@@ -265,6 +284,7 @@ class TcpPacket:
     def patch_bytes(self, offset: int, data: bytes) -> None:
         """Overwrite ``len(data)`` bytes of the TCP header at absolute ``offset``
         (any alignment, no length change), updating the checksum delta."""
+        self.modified = True
         b = self.buf
         th = self.th
         s = offset - ((offset - th) & 1)
@@ -281,6 +301,7 @@ class TcpPacket:
         """Replace the whole option block with ``opts`` (length a multiple of 4, at
         most 40 bytes), moving the payload and fixing data offset, IP lengths and
         checksums incrementally. Pending field changes are kept."""
+        self.modified = True
         n = len(opts)
         if n & 3 or n > TCP_MAX_OPTION_SPACE:
             raise ValueError("option block must be a multiple of 4 bytes, at most 40")
@@ -306,8 +327,28 @@ class TcpPacket:
                 _U16.pack_into(b, 2, tot + grow)
                 self._ipdelta += grow
 
-    def finish(self) -> bytearray:
-        """Apply pending checksum deltas; return the buffer.
+    def truncate_payload(self, n: int) -> None:
+        """Cut the payload to its first ``n`` bytes (a segment running past its mapping),
+        fixing the IP length and both checksums incrementally."""
+        b = self.buf
+        end = self.th + self.hl + n
+        removed = self.plen - n
+        if removed <= 0:
+            return
+        self.modified = True
+        # the removed bytes leave the sum, and the pseudo-header length shrinks
+        self._delta -= ones_sum(b[end:], odd_start=bool((end - self.th) & 1)) + removed
+        del b[end:]
+        self.plen = n
+        if self.v6:
+            _U16.pack_into(b, 4, _U16.unpack_from(b, 4)[0] - removed)
+        else:
+            _U16.pack_into(b, 2, _U16.unpack_from(b, 2)[0] - removed)
+            self._ipdelta -= removed
+
+    def finish(self) -> Verdict:
+        """Apply pending checksum deltas; the verdict for the rewritten buffer
+        (:attr:`Verdict.MANGLE`).
 
         ``csum_mode`` (set by the driver from the queue's metadata) says what the
         TCP checksum field held on arrival: :data:`CSUM_OK` a full checksum (updated
@@ -316,8 +357,10 @@ class TcpPacket:
         to the kernel as CHECKSUM_NONE); :data:`CSUM_GSO` a super-packet the kernel
         segments, which rewrites every segment's checksum itself (left alone)."""
         mode = self.csum_mode
+        self.modified = True
         if mode == CSUM_PARTIAL:
-            return self.recompute_checksums()
+            self.recompute_checksums()
+            return Verdict.MANGLE
         if mode == CSUM_GSO:
             self._delta = 0
         b = self.buf
@@ -332,10 +375,11 @@ class TcpPacket:
             s = (s + self._ipdelta) % M16
             _U16.pack_into(b, 10, M16 - (s or M16))
             self._ipdelta = 0
-        return b
+        return Verdict.MANGLE
 
     def recompute_checksums(self) -> bytearray:
         """Full checksum computation (forged packets, tests); returns the buffer."""
+        self.modified = True
         b = self.buf
         th = self.th
         if not self.v6:
@@ -349,17 +393,26 @@ class TcpPacket:
         return b
 
     def checksum_ok(self) -> bool:
-        """True if the TCP checksum (and IPv4 header checksum) verify. A packet whose
-        checksum is still to be computed by offload (``csum_mode`` not CSUM_OK) comes
-        from a local sender or from GRO of verified segments: it cannot be corrupt."""
-        if self.csum_mode != CSUM_OK:
+        """Whether the packet may be trusted: True unless its checksum is unverified
+        (:data:`CSUM_UNVERIFIED`) and the TCP (or IPv4 header) checksum does not verify.
+        Once verified, the packet counts as :data:`CSUM_OK`. A packet whose checksum is
+        still to be computed by offload comes from a local sender or from GRO of verified
+        segments: it cannot be corrupt."""
+        if self.csum_mode != CSUM_UNVERIFIED:
             return True
+        if not self.verify_checksums():
+            return False
+        self.csum_mode = CSUM_OK
+        return True
+
+    def verify_checksums(self) -> bool:
+        """Whether the TCP checksum (and IPv4 header checksum) of the buffer verify."""
         b = self.buf
         th = self.th
         if not self.v6 and ones_sum(b[:th]) != M16:
             return False
         seg = memoryview(b)[th:th + self.hl + self.plen]
-        total = _pseudo_sum(self.src, self.dst, len(seg)) + ones_sum(seg)
+        total = pseudo_header_sum(self.src, self.dst, len(seg)) + ones_sum(seg)
         return total % M16 == 0
 
 

@@ -1,5 +1,5 @@
 """A multipath fake network around a :class:`~mptcp_proxy.core.proxy.Proxy` and its
-:class:`~mptcp_proxy.core.pm.PathManager`, on a fake clock with a seeded RNG, for
+:class:`~mptcp_proxy.core.policy.PathManager`, on a fake clock with a seeded RNG, for
 tests/unit/test_multipath.py.
 
 Parties (all event driven on one heap of ``(time, seq, callback)``):
@@ -74,10 +74,11 @@ from peer_model import (
     sdiff,
     seeded_random_bytes,
     ts_before,
+    verdict_output,
 )
 
 from mptcp_proxy.core.forge import build_segment
-from mptcp_proxy.core.pm import LocalIface, PathManager, PmConfig
+from mptcp_proxy.core.policy import LocalIface, PathManager, PmConfig
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -1931,12 +1932,12 @@ class MpNet:
         self.cut_at: dict[int, float | None] = {0: None, 1: None}
         self.down: dict[int, bool] = {0: False, 1: False}
         self.addr_path = {A0: 0, A1: 1}
-        self.proxy = Proxy(proxy_config or ProxyConfig(), seeded_random_bytes(seed))
         self.ifaces = [LocalIface("c0", 1, v4=[A0]), LocalIface("c1", 2, v4=[A1])]
         self._port = 50000
-        self.pm = PathManager(self.proxy, self.ifaces, PmConfig(subflows=subflows,
-                                                                **(pm_kw or {})),
+        self.pm = PathManager(self.ifaces, PmConfig(subflows=subflows, **(pm_kw or {})),
                               alloc_port=self._alloc_port)
+        self.proxy = Proxy(proxy_config or ProxyConfig(), seeded_random_bytes(seed),
+                           pm=self.pm)
         self.join_pending: set[tuple] = set()
         self.local = LocalTcp(self, A0, LOCAL_PORT, P0, SERVER_PORT,
                               self.rng.getrandbits(32), **(local_kw or {}))
@@ -1981,13 +1982,8 @@ class MpNet:
         for t in self.taps:
             t(hop, pkt, self.now)
 
-    def _verdict(self, buf: bytes, v):
-        if v is None:
-            return buf
-        if v is False:
-            return None
-        assert isinstance(v, bytearray), f"bad verdict {v!r}"
-        return bytes(v)
+    def _verdict(self, buf: bytes, v, b: bytearray):
+        return verdict_output(buf, v, b)
 
     def _forged(self) -> None:
         for p in self.proxy.packets_to_send():
@@ -2008,8 +2004,9 @@ class MpNet:
     def local_out(self, buf: bytes) -> None:
         self.pkts += 1
         self._log("out", buf)
-        v = self.proxy.outbound(bytearray(buf), self.now)
-        out = self._verdict(buf, v)
+        b = bytearray(buf)
+        v = self.proxy.outbound(b, self.now)
+        out = self._verdict(buf, v, b)
         if out is not None:
             self._client_to_wire(out)
         self._forged()
@@ -2085,8 +2082,9 @@ class MpNet:
                 if not sub.arrived_at_proxy.add(s, s + plen + (1 if flags & FIN else 0)):
                     sub.dup_arrivals_at_proxy += 1
         self._log("in", p)
-        v = self.proxy.inbound(bytearray(p), self.now)
-        out = self._verdict(p, v)
+        b = bytearray(p)
+        v = self.proxy.inbound(b, self.now)
+        out = self._verdict(p, v, b)
         # as the NFQUEUE driver does it: the verdict, then the forged packets; the local
         # stack reacts to the accepted packet later (its output is another callback)
         if out is not None:

@@ -36,6 +36,7 @@ from typing import Callable
 
 from mptcp_proxy.core.forge import build_segment
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
+from mptcp_proxy.core.verdict import Verdict
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 M32 = 0xFFFFFFFF
@@ -1363,6 +1364,19 @@ V6 = (bytes.fromhex("fd000000000000000000000000000001"),
       bytes.fromhex("fd000001000000000000000000000002"))
 
 
+def verdict_output(buf: bytes, v: Verdict, b: bytearray) -> bytes | None:
+    """What passes the queue for verdict ``v`` on ``buf``, which the core got as ``b``:
+    the original (ACCEPT — and then the core must not have changed a byte of it),
+    nothing (DROP) or the rewritten buffer (MANGLE)."""
+    assert isinstance(v, Verdict), f"bad verdict {v!r}"
+    if v is Verdict.ACCEPT:
+        assert bytes(b) == buf[:len(b)], "ACCEPT for a buffer the core changed"
+        return buf
+    if v is Verdict.DROP:
+        return None
+    return bytes(b)
+
+
 def seeded_random_bytes(seed: int) -> Callable[[int], bytes]:
     rng = random.Random(seed)
     return lambda n: rng.randbytes(n)
@@ -1453,14 +1467,10 @@ class ProxyPair:
                 raise AssertionError(f"forged packet to an unknown address: {s!r}")
         self.events.extend(self.proxy.events())
 
-    def _verdict(self, direction: str, buf: bytes, v) -> bytes | None:
+    def _verdict(self, direction: str, buf: bytes, v, b: bytearray) -> bytes | None:
+        """What passes for verdict ``v`` on ``buf`` (``b``: the buffer the core got)."""
         self.verdicts.append((direction, v))
-        if v is None:
-            return buf
-        if v is False:
-            return None
-        assert isinstance(v, bytearray), f"bad verdict {v!r}"
-        return bytes(v)
+        return verdict_output(buf, v, b)
 
     def emit_local(self, pkts) -> None:
         for p in pkts:
@@ -1479,14 +1489,16 @@ class ProxyPair:
             dest, buf = q.popleft()
             if dest == "proxy_out":
                 self.hops.append(Hop("out", parse_seg(buf), self.now))
-                v = self.proxy.outbound(bytearray(buf), self.now)
-                out = self._verdict("out", buf, v)
+                b = bytearray(buf)
+                v = self.proxy.outbound(b, self.now)
+                out = self._verdict("out", buf, v, b)
                 if out is not None:
                     self._wire("to_peer", out)
                 self._forged()
             elif dest == "proxy_in":
-                v = self.proxy.inbound(bytearray(buf), self.now)
-                out = self._verdict("in", buf, v)
+                b = bytearray(buf)
+                v = self.proxy.inbound(b, self.now)
+                out = self._verdict("in", buf, v, b)
                 if out is not None:
                     self._wire("to_local", out)
                 self._forged()

@@ -39,8 +39,9 @@ from peer_model import (
     seeded_random_bytes,
 )
 
-from mptcp_proxy.core.connection import ConnState
+from mptcp_proxy.core.states import ConnState
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
+from mptcp_proxy.core.verdict import Verdict
 
 PAYLOAD = bytes(random.Random(7).randbytes(300_000))
 
@@ -88,7 +89,7 @@ def test_syn_gets_mp_capable_len4(checksum):
     assert non_mptcp(syn_wire) == non_mptcp(syn_local)
     assert syn_wire.seq == syn_local.seq
     assert counters(pair)["MPCapableSYNTX"] == 1
-    assert isinstance(pair.verdicts[0][1], bytearray)
+    assert pair.verdicts[0][1] is Verdict.MANGLE
     pair.assert_clean()
 
 
@@ -255,7 +256,7 @@ def test_data_before_its_mapping_is_dropped_then_delivered_after_retransmission(
     pair.drop("from_peer", lambda s: s.plen and s.dss and s.dss.flags & DSS_M)
     pair.peer_send(data, segs_per_map=3, map_mode="first")
     assert counters(pair)["DSSNoMapping"] == 2
-    assert [v for d, v in pair.verdicts[-4:] if d == "in"].count(False) == 2
+    assert [v for d, v in pair.verdicts[-4:] if d == "in"].count(Verdict.DROP) == 2
     assert pair.local.rcv == b""
     pair.emit_peer(pair.peer.retransmit())  # the mapping comes back with segment 1
     pair.pump()
@@ -566,7 +567,7 @@ def test_synack_without_mp_capable_falls_back_untouched():
     pair.local.close()
     pair.emit_local(pair.local.push())
     pair.pump()
-    assert [v for _, v in pair.verdicts[1:]] == [None] * (len(pair.verdicts) - 1)
+    assert [v for _, v in pair.verdicts[1:]] == [Verdict.ACCEPT] * (len(pair.verdicts) - 1)
     assert bytes(pair.peer.data) == blob(20_000, 36)
     assert bytes(pair.local.rcv) == blob(20_000, 37)
     assert pair.peer.mptcp_opts_in_fallback == 0
@@ -593,7 +594,7 @@ def test_malformed_mp_capable_in_synack_falls_back(name):
     pair = ProxyPair(peer_mode="plain", synack_mpc=MALFORMED_SYNACK_MPC[name])
     pair.handshake()
     pair.transfer(b"up" * 1000, b"down" * 1000)
-    assert [v for _, v in pair.verdicts[1:]] == [None] * (len(pair.verdicts) - 1)
+    assert [v for _, v in pair.verdicts[1:]] == [Verdict.ACCEPT] * (len(pair.verdicts) - 1)
     assert counters(pair)["MPCapableFallbackSYNACK"] == 1
     assert bytes(pair.local.rcv) == b"down" * 1000
 
@@ -604,7 +605,7 @@ def test_peer_data_without_dss_before_data_ack_falls_back():
     m = len(pair.verdicts)
     pair.peer_send(blob(5000, 39))
     pair.transfer(blob(5000, 38))
-    assert all(v is None for _, v in pair.verdicts[m:])
+    assert all(v is Verdict.ACCEPT for _, v in pair.verdicts[m:])
     assert counters(pair)["MPCapableDataFallback"] == 1
     assert counters(pair)["FallbackConnections"] == 1
     assert pair.conn.state == ConnState.FALLBACK
@@ -631,7 +632,7 @@ def test_infinite_mapping_falls_back_to_plain_tcp(checksum):
     pair.pump()
     assert counters(pair)["InfiniteMapRx"] == 1
     assert pair.conn.state == ConnState.FALLBACK
-    assert pair.verdicts[m] == ("in", None)
+    assert pair.verdicts[m] == ("in", Verdict.ACCEPT)
     assert bytes(pair.local.rcv) == blob(3000, 41) + extra
     peer.segs.clear()
     pair.transfer(b"tail-up", b"tail-down")
@@ -688,7 +689,7 @@ def test_corrupted_payload_fails_the_dss_checksum_and_resets():
     pair.emit_peer([pkt])
     pair.pump()
     assert parse_seg(pkt).csum_ok
-    assert pair.verdicts[m] == ("in", False)
+    assert pair.verdicts[m] == ("in", Verdict.DROP)
     assert counters(pair)["DataCsumErr"] == 1
     assert pair.peer.fastclosed and pair.peer.rst_reason == 6  # middlebox interference
     assert pair.local.reset
@@ -769,14 +770,14 @@ def test_random_bytes_never_raise(data, inbound):
     proxy = Proxy(ProxyConfig(), seeded_random_bytes(1))
     buf = bytearray(data)
     v = proxy.inbound(buf, 0.0) if inbound else proxy.outbound(buf, 0.0)
-    assert v is None or v is False or isinstance(v, bytearray)
+    assert isinstance(v, Verdict)
 
 
 def test_unparsable_packets_are_counted():
     pair = established()
     syn = pair.segs("out")[0].raw
     for bad in (syn[:30], syn[:9] + b"\x11" + syn[10:], b"\x00" * 60):
-        assert pair.proxy.inbound(bytearray(bad), 0.0) is None
+        assert pair.proxy.inbound(bytearray(bad), 0.0) is Verdict.ACCEPT
     assert counters(pair)["PktNotTcp"] == 3
 
 
@@ -838,7 +839,7 @@ def test_mutated_packets_never_raise_and_transfer_continues(seed, pick, how, pos
         v = pair.proxy.outbound(b, pair.now)
     else:
         v = pair.proxy.inbound(b, pair.now)
-    assert v is None or v is False or isinstance(v, bytearray)
+    assert isinstance(v, Verdict)
     pair._forged()
     if pair.conn.state != ConnState.ESTABLISHED:
         return  # (a mutated packet may legitimately end the connection)
@@ -859,10 +860,10 @@ def test_malformed_option_list_is_counted_and_dropped(direction):
     pair.transfer(b"a" * 100, b"b" * 100)
     if direction == "out":
         pkt = pair.local._seg(0, pair.local.snd_nxt, extra=b"\x01\x01\x05\x01")
-        assert pair.proxy.outbound(bytearray(pkt), pair.now) is False
+        assert pair.proxy.outbound(bytearray(pkt), pair.now) is Verdict.DROP
     else:
         pkt = pair.peer._build(0, pair.peer.snd_nxt, b"\x01\x01\x05\x01")
-        assert pair.proxy.inbound(bytearray(pkt), pair.now) is False
+        assert pair.proxy.inbound(bytearray(pkt), pair.now) is Verdict.DROP
     assert counters(pair)["PktMalformed"] == 1
     pair.transfer(b"c" * 100, b"d" * 100)
     assert bytes(pair.peer.data) == b"a" * 100 + b"c" * 100

@@ -1,5 +1,5 @@
-"""Tests for mptcp_proxy.core.mapping (MapTable, merge_ranges, subtract_below) and the
-table-driven parts of mptcp_proxy.core.subflow (find_sent, project_ack, unwrap).
+"""Tests for mptcp_proxy.core.mapping (MapTable), rangeset (merge_ranges, RangeSet) and the
+table-driven helpers around it: scheduling.find_sent, projection.subflow_ack, seq.unwrap.
 
 The reference model is a plain dict ``key -> value`` per byte. A MapTable's entries
 are fully determined by it: the maximal runs of consecutive keys whose values are
@@ -15,8 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mptcp_proxy.core.mapping import MapTable, merge_ranges, subtract_below
-from mptcp_proxy.core.subflow import Subflow, unwrap
+from mptcp_proxy.core.mapping import MapTable
+from mptcp_proxy.core.rangeset import RangeSet, merge_ranges
+from mptcp_proxy.core.projection import subflow_ack
+from mptcp_proxy.core.scheduling import find_sent
+from mptcp_proxy.core.seq import unwrap
+from mptcp_proxy.core.subflow import Subflow
 
 MASK32 = 0xFFFFFFFF
 
@@ -232,7 +236,7 @@ TestMapTableStateful.settings = settings(max_examples=120, stateful_step_count=3
                                          deadline=None)
 
 
-# --- merge_ranges / subtract_below --------------------------------------------------------------
+# --- merge_ranges / RangeSet --------------------------------------------------------------
 
 nonempty_ranges = st.lists(st.tuples(st.integers(-10, 60), st.integers(1, 12)).map(
     lambda t: (t[0], t[0] + t[1])), max_size=8)
@@ -250,19 +254,49 @@ class TestMergeRanges:
         assert merge_ranges([]) == [] and merge_ranges([(3, 4)]) == [(3, 4)]
 
 
-class TestSubtractBelow:
+class TestRangeSet:
+    """RangeSet (core/rangeset.py): the union of what was added, minus what was discarded,
+    as sorted disjoint non-adjacent ranges, never more than ``limit`` of them."""
+
+    @given(st.lists(st.one_of(st.tuples(st.just("add"), st.integers(-10, 60),
+                                        st.integers(1, 12)),
+                              st.tuples(st.just("cut"), st.integers(-12, 70), st.just(0))),
+                    max_size=25), st.integers(1, 6))
+    def test_against_a_set_model(self, ops, limit):
+        rs = RangeSet(limit=limit)
+        model: set[int] = set()
+        overflowed = False  # the union needed more than `limit` ranges at some point
+        for op, a, n in ops:
+            if op == "add":
+                rs.add(a, a + n)
+                model |= set(range(a, a + n))
+                overflowed |= len(to_ranges(model)) > limit
+            else:
+                rs.discard_below(a)
+                model = {x for x in model if x >= a}
+            got = rs.ranges()
+            assert got == merge_ranges(got) and len(got) <= limit
+            assert covered(got) <= model  # never more than what was added
+            if not overflowed:
+                assert covered(got) == model
+
     @given(nonempty_ranges, st.integers(-12, 70))
-    def test_clips_each_range(self, rs, floor):
-        out = subtract_below(rs, floor)
+    def test_above_clips(self, ranges, floor):
+        rs = RangeSet(ranges)
+        out = rs.above(floor)
         assert all(floor <= lo < hi for lo, hi in out)
-        assert covered(out) == {x for x in covered(rs) if x >= floor}
-        # one output per input range that reaches above the floor, in order
-        kept = [r for r in rs if r[1] > floor]
-        assert len(out) == len(kept)
-        assert all(o[1] == k[1] and o[0] >= k[0] for o, k in zip(out, kept))
+        assert covered(out) == {x for x in covered(rs.ranges()) if x >= floor}
+
+    def test_first_contains_len(self):
+        rs = RangeSet([(5, 8), (0, 2), (2, 4)])
+        assert rs.first() == (0, 4) and len(rs) == 2 and 6 in rs and 4 not in rs
+        rs.discard_below(6)
+        assert rs.ranges() == [(6, 8)]
+        rs.clear()
+        assert not rs and rs.first() is None
 
 
-# --- Subflow.find_sent ----------------------------------------------------------------------------
+# --- scheduling.find_sent ----------------------------------------------------------------------------
 
 def new_subflow() -> Subflow:
     return Subflow(0, b"\x0a\0\0\x01", 1000, b"\x0a\0\0\x02", 80, snd_isn=12345)
@@ -292,7 +326,7 @@ class TestFindSent:
     def test_against_model(self, table, d, limit):
         sf, model = table
         assert expand(sf.send_map.entries) == model
-        got = sf.find_sent(d, limit)
+        got = find_sent(sf, d, limit)
         senders = [s for s, v in model.items() if v == d]
         if not senders:
             assert got is None
@@ -309,13 +343,13 @@ class TestFindSent:
         sf = new_subflow()
         sf.send_map.add(0, 0, 10)  # d 0..9 at s 0..9
         sf.send_map.add(10, 20, 5)  # d 20..24 at s 10..14
-        assert sf.find_sent(3, 100) == (3, 7)
-        assert sf.find_sent(3, 2) == (3, 2)
-        assert sf.find_sent(22, 100) == (12, 3)
-        assert sf.find_sent(10, 5) is None
+        assert find_sent(sf, 3, 100) == (3, 7)
+        assert find_sent(sf, 3, 2) == (3, 2)
+        assert find_sent(sf, 22, 100) == (12, 3)
+        assert find_sent(sf, 10, 5) is None
 
 
-# --- Subflow.project_ack --------------------------------------------------------------------------
+# --- projection.subflow_ack --------------------------------------------------------------------------
 
 def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held):
     """The docstring, per byte: the cumulative subflow ACK covers, in subflow order from
@@ -377,7 +411,7 @@ class TestProjectAck:
         sf, model, r_ack, held = scenario
         assert expand(sf.rcv_map.entries) == model
         state = (sf.rcv_acked, sf.rcv_high, sf.peer_fin, copy.deepcopy(sf.rcv_map.entries))
-        got = sf.project_ack(r_ack, held)
+        got = subflow_ack(sf, r_ack, held)
         want = model_project_ack(model, sf.rcv_acked, sf.rcv_high, sf.peer_fin, sf.sack_ok,
                                  r_ack, held)
         assert got == want
@@ -399,16 +433,16 @@ class TestProjectAck:
     def test_handover_examples(self):
         sf = self._handover()
         # s 10 carries r 30: not yet acked (nothing held, no subflow hole: no SACK)
-        assert sf.project_ack(20, []) == (10, [])
-        assert sf.project_ack(40, []) == (30, [])
-        assert sf.project_ack(20, [(30, 40)]) == (30, [])  # r 30..39 held: s 10..19 covered
+        assert subflow_ack(sf, 20, []) == (10, [])
+        assert subflow_ack(sf, 40, []) == (30, [])
+        assert subflow_ack(sf, 20, [(30, 40)]) == (30, [])  # r 30..39 held: s 10..19 covered
         # r 35..39 held (s 15..19), r 10..19 already acknowledged (s 20..29)
-        assert sf.project_ack(20, [(35, 40)]) == (10, [(15, 30)])
-        assert sf.project_ack(5, [(12, 15), (35, 37)]) == (5, [(15, 17), (22, 25)])
-        assert sf.project_ack(3, [(3, 8)]) == (8, [])  # held data extends the ACK
-        assert sf.project_ack(2, [(2, 5), (6, 9)]) == (5, [(6, 9)])
+        assert subflow_ack(sf, 20, [(35, 40)]) == (10, [(15, 30)])
+        assert subflow_ack(sf, 5, [(12, 15), (35, 37)]) == (5, [(15, 17), (22, 25)])
+        assert subflow_ack(sf, 3, [(3, 8)]) == (8, [])  # held data extends the ACK
+        assert subflow_ack(sf, 2, [(2, 5), (6, 9)]) == (5, [(6, 9)])
         sf.sack_ok = False
-        assert sf.project_ack(5, [(12, 15)]) == (5, [])
+        assert subflow_ack(sf, 5, [(12, 15)]) == (5, [])
 
     def test_old_data_above_a_subflow_hole_is_sacked(self):
         """The peer reinjected data the local stack already acknowledged onto this
@@ -417,29 +451,29 @@ class TestProjectAck:
         remove-subflow on the namespace bed)."""
         sf = self._handover()
         sf.rcv_contig = 12  # s 12..14 lost
-        sf.rcv_ooo = [[15, 30]]
-        assert sf.project_ack(40, []) == (12, [(15, 30)])
+        sf.rcv_ooo = RangeSet([(15, 30)])
+        assert subflow_ack(sf, 40, []) == (12, [(15, 30)])
         sf.sack_ok = False
-        assert sf.project_ack(40, []) == (12, [])
+        assert subflow_ack(sf, 40, []) == (12, [])
 
     def test_never_below_last_ack_nor_beyond_received(self):
         sf = self._handover()
         sf.rcv_acked = 15
-        assert sf.project_ack(0, []) == (15, [])
+        assert subflow_ack(sf, 0, []) == (15, [])
         sf.rcv_acked = 0
         sf.rcv_high = 25
         sf.rcv_contig = sf.rcv_high  # everything below arrived
-        assert sf.project_ack(40, []) == (25, [])
+        assert subflow_ack(sf, 40, []) == (25, [])
 
     def test_peer_fin(self):
         sf = self._handover()
         sf.peer_fin = 30
         # r 39 (s 19) not acked: FIN not covered
-        assert sf.project_ack(39, []) == (19, [])
-        assert sf.project_ack(40, []) == (31, [])  # FIN consumes one subflow sequence number
-        assert sf.project_ack(30, [(30, 40)]) == (31, [])
+        assert subflow_ack(sf, 39, []) == (19, [])
+        assert subflow_ack(sf, 40, []) == (31, [])  # FIN consumes one subflow sequence number
+        assert subflow_ack(sf, 30, [(30, 40)]) == (31, [])
         sf.rcv_acked = 31
-        assert sf.project_ack(40, []) == (31, [])
+        assert subflow_ack(sf, 40, []) == (31, [])
 
 
 # --- unwrap -----------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ from mptcp_proxy.core.options import (
     MpPrio,
     MpTcpRst,
     RemoveAddr,
-    dss_checksum,
-    dss_checksum_ok,
-    ones_add,
-    ones_sum,
     option_length,
+    pack_dss,
+    parse_dss,
     pull_option,
     push_option,
 )
+
+from mptcp_proxy.core.checksum import dss_checksum, dss_checksum_ok, ones_add, ones_sum
 
 OPTION_TYPES = (MpCapable, MpJoinSyn, MpJoinSynAck, MpJoinAck, Dss, AddAddr, RemoveAddr,
                 MpPrio, MpFail, MpFastclose, MpTcpRst)
@@ -556,3 +556,93 @@ def test_dss_checksum_all_zero_edge():
     assert not dss_checksum_ok(0, 0, 0, 0, 0)
     # payload_sum 0xFFFF ("-0") with a nonzero header behaves like 0
     assert dss_checksum(5, 1, 4, 0xFFFF) == dss_checksum(5, 1, 4, 0)
+
+
+# --- the one DSS decoder and encoder (parse_dss / pack_dss) used by the data path --------------
+
+_A, _a, _M, _m, _F = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def _dss_len(flags: int) -> int:
+    """RFC 8684 §3.3 Fig. 9: header 4, DATA_ACK 4/8, DSN 4/8 + SSN 4 + DLL 2."""
+    n = 4
+    if flags & _A:
+        n += 8 if flags & _a else 4
+    if flags & _M:
+        n += 14 if flags & _m else 10
+    return n
+
+
+@st.composite
+def dss_bytes(draw) -> bytes:
+    """Random bytes shaped like a DSS: kind 30, length byte = length, subtype 2. The length
+    is mostly one the flags allow (with or without checksum), sometimes any."""
+    flags = draw(st.integers(0, 0xFF))  # reserved bits 0xE0 included
+    expected = _dss_len(flags & 0x1F)
+    n = draw(st.one_of(st.sampled_from([expected, expected + 2]), st.integers(3, 40)))
+    body = draw(st.binary(min_size=max(0, n - 4), max_size=max(0, n - 4)))
+    return (bytes((30, n, 0x20 | draw(st.integers(0, 0x0F)), flags)) + body)[:n]
+
+
+def _agrees(data: bytes) -> None:
+    pulled = pull_option(data)
+    got = parse_dss(data, 0, len(data))
+    if isinstance(pulled, Malformed):
+        assert got is None, (pulled, got)
+    else:
+        assert got == pulled
+
+
+class TestParseDss:
+    @settings(max_examples=600, deadline=None)
+    @given(dss_bytes())
+    def test_agrees_with_pull_option(self, data):
+        _agrees(data)
+
+    @pytest.mark.parametrize("flags", range(32))
+    @pytest.mark.parametrize("extra", [-1, 0, 1, 2, 3])
+    def test_every_flag_and_length(self, flags, extra):
+        n = _dss_len(flags) + extra
+        data = (bytes((30, n, 0x20, flags)) + bytes(range(100, 140)))[:n]
+        assert (parse_dss(data, 0, n) is None) == (extra not in (0, 2))
+        _agrees(data)
+
+    @given(st.binary(max_size=8), dss_bytes(), st.binary(max_size=8))
+    def test_offset_inside_a_buffer(self, prefix, data, suffix):
+        buf = bytearray(prefix + data + suffix)
+        assert parse_dss(buf, len(prefix), len(data)) == parse_dss(data, 0, len(data))
+
+    def test_rfc_vector(self):
+        # tcpdump tests/mptcp-v1.pcap: DSS A+a+M+m, DSN = IDSN_B+1, SSN 1, DLL 8192
+        data = bytes.fromhex("1e1a200fc8072fb90edab04ea28e87fddd1d30f2000000012000")
+        assert parse_dss(data, 0, len(data)) == Dss(
+            0xC8072FB90EDAB04E, True, 0xA28E87FDDD1D30F2, True, 1, 0x2000, None, False)
+
+    @pytest.mark.parametrize("flags", [_A, _A | _a, _A | _F, 0, _F])
+    def test_no_map_with_two_extra_bytes(self, flags):
+        """Without M, Linux ``mptcp_parse_option`` accepts the length + 2 form and ignores
+        the two bytes."""
+        n = _dss_len(flags) + 2
+        data = (bytes((30, n, 0x20, flags)) + bytes(range(1, 20)))[:n]
+        assert isinstance(pull_option(data), Dss)
+        _agrees(data)
+
+
+class TestPackDss:
+    @given(u64, u64, u32, u16, st.one_of(st.none(), u16), st.booleans())
+    def test_the_forms_we_send(self, dack, dseq, ssn, dll, csum, fin):
+        """DATA_ACK 32-bit + 64-bit mapping (22, or 24 with checksum), as Linux sends."""
+        opt = pack_dss(dack, dseq, ssn, dll, csum, fin)
+        assert len(opt) == opt[1] == (24 if csum is not None else 22)
+        assert parse_dss(opt, 0, len(opt)) == Dss(dack & 0xFFFFFFFF, False, dseq, True, ssn,
+                                                  dll, csum, fin)
+
+    @given(u64)
+    def test_data_ack_only(self, dack):
+        opt = pack_dss(dack, None, dsn64=False)
+        assert opt == bytes((30, 8, 0x20, _A)) + struct.pack("!I", dack & 0xFFFFFFFF)
+
+    def test_equals_push_option(self):
+        d = Dss(data_ack=7, data_seq=9, dsn64=True, subflow_seq=1, data_len=100, checksum=5,
+                data_fin=True)
+        assert push_option(d) == pack_dss(7, 9, 1, 100, 5, True)

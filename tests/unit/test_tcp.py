@@ -27,11 +27,18 @@ from scapy.utils import checksum as scapy_checksum
 
 from mptcp_proxy.core.forge import build_segment, reply_rst_for
 from mptcp_proxy.core.tcp import (
+    CSUM_GSO,
+    CSUM_OK,
+    CSUM_PARTIAL,
+    CSUM_UNVERIFIED,
+    build_sack,
+    build_ts,
     fold_checksum,
     ipv4_header_checksum,
     ones_sum,
     pad_options,
     parse_packet,
+    read_sack,
     tcp_checksum,
     walk_options,
 )
@@ -656,13 +663,25 @@ class TestIncrementalUpdate:
     def test_checksum_ok_detects_corruption(self):
         for buf, th in ((TestParsePacket._v4(), 20), (TestParsePacket._v6(), 40)):
             pkt = parse_packet(buf)
-            assert pkt.checksum_ok()
+            assert pkt.verify_checksums()
             buf[-1] ^= 0x01  # payload
+            assert not pkt.verify_checksums()
+            pkt.csum_mode = CSUM_UNVERIFIED  # (as a received packet nobody checked)
             assert not pkt.checksum_ok()
             buf[-1] ^= 0x01
             if th == 20:
                 buf[8] ^= 0x01  # TTL: only the IPv4 header checksum breaks
                 assert not pkt.checksum_ok()
+                buf[8] ^= 0x01
+            assert pkt.checksum_ok() and pkt.csum_mode == CSUM_OK  # verified once, trusted
+
+    def test_checksum_trusted_unless_unverified(self):
+        for mode in (CSUM_OK, CSUM_PARTIAL, CSUM_GSO):
+            buf = TestParsePacket._v4()
+            buf[-1] ^= 0x01
+            pkt = parse_packet(buf)
+            pkt.csum_mode = mode
+            assert pkt.checksum_ok()  # the kernel or NIC checked it, or completes it
 
     @pytest.mark.parametrize("field", ["seq", "ack", "win", "sport", "dport", "flags"])
     def test_patch_then_set_same_field(self, field):
@@ -864,3 +883,23 @@ class TestBuildSegment:
         fin = parse_packet(build_segment(a, b, 1111, 80, 100, 0, 0x01, 10, b"", b"ab"))
         rst = parse_packet(reply_rst_for(fin))
         assert (rst.seq, rst.ack, rst.flags) == (0, 103, 0x14)
+
+
+class TestTimestampsAndSack:
+    @given(u32, u32)
+    def test_ts_layout(self, tsval, tsecr):
+        # RFC 7323 Appendix A layout: NOP, NOP, kind 8, length 10, TSval, TSecr
+        assert build_ts(tsval, tsecr) == b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, tsecr)
+        assert build_ts(tsval + 2**32, tsecr + 2**33) == build_ts(tsval, tsecr)
+
+    @given(st.lists(st.tuples(u32, u32), max_size=4))
+    def test_sack_layout_and_round_trip(self, blocks):
+        opt = build_sack(blocks)
+        # RFC 2018 §3: NOP, NOP, kind 5, length 2 + 8n, then left/right edge pairs
+        assert opt[:4] == bytes((1, 1, 5, 2 + 8 * len(blocks)))
+        assert len(opt) == 4 + 8 * len(blocks)
+        assert read_sack(b"xy" + opt, 4, opt[3]) == blocks
+
+    @pytest.mark.parametrize("olen", [0, 1, 2, 3, 9, 11, 17])
+    def test_bad_sack_length_gives_no_blocks(self, olen):
+        assert read_sack(bytes((5, olen)) + bytes(range(40)), 0, olen) == []
