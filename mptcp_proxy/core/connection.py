@@ -173,7 +173,8 @@ class Connection:
                 self.counters.inc("LateRstDropped")
                 return DROP
             return closing.local_reset(self, pkt, now)
-        if not self.proxy.pm.ensure_sender(self, now):
+        if self.active.state != SubflowState.ESTABLISHED and \
+                not self.proxy.pm.ensure_sender(self, now):
             if not closing.data_closed(self):
                 self.counters.inc("NoUsableSubflow")
             return DROP

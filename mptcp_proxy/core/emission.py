@@ -49,7 +49,8 @@ def mptcp_option(conn: "Connection", sf: Subflow, d: int, s: int, n: int, data_f
     if not conn.fully_established and sf is conn.sf0 and d == 0 and s == 0 and not data_fin:
         return _mpc_option(conn, n, payload)
     dan = data_ack_wire(conn)
-    conn.counters.inc("DataAckTx")
+    counters = conn.counters
+    counters["DataAckTx"] += 1
     if n == 0 and not data_fin:
         return pack_dss(dan, None, dsn64=False)
     if n == 0:  # DATA_FIN alone
@@ -61,7 +62,7 @@ def mptcp_option(conn: "Connection", sf: Subflow, d: int, s: int, n: int, data_f
     dsn = data_wire(conn.local_idsn, m.d)
     ssn = (m.s + 1) & MASK32
     dll = m.n + (1 if m.data_fin else 0)
-    conn.counters.inc("DSSTx")
+    counters["DSSTx"] += 1
     csum = None
     if conn.csum:
         if m.csum is None:
@@ -92,12 +93,13 @@ def option_block(conn: "Connection", sf: Subflow, d: int, s: int, n: int, data_f
     relative subflow ACK it goes with. ``tsval``: the TSval to send (None: the TCP side's
     latest); ``held``: :func:`~.projection.held_ranges`; ``extra``: the TCP side's other
     options, kept where they fit."""
-    parts = []
-    if sf.ts_ok:
-        parts.append(build_ts(conn.tcp_tsval if tsval is None else tsval, sf.ts_recent))
-    parts.append(mptcp_option(conn, sf, d, s, n, data_fin, payload, m))
+    ts = build_ts(conn.tcp_tsval if tsval is None else tsval, sf.ts_recent) if sf.ts_ok else b""
+    mp = mptcp_option(conn, sf, d, s, n, data_fin, payload, m)
     san, s_sacks = subflow_ack(sf, conn.r_ack, held)
-    used = sum(len(p) for p in parts)
+    if not s_sacks and not extra:
+        return ts + mp, san
+    parts = [ts, mp]
+    used = len(ts) + len(mp)
     if s_sacks and sf.sack_ok:
         room = (OPTION_SPACE - used - 4) // 8
         if room > 0:
@@ -119,9 +121,13 @@ def rewrite_onto(conn: "Connection", pkt: TcpPacket, sf: Subflow, d: int, s: int
     ACK, FIN flag (a DATA_FIN is no subflow FIN), 4-tuple, options. Returns the verdict."""
     payload = pkt.payload if (n and conn.csum) else b""
     opts, san = option_block(conn, sf, d, s, n, data_fin, tsval, held, extra, payload, m)
-    pkt.set_seq(sf.snd_wire(s))
+    seq = (sf.snd_base + s) & MASK32
+    if seq != pkt.seq:
+        pkt.set_seq(seq)
     if pkt.flags & TCP_ACK:
-        pkt.set_ack(sf.rcv_wire(san))
+        ack = (sf.rcv_base + san) & MASK32
+        if ack != pkt.ack:
+            pkt.set_ack(ack)
         sf.rcv_acked = san
     if data_fin:
         pkt.set_flags(pkt.flags & ~TCP_FIN)
@@ -132,7 +138,9 @@ def rewrite_onto(conn: "Connection", pkt: TcpPacket, sf: Subflow, d: int, s: int
         pkt.set_dport(sf.rport)
     pkt.set_options(opts)
     sf.last_tx = now
-    sf.rcv_map.prune_below_key(san)
+    ents = sf.rcv_map.entries
+    if ents and ents[0][0] + ents[0][2] <= san:
+        sf.rcv_map.prune_below_key(san)
     return pkt.finish()
 
 

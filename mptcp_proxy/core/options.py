@@ -308,6 +308,8 @@ def _dss_layout(flags: int, csum: bool) -> struct.Struct:
 
 # Index: (flags & 0x0F) | (0x10 if checksum bytes present).
 _DSS = tuple(_dss_layout(i & 0x0F, bool(i & 0x10)) for i in range(32))
+_A4_M8_FLAGS = MPTCP_DSS_HAS_ACK | MPTCP_DSS_HAS_MAP | MPTCP_DSS_DSN64
+_DSS_A4_M8 = _DSS[_A4_M8_FLAGS]
 
 # ADD_ADDR: length -> (echo, addr bytes, has port, struct).
 _ADD_ADDR = {}
@@ -443,6 +445,11 @@ def pack_dss(data_ack: int | None, data_seq: int | None, subflow_seq: int = 0,
     SSN (first byte 1); ``data_len``: 16 bits, counting a DATA_FIN; ``checksum``: the
     16-bit DSS checksum, present only with a mapping. Raises ``struct.error`` for a
     ``data_len``/``checksum`` that does not fit 16 bits."""
+    if data_seq is not None and data_ack is not None and checksum is None and dsn64 \
+            and not ack64:  # the form of every data segment we send: one pack
+        return _DSS_A4_M8.pack(TCPOPT_MPTCP, 22, MPTCPOPT_DSS << 4,
+                               _A4_M8_FLAGS | (MPTCP_DSS_DATA_FIN if data_fin else 0),
+                               data_ack & _M32, data_seq & _M64, subflow_seq & _M32, data_len)
     flags = ((MPTCP_DSS_HAS_ACK if data_ack is not None else 0)
              | (MPTCP_DSS_ACK64 if ack64 else 0)
              | (MPTCP_DSS_HAS_MAP if data_seq is not None else 0)

@@ -191,7 +191,10 @@ class Proxy:
             self.counters.inc("PktNotTcp")
             return ACCEPT
         pkt.csum_mode = csum
-        return _checked(pkt, self._outbound(pkt, now))
+        v = self._outbound(pkt, now)
+        if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
+            return pkt.finish()
+        return v
 
     def _outbound(self, pkt: TcpPacket, now: float) -> Verdict:
         entry = self.conns.get((pkt.src, pkt.sport, pkt.dst, pkt.dport))
@@ -225,7 +228,10 @@ class Proxy:
         if entry is None:
             return _checked(pkt, self.pm.unknown_inbound(pkt, now))
         conn, sf = entry
-        return _checked(pkt, conn.on_inbound(pkt, sf, now))
+        v = conn.on_inbound(pkt, sf, now)
+        if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
+            return pkt.finish()
+        return v
 
     def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
         conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))

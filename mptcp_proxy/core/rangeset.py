@@ -34,73 +34,63 @@ def merge_ranges(ranges: Iterable[Range]) -> list[Range]:
     return out
 
 
-class RangeSet:
-    """Sorted, disjoint, non-adjacent ranges ``[lo, hi)``, at most ``limit`` of them."""
+class RangeSet(list):
+    """Sorted, disjoint, non-adjacent ranges ``[lo, hi]`` (half-open, as 2-item lists), at
+    most ``limit`` of them. A list, so that an empty set is falsy at C speed on the
+    per-packet path; change it only through the methods."""
 
-    __slots__ = ("_r", "limit")
+    __slots__ = ("limit",)
 
     def __init__(self, ranges: Iterable[Range] = (), limit: int = DEFAULT_LIMIT) -> None:
+        super().__init__([list(x) for x in merge_ranges(ranges)][:limit])
         self.limit = limit
-        self._r: list[list[int]] = [list(x) for x in merge_ranges(ranges)][:limit]
 
     def add(self, lo: int, hi: int) -> None:
         """Include ``[lo, hi)`` (merging with neighbours; the common case, a range that
         extends the highest one, is O(1))."""
         if hi <= lo:
             return
-        r = self._r
-        if r:
-            last = r[-1]
+        if self:
+            last = self[-1]
             if last[0] <= lo <= last[1]:
                 if hi > last[1]:
                     last[1] = hi
                 return
             if lo > last[1]:
-                if len(r) < self.limit:
-                    r.append([lo, hi])
+                if len(self) < self.limit:
+                    self.append([lo, hi])
                 return
         else:
-            r.append([lo, hi])
+            self.append([lo, hi])
             return
-        merged = merge_ranges([(a, b) for a, b in r] + [(lo, hi)])
-        self._r = [list(x) for x in merged[:self.limit]]
+        merged = merge_ranges([(a, b) for a, b in self] + [(lo, hi)])
+        self[:] = [list(x) for x in merged[:self.limit]]
 
     def discard_below(self, x: int) -> None:
         """Forget everything below ``x`` (the range holding ``x`` is trimmed to start there)."""
-        r = self._r
         k = 0
-        while k < len(r) and r[k][1] <= x:
+        n = len(self)
+        while k < n and self[k][1] <= x:
             k += 1
         if k:
-            del r[:k]
-        if r and r[0][0] < x:
-            r[0][0] = x
-
-    def clear(self) -> None:
-        self._r.clear()
+            del self[:k]
+        if self and self[0][0] < x:
+            self[0][0] = x
 
     def first(self) -> Range | None:
         """The lowest range, or None."""
-        return (self._r[0][0], self._r[0][1]) if self._r else None
+        return (self[0][0], self[0][1]) if self else None
 
     def ranges(self) -> list[Range]:
-        return [(a, b) for a, b in self._r]
+        """The ranges as tuples."""
+        return [(a, b) for a, b in self]
 
     def above(self, x: int) -> list[Range]:
         """The ranges, clipped to start at or above ``x``."""
-        return [(max(a, x), b) for a, b in self._r if b > x]
+        return [(max(a, x), b) for a, b in self if b > x]
 
-    def __iter__(self) -> Iterator[Range]:
-        return iter([(a, b) for a, b in self._r])
-
-    def __len__(self) -> int:
-        return len(self._r)
-
-    def __bool__(self) -> bool:
-        return bool(self._r)
-
-    def __contains__(self, x: int) -> bool:
-        return any(a <= x < b for a, b in self._r)
+    def __contains__(self, x: object) -> bool:
+        return any(a <= x < b for a, b in self)
 
     def __repr__(self) -> str:
         return f"RangeSet({self.ranges()!r})"

@@ -163,7 +163,7 @@ def forget_acked_mappings(sf: Subflow) -> None:
     """Forget the mappings of subflow bytes the peer acknowledged."""
     sent = sf.sent
     una = sf.snd_una
-    while sent and sent[0].end <= una:
+    while sent and sent[0].s + sent[0].n <= una:
         sent.popleft()
 
 

@@ -25,8 +25,8 @@ from .constants import TCP_ACK, TCP_FIN, TCPOPT_MPTCP, TCPOPT_SACK, TCPOPT_TIMES
 from .emission import ack_subflows, rewrite_onto, send_pieces
 from .events import EventKind
 from .projection import held_ranges, note_tcp_ack, pick_ack_subflow
-from .scheduling import assign, mapped
-from .seq import unwrap
+from .scheduling import assign, mapped, record_mapping
+from .seq import MASK32, unwrap
 from .tcp import TcpPacket, read_sack
 from .verdict import DROP
 
@@ -60,6 +60,10 @@ class TcpSegment:
 
 def transmit(conn: "Connection", pkt: TcpPacket, now: float):
     """A segment of the TCP side on an established connection. Returns the verdict."""
+    if conn.fast:
+        v = steady(conn, pkt, now)
+        if v is not None:
+            return v
     seg = parse_tcp_segment(pkt)
     if seg is None:
         conn.counters.inc("PktMalformed")
@@ -79,6 +83,39 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
     if conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
         closing.check_close(conn, now)
     return verdict
+
+
+def steady(conn: "Connection", pkt: TcpPacket, now: float):
+    """The steady state in one pass: in-order new data or a pure ACK of the TCP side on a
+    connection that has only its initial subflow, with timestamps and nothing else, no
+    FIN, nothing held above a hole, no DSS checksums. The same stages as
+    :func:`transmit` with their general cases left out (this guard is worth ~40 % of
+    the core's time per segment, ``tools/microbench.py``). None — before changing any
+    state but the TCP side's ACK — for any other segment."""
+    sf = conn.sf0
+    b = pkt.buf
+    th = pkt.th
+    if (pkt.hl != 32 or pkt.flags & 0xF7 != TCP_ACK or not conn.fully_established
+            or conn.snd_data_fin is not None or conn.rcv_data_fin is not None
+            or conn.active is not sf or b[th + 20:th + 24] != _TS_PREFIX
+            or pkt.seq != (conn.tcp_snd_base + conn.d_nxt) & MASK32):
+        return None
+    note_tcp_ack(conn, pkt.ack)
+    if conn.r_fwd and held_ranges(conn, None):
+        return None  # the TCP side holds data above a hole
+    conn.tcp_tsval = _II.unpack_from(b, th + 24)[0]
+    conn.tcp_win = pkt.win
+    plen = pkt.plen
+    d = conn.d_nxt
+    if not plen:
+        return rewrite_onto(conn, pkt, sf, d, sf.snd_nxt, 0, False, conn.tcp_tsval, _NONE,
+                            b"", now)
+    p = assign(conn, d, plen)[0]
+    m = record_mapping(sf, p.s, d, plen)
+    return rewrite_onto(conn, pkt, sf, d, p.s, plen, False, conn.tcp_tsval, _NONE, b"", now, m)
+
+
+_NONE: list = []  # nothing held (read only)
 
 
 def parse_tcp_segment(pkt: TcpPacket) -> TcpSegment | None:
