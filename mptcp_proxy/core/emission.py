@@ -19,9 +19,9 @@ from .options import MpCapable, pack_dss, push_option
 from .projection import data_ack_wire, subflow_ack, subflows_to_ack
 from .rangeset import Range
 from .scheduling import segment_size, sentmaps_over
-from .seq import MASK32, data_wire
+from .seq import MASK32, MASK64, data_wire
 from .subflow import SentMapping, Subflow
-from .tcp import TcpPacket, build_sack, build_ts, pad_options
+from .tcp import NOP2, TcpPacket, build_sack, build_ts, pad_options
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -59,17 +59,16 @@ def mptcp_option(conn: "Connection", sf: Subflow, d: int, s: int, n: int, data_f
         return pad_options(pack_dss(dan, dsn, 0, 1, csum, True))
     if m is None:  # (a segment that is its own mapping)
         m = SentMapping(s, d, n, data_fin)
-    dsn = data_wire(conn.local_idsn, m.d)
+    dsn = (conn.local_idsn + 1 + m.d) & MASK64  # (seq.data_wire)
     ssn = (m.s + 1) & MASK32
     dll = m.n + (1 if m.data_fin else 0)
     counters["DSSTx"] += 1
-    csum = None
-    if conn.csum:
-        if m.csum is None:
-            m.csum = dss_checksum(dsn, ssn, dll, ones_sum(payload))
-            conn.counters.inc("DSSChecksumTx")
-        csum = m.csum
-    return pad_options(pack_dss(dan, dsn, ssn, dll, csum, m.data_fin))
+    if not conn.csum:
+        return NOP2 + pack_dss(dan, dsn, ssn, dll, None, m.data_fin)  # 22 bytes + 2 NOPs
+    if m.csum is None:
+        m.csum = dss_checksum(dsn, ssn, dll, ones_sum(payload))
+        counters["DSSChecksumTx"] += 1
+    return pack_dss(dan, dsn, ssn, dll, m.csum, m.data_fin)  # 24 bytes
 
 
 def _mpc_option(conn: "Connection", n: int, payload: bytes) -> bytes:

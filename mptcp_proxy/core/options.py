@@ -310,6 +310,7 @@ def _dss_layout(flags: int, csum: bool) -> struct.Struct:
 _DSS = tuple(_dss_layout(i & 0x0F, bool(i & 0x10)) for i in range(32))
 _A4_M8_FLAGS = MPTCP_DSS_HAS_ACK | MPTCP_DSS_HAS_MAP | MPTCP_DSS_DSN64
 _DSS_A4_M8 = _DSS[_A4_M8_FLAGS]
+_DSS_A4 = _DSS[MPTCP_DSS_HAS_ACK]
 
 # ADD_ADDR: length -> (echo, addr bytes, has port, struct).
 _ADD_ADDR = {}
@@ -450,6 +451,9 @@ def pack_dss(data_ack: int | None, data_seq: int | None, subflow_seq: int = 0,
         return _DSS_A4_M8.pack(TCPOPT_MPTCP, 22, MPTCPOPT_DSS << 4,
                                _A4_M8_FLAGS | (MPTCP_DSS_DATA_FIN if data_fin else 0),
                                data_ack & _M32, data_seq & _M64, subflow_seq & _M32, data_len)
+    if data_seq is None and data_ack is not None and not ack64 and not dsn64 and not data_fin:
+        return _DSS_A4.pack(TCPOPT_MPTCP, 8, MPTCPOPT_DSS << 4, MPTCP_DSS_HAS_ACK,
+                            data_ack & _M32)  # a pure ACK's
     flags = ((MPTCP_DSS_HAS_ACK if data_ack is not None else 0)
              | (MPTCP_DSS_ACK64 if ack64 else 0)
              | (MPTCP_DSS_HAS_MAP if data_seq is not None else 0)

@@ -66,6 +66,7 @@ __all__ = ["Segment", "receive", "parse_segment", "acceptable", "note_arrival", 
            "data_ack", "mapping_status", "delivery", "to_tcp_side"]
 
 _TS_PREFIX = b"\x01\x01\x08\x0a"
+_TS_HALF = 0x80000000
 _II = struct.Struct("!II")
 
 
@@ -176,7 +177,8 @@ def steady(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     if (conn.tcp_rcv_base + r) & MASK32 != pkt.seq or sf.ts_off not in (None, 0):
         return None
     tsval = _II.unpack_from(b, th + 24)[0]
-    if conn.shown_tsval is not None and ts_after(conn.shown_tsval, tsval):
+    shown = conn.shown_tsval
+    if shown is not None and ((tsval - shown) & MASK32) >= _TS_HALF:  # (ts_after)
         return None  # it would go back in time for the TCP side
     san = unwrap(pkt.ack, sf.snd_base, sf.snd_una)
     if not sf.snd_una <= san <= sf.snd_nxt or \
@@ -187,7 +189,7 @@ def steady(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     # -- accepted: the stages' state changes
     sf.last_rx = now
     conn.last_rx_sf = sf
-    if not ts_after(sf.ts_recent, tsval):
+    if ((tsval - sf.ts_recent) & MASK32) < _TS_HALF:  # (not ts_after(ts_recent, tsval))
         sf.ts_recent = tsval
     sf.ts_off = 0
     conn.shown_tsval = tsval

@@ -69,6 +69,20 @@ def _new_data(conn: "Connection", sf: Subflow, d: int, n: int) -> Piece:
     return Piece(sf, d, s0, n)
 
 
+def assign_new(conn: "Connection", d: int, n: int) -> SentMapping:
+    """In-order new data ``[d, d+n)`` (``d == d_nxt``) on the active subflow, under a new
+    mapping of exactly these bytes: :func:`assign` and :func:`mapped` for the one case
+    of the steady state."""
+    sf = conn.active
+    s0 = sf.snd_nxt
+    sf.send_map.add(s0, d, n)
+    sf.snd_nxt = s0 + n
+    conn.d_nxt = d + n
+    m = SentMapping(s0, d, n)
+    sf.sent.append(m)  # (above every mapping sent: in subflow order)
+    return m
+
+
 def _where_sent(conn: "Connection", d: int, limit: int) -> tuple[Piece | None, int]:
     """A retransmission: the live subflow and place where data byte ``d`` went (or None),
     and how many bytes from ``d`` that answer covers.

@@ -25,7 +25,7 @@ from .constants import TCP_ACK, TCP_FIN, TCPOPT_MPTCP, TCPOPT_SACK, TCPOPT_TIMES
 from .emission import ack_subflows, rewrite_onto, send_pieces
 from .events import EventKind
 from .projection import held_ranges, note_tcp_ack, pick_ack_subflow
-from .scheduling import assign, mapped, record_mapping
+from .scheduling import assign, assign_new, mapped
 from .seq import MASK32, unwrap
 from .tcp import TcpPacket, read_sack
 from .verdict import DROP
@@ -101,18 +101,19 @@ def steady(conn: "Connection", pkt: TcpPacket, now: float):
             or pkt.seq != (conn.tcp_snd_base + conn.d_nxt) & MASK32):
         return None
     note_tcp_ack(conn, pkt.ack)
-    if conn.r_fwd and held_ranges(conn, None):
-        return None  # the TCP side holds data above a hole
-    conn.tcp_tsval = _II.unpack_from(b, th + 24)[0]
+    fwd = conn.r_fwd
+    if fwd:
+        fwd.discard_below(conn.r_ack)
+        if len(fwd) > 1 or (fwd and fwd[0][0] > conn.r_ack):
+            return None  # the TCP side holds data above a hole
+    tsval = conn.tcp_tsval = _II.unpack_from(b, th + 24)[0]
     conn.tcp_win = pkt.win
     plen = pkt.plen
     d = conn.d_nxt
     if not plen:
-        return rewrite_onto(conn, pkt, sf, d, sf.snd_nxt, 0, False, conn.tcp_tsval, _NONE,
-                            b"", now)
-    p = assign(conn, d, plen)[0]
-    m = record_mapping(sf, p.s, d, plen)
-    return rewrite_onto(conn, pkt, sf, d, p.s, plen, False, conn.tcp_tsval, _NONE, b"", now, m)
+        return rewrite_onto(conn, pkt, sf, d, sf.snd_nxt, 0, False, tsval, _NONE, b"", now)
+    m = assign_new(conn, d, plen)
+    return rewrite_onto(conn, pkt, sf, d, m.s, plen, False, tsval, _NONE, b"", now, m)
 
 
 _NONE: list = []  # nothing held (read only)
