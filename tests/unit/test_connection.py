@@ -1166,3 +1166,24 @@ def test_new_data_above_unseen_bytes_leaves_no_subflow_hole():
     pair.pump()
     assert bytes(pair.peer.data) == a + data
     pair.assert_clean()
+
+
+def test_payload_running_past_its_mapping_is_cut_for_the_local_stack():
+    """The verdict contract (issue 8, finding 2): a segment whose payload runs past the
+    mapping it carries is cut to the mapping, and the cut buffer is what passes (MANGLE);
+    the local stack never receives bytes the proxy did not map."""
+    pair = established()
+    pair.transfer(blob(2000, 60), blob(2000, 61))
+    peer = pair.peer
+    mapped_part, extra = b"m" * 300, b"x" * 700
+    dsn = (peer.idsn + 1 + peer.d_nxt) & M64
+    dack = (peer.remote_idsn + 1 + len(peer.data)) & M64
+    pkt = peer._build(PSH, peer.s_alloc, dss_opt(data_ack=dack, dsn=dsn, ssn=peer.s_alloc + 1,
+                                                 dll=len(mapped_part)),
+                      payload=mapped_part + extra)
+    m = len(pair.verdicts)
+    pair.emit_peer([pkt])
+    pair.pump()
+    assert counters(pair)["DSSPartialMapping"] == 1
+    assert pair.verdicts[m] == ("in", Verdict.MANGLE)
+    assert bytes(pair.local.rcv) == blob(2000, 61) + mapped_part
