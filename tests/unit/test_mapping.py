@@ -377,7 +377,7 @@ def recv_scenarios(draw):
     """A RECV table s -> r whose chunks map out of order (handover, retransmission on
     another subflow), with unmapped gaps, plus the subflow's ACK state and what the local
     stack acknowledged (``r_ack``) and holds above it (``held``: sorted, merged, above
-    ``r_ack``, as ``Connection._held`` passes it)."""
+    ``r_ack``, as ``projection.held_ranges`` passes it)."""
     sf = new_subflow()
     model: dict[int, int] = {}
     s = 0

@@ -114,3 +114,14 @@ def test_expand_seq_recovers_nearby_value(ref, d):
 def test_expand_seq_matches_linux(ref, value):
     assume(((value - ref) & MASK32) != 0x80000000)  # the one ambiguous distance
     assert expand_seq(ref, value, 32) == linux_expand_seq(ref, value)
+
+
+@given(st.integers(0, MASK64), st.integers(-(1 << 40), 1 << 40), st.integers(-(1 << 30), 1 << 30))
+def test_data_rel_inverts_data_wire_near_the_reference(idsn, rel, d):
+    """The one DSN/DATA_ACK expansion: a 32-bit wire value within 2**31 of the reference
+    comes back as the relative value it was made from; a 64-bit one always does."""
+    from mptcp_proxy.core.seq import data_rel, data_wire
+    wire = data_wire(idsn, rel)
+    assert data_rel(idsn, rel + d, wire, 64) == rel
+    if -(1 << 31) < d < (1 << 31) - 1:
+        assert data_rel(idsn, rel + d, wire & MASK32, 32) == rel
