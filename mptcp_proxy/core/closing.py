@@ -231,9 +231,19 @@ def protocol_error(conn: "Connection", sf: "Subflow", now: float, reason: int):
 def peer_reset(conn: "Connection", sf: "Subflow", pkt: TcpPacket, others, now: float):
     """RST from the peer on ``sf``: with MP_FASTCLOSE carrying our key, the connection is
     reset (§3.5); a plain subflow reset ends only that subflow unless it was the last.
-    RFC 5961 §3.2: taken only at exactly the next expected sequence number; in the window
-    it earns a challenge ACK (the peer answers with an exact RST)."""
+    RFC 5961 §3.2: taken only at exactly the next expected sequence number (RCV.NXT: the
+    first byte not yet received in order); in the window it earns a rate-limited
+    challenge ACK (the peer answers with an exact RST)."""
     conn.counters.inc("RstRx")
+    s = sf.rcv_rel(pkt.seq)
+    if not (s == sf.rcv_contig or (sf.peer_fin is not None and s == sf.peer_fin + 1)):
+        conn.counters.inc("RstChallenged")
+        if conn.proxy.may_answer(sf, now, challenge=True, data=False):
+            conn.counters.inc("ChallengeAckTx")
+            send_ack(conn, sf, now, held_ranges(conn, None))
+        else:
+            conn.counters.inc("ChallengeAckLimited")
+        return DROP
     fastclose = False
     b = pkt.buf
     for sub, off, olen in others or ():
@@ -244,11 +254,6 @@ def peer_reset(conn: "Connection", sf: "Subflow", pkt: TcpPacket, others, now: f
                 conn.counters.inc("MPFastcloseRx")
         elif sub == MPTCPOPT_RST:
             conn.counters.inc("MPRstRx")
-    s = sf.rcv_rel(pkt.seq)
-    if not (s == sf.rcv_high or (sf.peer_fin is not None and s == sf.peer_fin + 1)):
-        conn.counters.inc("RstChallenged")
-        send_ack(conn, sf, now, held_ranges(conn, None))
-        return DROP
     sf.transition(SubflowInput.RESET)
     if fastclose or not any(x.alive for x in conn.subflows):
         return _reset_by_peer(conn, sf, pkt, now)

@@ -38,6 +38,9 @@ from .verdict import ACCEPT, DROP, MANGLE, Verdict
 __all__ = ["Proxy", "ProxyConfig", "Verdict", "ACCEPT", "DROP", "MANGLE"]
 
 EVENT_BACKLOG = 4096  # events kept for the driver (oldest dropped first)
+ANSWER_INTERVAL = 0.5  # s between answers to unacceptable pure ACKs per subflow (Linux
+# tcp_invalid_ratelimit)
+CHALLENGE_ACKS_PER_S = 1000  # challenge ACKs in all (Linux tcp_challenge_ack_limit)
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Proxy:
         self._events: deque[Event] = deque(maxlen=EVENT_BACKLOG)
         self._next_id = 1
         self._seq = 0
+        self._challenge_second = -1
+        self._challenges = 0
         self.pm = pm if pm is not None else PathManager()
         self.pm.attach(self)
 
@@ -118,6 +123,26 @@ class Proxy:
                 fields.setdefault("iface", sf.iface)
         self._events.append(Event(kind, self.now, conn.id, conn.local_token,
                                   conn.remote_token, la, lp, ra, rp, **fields))
+
+    def may_answer(self, sf: Subflow, now: float, challenge: bool, data: bool) -> bool:
+        """Whether to answer an unacceptable segment on ``sf`` with an ACK (RFC 5961 §3–5
+        rate limits, as Linux): a data segment always; a pure ACK, SYN or RST at most once
+        per :data:`ANSWER_INTERVAL` per subflow; challenge ACKs also at most
+        :data:`CHALLENGE_ACKS_PER_S` per second in all."""
+        if data and not challenge:
+            return True
+        if now - sf.last_challenge < ANSWER_INTERVAL:
+            return False
+        if challenge:
+            second = int(now)
+            if second != self._challenge_second:
+                self._challenge_second = second
+                self._challenges = 0
+            if self._challenges >= CHALLENGE_ACKS_PER_S:
+                return False
+            self._challenges += 1
+        sf.last_challenge = now
+        return True
 
     def schedule(self, conn: Connection, when: float) -> None:
         self._seq += 1

@@ -110,7 +110,7 @@ def receive(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     if seg is None:
         conn.counters.inc("PktMalformed")
         return DROP
-    if not acceptable(conn, sf, seg):
+    if not acceptable(conn, sf, seg, now):
         return DROP
     if seg.flags & TCP_RST:
         return closing.peer_reset(conn, sf, pkt, seg.others, now)
@@ -189,6 +189,9 @@ def steady(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     # -- accepted: the stages' state changes
     sf.last_rx = now
     conn.last_rx_sf = sf
+    wnd = pkt.win << sf.rcv_wscale
+    if wnd > sf.max_snd_wnd:
+        sf.max_snd_wnd = wnd
     if ((tsval - sf.ts_recent) & MASK32) < _TS_HALF:  # (not ts_after(ts_recent, tsval))
         sf.ts_recent = tsval
     sf.ts_off = 0
@@ -268,39 +271,74 @@ def parse_segment(pkt: TcpPacket) -> Segment | None:
 
 # -- 2. acceptability ------------------------------------------------------------------------
 
-def acceptable(conn: "Connection", sf: "Subflow", seg: Segment) -> bool:
-    """RFC 9293 §3.10.7.4: only an acceptable segment may change state. Its sequence
-    number must lie within the window around what this subflow has seen, and its checksum
-    must be good — verified here when the queue did not say the kernel or NIC did (the
-    proxy acts before the TCP side's own checks, and RFC 1624 updates keep a bad sum
-    bad)."""
+def acceptable(conn: "Connection", sf: "Subflow", seg: Segment, now: float) -> bool:
+    """Only an acceptable segment may change state (RFC 9293 §3.10.7.4, RFC 5961):
+
+    - its checksum is good — verified here unless the queue says the kernel or NIC did
+      (the proxy acts before the TCP side's own checks, and RFC 1624 updates keep a bad
+      sum bad);
+    - its sequence range lies in the receive window we advertised on this subflow: it
+      ends at or after our last ACK and starts at or before the window's right edge (as
+      Linux ``tcp_sequence``); otherwise it is answered with an ACK and dropped;
+    - its ACK field acknowledges nothing we did not send and nothing older than the
+      peer's largest window below what it acknowledged (RFC 5961 §5:
+      SND.UNA − MAX.SND.WND ≤ SEG.ACK ≤ SND.NXT); otherwise a challenge ACK, drop.
+
+    The answers are rate-limited (:meth:`~.proxy.Proxy.may_challenge`). An RST is
+    judged by :func:`~.closing.peer_reset` (exact sequence) once in the window."""
     pkt = seg.pkt
-    seg.s = s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
-    win = _rcv_window(conn)
-    if not (sf.rcv_acked - win <= s <= sf.rcv_high + win):
-        conn.counters.inc("PktOutOfWindow")
-        return False
     if pkt.csum_mode == CSUM_UNVERIFIED and not pkt.checksum_ok():
         conn.counters.inc("PktBadChecksum")
+        return False
+    seg.s = s = unwrap(pkt.seq, sf.rcv_base, sf.rcv_high)
+    flags = seg.flags
+    end = s + seg.plen + (flags & TCP_FIN)
+    edge = sf.rcv_acked + (conn.tcp_win << sf.snd_wscale)
+    if edge > sf.rcv_wnd_edge:
+        sf.rcv_wnd_edge = edge
+    if end < sf.rcv_acked or s > sf.rcv_wnd_edge:
+        conn.counters.inc("PktOutOfWindow")
+        if not flags & TCP_RST:
+            _answer(conn, sf, now, challenge=False, data=bool(seg.plen))
+        return False
+    if flags & TCP_ACK and not flags & TCP_RST and not _ack_acceptable(sf, pkt.ack):
+        conn.counters.inc("PktAckUnacceptable")
+        _answer(conn, sf, now, challenge=True, data=False)
         return False
     if seg.malformed:
         conn.counters.inc("OptMalformed", seg.malformed)
     return True
 
 
-def _rcv_window(conn: "Connection") -> int:
-    """Bytes of sequence space a peer segment may lie away from what its subflow has seen
-    and still be acceptable: twice the TCP side's window."""
-    w = conn.tcp_win << max(conn.tcp_wscale, 0)
-    return 2 * max(w, 65535)
+def _ack_acceptable(sf: "Subflow", ack_wire: int) -> bool:
+    """RFC 5961 §5: SND.UNA − MAX.SND.WND ≤ SEG.ACK ≤ SND.NXT (our FIN counts one)."""
+    san = unwrap(ack_wire, sf.snd_base, sf.snd_una)
+    top = sf.snd_nxt + (1 if sf.fin_sent is not None else 0)
+    return sf.snd_una - sf.max_snd_wnd <= san <= top
+
+
+def _answer(conn: "Connection", sf: "Subflow", now: float, challenge: bool,
+            data: bool) -> None:
+    """An ACK for an unacceptable segment (RFC 9293 §3.10.7.4), or a challenge ACK (RFC
+    5961), unless the rate limits say no (then counted)."""
+    if conn.proxy.may_answer(sf, now, challenge, data):
+        if challenge:
+            conn.counters.inc("ChallengeAckTx")
+        send_ack(conn, sf, now, held_ranges(conn, None))
+    else:
+        conn.counters.inc("ChallengeAckLimited")
 
 
 # -- 3. arrival ------------------------------------------------------------------------------
 
 def note_arrival(conn: "Connection", sf: "Subflow", seg: Segment, now: float) -> None:
-    """The subflow is alive; its timestamp is recent (RFC 7323 §4.3)."""
+    """The subflow is alive; its timestamp is recent (RFC 7323 §4.3); the peer's largest
+    window (MAX.SND.WND, RFC 5961 §5)."""
     sf.last_rx = now
     conn.last_rx_sf = sf
+    wnd = seg.pkt.win << sf.rcv_wscale
+    if wnd > sf.max_snd_wnd:
+        sf.max_snd_wnd = wnd
     if seg.ts_off >= 0 and sf.ts_ok:
         if sf.ts_off is None or not ts_after(sf.ts_recent, seg.tsval):
             sf.ts_recent = seg.tsval

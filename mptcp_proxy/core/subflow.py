@@ -20,6 +20,8 @@ from .states import SubflowInput, SubflowState, subflow_next
 
 __all__ = ["Subflow", "SubflowState", "SentMapping"]
 
+INITIAL_WINDOW = 65535  # bytes: a window before scaling is known (RFC 7323 §2.2)
+
 
 @dataclass(slots=True)
 class SentMapping:
@@ -60,6 +62,7 @@ class Subflow:
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "closed_at",
         "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "sent",
+        "rcv_wnd_edge", "max_snd_wnd", "last_challenge",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -111,6 +114,12 @@ class Subflow:
         self.fill_time = -1.0
         self.prio_at: float | None = None  # a deferred MP_PRIO (break before make)
         self.sent: deque[SentMapping] = deque()
+        # RFC 5961 acceptance: the right edge of the receive window we advertised
+        # (relative), the largest window the peer advertised (bytes, scaled), and when we
+        # last answered an unacceptable segment (seconds)
+        self.rcv_wnd_edge = INITIAL_WINDOW
+        self.max_snd_wnd = INITIAL_WINDOW
+        self.last_challenge = -1.0
 
     def __repr__(self) -> str:
         return f"<Subflow {self.index} {self.state.name} {self.iface or ''}>"
