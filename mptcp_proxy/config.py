@@ -127,8 +127,11 @@ def read_config(path: str, parser: argparse.ArgumentParser) -> dict[str, object]
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)$", str(e))
-        msg = str(e)[:m.start()].strip() if m else str(e)
-        line = int(m.group(1)) if m else None
+        end = re.search(r"\(at end of document\)$", str(e))
+        msg = str(e)[:(m or end).start()].strip() if (m or end) else str(e)
+        line = int(m.group(1)) if m else (max(1, len(text.splitlines())) if end else None)
+        if end:
+            msg += " (at the end of the file)"
         if msg.lower().startswith("invalid value"):
             msg += ' (text needs quotes: subflows = "backup"; lists: port = [80, 443])'
         raise ConfigError(path, line, msg) from None

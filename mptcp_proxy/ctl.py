@@ -311,7 +311,7 @@ CONNECTION_COLUMNS: list[Column] = [
 CONNECTION_LEGEND = """\
 columns:
   CONN        connection id (for subflows, handover, prio...)
-  STATE       syn_sent, established, fallback (plain TCP), closing, closed
+  STATE       syn_sent, established, fallback (plain TCP, untouched), closed
   LOCAL       the application's own socket address
   REMOTE      the server's address
   SUBFLOWS    subflows not closed

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import socket
 import sys
 from collections import deque
 
@@ -80,6 +81,14 @@ def _journal_handler() -> logging.Handler:
 
 
 def _syslog_handler(address: str) -> logging.Handler:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:  # the handler itself would retry silently at every line: say it now
+        probe.connect(address)
+    except OSError as e:
+        raise LogSetupError(f"--log=syslog: cannot reach the syslog socket {address}: "
+                            f"{e.strerror or e} (is a syslog daemon running?)") from None
+    finally:
+        probe.close()
     try:
         h = logging.handlers.SysLogHandler(
             address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)

@@ -104,6 +104,12 @@ def _render(name: str) -> str:
         usage = build_install_parser().format_help().replace("\\", "\\\\")
         usage = usage.replace("-", "\\-")
         page.add_section("install-service", ">", ".nf\n" + usage.rstrip() + "\n.fi")
+    if name == "mptcpctl":  # argparse-manpage drops the verbs' epilogs: the legends
+        from .ctl import CONNECTION_LEGEND, SUBFLOW_LEGEND
+        for verb, legend in (("connections", CONNECTION_LEGEND),
+                             ("subflows", SUBFLOW_LEGEND)):
+            body = legend.split("\n", 1)[1].rstrip().replace("-", "\\-")
+            page.add_section(f"{verb} columns", ">", ".nf\ncolumns:\n" + body + "\n.fi")
     page.add_section("files", ">", FILES[name])
     page.add_section("see also", ">", SEE_ALSO[name])
     return str(page)
