@@ -54,8 +54,9 @@ def test_wheel_contents(wheel):
 
 def test_installed_wheel_runs(wheel, tmp_path):
     prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip uninstalls the running checkout's own copy first
     cp = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                         "--prefix", str(prefix), str(wheel)],
+                         "--ignore-installed", "--prefix", str(prefix), str(wheel)],
                         capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr[-2000:]
     site = next(prefix.glob("lib/python3*/site-packages"))
