@@ -269,8 +269,9 @@ def test_monitor_sees_a_handover_in_order(bed, run_proxy) -> None:
     # the human monitor printed the same events, one line each, like ip mptcp monitor
     hl = [ln for ln in human_out.splitlines() if f"conn={cid} " in ln + " "]
     assert [re.search(r"\[ *([A-Z_]+)\]", ln).group(1) for ln in hl] == kinds
-    assert re.search(r"\[      HANDOVER\] token=[0-9a-f]{8} remid=0 locid=2 saddr4=", hl[kinds.index(
-        "HANDOVER")])
+    handover_line = hl[kinds.index("HANDOVER")]
+    assert re.search(r"\[      HANDOVER\] token=[0-9a-f]{8} remid=0 locid=2 saddr4=",
+                     handover_line), handover_line
     # the handover gap reached the histogram too
     prom = samples(px.ctl_raw("stats", "--prometheus").stdout)
     assert prom["mptcp_proxy_handover_gap_seconds_count"] == kinds.count("RESUMED")
