@@ -84,7 +84,7 @@ class Metrics:
     histograms fed by :meth:`observe`."""
 
     def __init__(self, proxy, driver=None, pm=None, loop=None, backend: str = "") -> None:
-        from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram, Info
+        from prometheus_client import CollectorRegistry, Histogram, Info
         from prometheus_client import ProcessCollector, disable_created_metrics
         disable_created_metrics()  # no *_created series: they double the output for nothing
         self.proxy, self.driver, self.pm, self.loop = proxy, driver, pm, loop
@@ -98,8 +98,7 @@ class Metrics:
             PREFIX + "connection_setup_seconds",
             "Time from the local SYN to the server's MP_CAPABLE SYN/ACK",
             buckets=SETUP_BUCKETS, registry=self.registry)
-        self.events = PCounter(PREFIX + "events", "Connection events by ip mptcp monitor name",
-                               ["type"], registry=self.registry)
+        self.events: Counter = Counter()  # kind name -> count (exported at scrape time)
         Info(PREFIX + "build", "Version of mptcp-proxy, of Python, and the queue backend",
              registry=self.registry).info({"version": __version__,
                                            "python": platform.python_version(),
@@ -111,7 +110,7 @@ class Metrics:
     # ------------------------------------------------------------ inputs
     def observe(self, ev: Event) -> None:
         """Count one event; RESUMED and ESTABLISHED feed the histograms."""
-        self.events.labels(ev.kind.value).inc()
+        self.events[ev.kind.value] += 1  # a dict bump: this runs for every event
         if ev.elapsed is None:
             return
         if ev.kind is EventKind.RESUMED:
@@ -128,6 +127,7 @@ class Metrics:
                       for sf in c.subflows)
         return {
             "counters": dict(p.counters),
+            "events": dict(self.events),
             "connections": conns,
             "subflows": sfs,
             "packets": getattr(self.driver, "packets", 0) if self.driver is not None else 0,
@@ -184,6 +184,11 @@ class _StateCollector:
                                       value=counts.get(name, 0))
         yield CounterMetricFamily(PREFIX + "packets", "Packets handled from the queues",
                                   value=snap["packets"])
+        ev = CounterMetricFamily(PREFIX + "events", "Connection events by ip mptcp monitor "
+                                 "name", labels=["type"])
+        for kind in EventKind:
+            ev.add_metric([kind.value], snap["events"].get(kind.value, 0))
+        yield ev
         g = GaugeMetricFamily(PREFIX + "connections", "Connections the proxy holds, by state",
                               labels=["state"])
         for st in ConnState:

@@ -16,8 +16,8 @@ import time
 
 from . import __version__
 from .config import ConfigError, reload_plan
-from .core.events import Event
-from .logsetup import RingHandler, log_event, set_level
+from .core.events import INFO_EVENTS, Event
+from .logsetup import RingHandler, events_log, log_event, set_level
 from .service import notify
 
 log = logging.getLogger("mptcp_proxy")
@@ -43,12 +43,17 @@ class Runtime:
 
     # ------------------------------------------------------------ events
     def on_event(self, ev: Event) -> None:
-        """The driver's event hook: log line, metrics, monitor clients."""
+        """The driver's event hook: metrics, and (only when someone reads it: the log at
+        the event's level, a monitor client) the event's fields."""
+        self.metrics.observe(ev)
+        watched = self.control is not None and bool(self.control.watchers)
+        if not watched and not events_log.isEnabledFor(
+                logging.INFO if ev.kind in INFO_EVENTS else logging.DEBUG):
+            return  # the common case on a busy host: no text made at all
         fields = ev.fields()
         fields["wall"] = round(time.time() - (time.monotonic() - ev.time), 6)
         log_event(ev, fields)
-        self.metrics.observe(ev)
-        if self.control is not None:
+        if watched:
             self.control.publish(fields)
 
     # ------------------------------------------------------------ control socket

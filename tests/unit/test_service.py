@@ -376,3 +376,25 @@ def test_install_service_unknown_group(tmp_path, capsys):
                                "--group", "no-such-group-xyz"])
     assert rc == 2 and "no group 'no-such-group-xyz'" in capsys.readouterr().err
     assert not (tmp_path / "etc").exists()
+
+
+# ---------------------------------------------------------------- debug-dump
+def test_debug_dump_without_a_daemon(tmp_path, monkeypatch):
+    """The bundle is still written when the daemon cannot be asked, and says why."""
+    import tarfile
+
+    from mptcp_proxy import debugdump
+    from mptcp_proxy.ctl import Client
+    monkeypatch.setattr(debugdump, "_run", lambda argv: f"$ {' '.join(argv)}\n(skipped)\n")
+    out = tmp_path / "b.tar.gz"
+    path, names = debugdump.write_bundle(Client(str(tmp_path / "none.sock"), 1.0), str(out))
+    assert path == str(out) and oct(out.stat().st_mode & 0o777) == "0o600"
+    with tarfile.open(out) as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode()
+                 for m in tar.getmembers()}
+    assert set(files) == set(names) == {"README.txt", "versions.txt", "sysctl.txt", "ip.txt",
+                                        "netfilter.txt", "kernel.txt", "daemon.txt"}
+    assert "daemon not running" in files["daemon.txt"]
+    assert f"mptcp-proxy {__import__('mptcp_proxy').__version__}" in files["versions.txt"]
+    assert re.search(r"^net\.mptcp\.\w+ = ", files["sysctl.txt"], re.M) or not Path(
+        "/proc/sys/net/mptcp").exists()
