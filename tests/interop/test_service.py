@@ -580,3 +580,21 @@ def test_second_daemon_leaves_the_live_socket_alone(bed, daemons, scratch) -> No
     assert any("removing stale control socket" in ln for ln in second.log), second.log
     assert second.ctl("status")["pid"] == second.proc.pid
     assert second.stop() == 0 and not os.path.exists(control)
+
+
+# ------------------------------------------------------------------ native MPTCP sockets
+
+def test_native_mptcp_socket_is_left_alone(bed, run_proxy) -> None:
+    """A local socket that speaks MPTCP itself: its SYN already carries MP_CAPABLE, so
+    the proxy must not convert it again; status counts it as already_mptcp."""
+    topo, srv = bed
+    px = run_proxy(topo, extra=["--subflows", "manual"])
+    (cli,) = run_client(topo, topo.server_addr, PORT, upload=MB, download=MB, seed=310,
+                        mptcp=True)
+    (rec,) = srv.wait(1, timeout=30)
+    assert cli["error"] is None and rec["error"] is None, (cli, rec)
+    assert cli["sent_sha256"] == rec["recv_sha256"]
+    assert rec["is_mptcp"] and rec["fallback"] is False, rec  # native end to end
+    st = px.ctl("status")
+    assert st["unconverted"]["already_mptcp"] >= 1, st["unconverted"]
+    assert px.connections() == [] and px.stats()["MPCapableSYNTX"] == 0
