@@ -38,8 +38,8 @@ NO_CONFIG = "none"
 
 # option dests a running daemon takes over from a re-read file (SIGHUP)
 RELOADABLE = frozenset({"port", "subflows", "log_level"})
-# options that are not settings: never keys of the file
-NOT_KEYS = frozenset({"help", "version", "config"})
+# options that are not settings but actions: never keys of the file
+NOT_KEYS = frozenset({"help", "version", "config", "cleanup"})
 
 
 class ConfigError(Exception):
