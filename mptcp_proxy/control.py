@@ -1,41 +1,44 @@
-"""The daemon's control socket: a root-only Unix stream socket carrying one JSON
-object per line in each direction (STYLE.md §6, habit 10).
+"""The daemon's control socket: a Unix stream socket carrying one JSON object per line
+in each direction, open to root, to the daemon's own user and to one group the
+administrator chooses (``--control-group``).
 
 Request: ``{"cmd": "status", "args": {...}}``. Reply: ``{"ok": true, "result":
 ...}`` or ``{"ok": false, "error": {"code": N, "name": "...", "message": "..."}}``
-with the stable fault codes of :class:`Fault`. The daemon never parses free text.
+with the stable fault codes of :class:`~.ctlproto.Fault`. The daemon never parses free
+text. ``monitor`` turns the connection into a stream: after its reply, one line
+``{"event": {...}}`` per connection event (:meth:`~.core.events.Event.fields` plus
+``wall``, the Unix time), or ``{"lost": N}`` when a slow reader missed N events.
+
+The daemon only ever removes a socket file it created itself: a live one (another
+daemon answers on it) is refused, a stale one (nobody answers) is replaced, and on exit
+the file is removed only if it is still the one this daemon bound (same inode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import struct
 import time
-from enum import IntEnum
 from typing import Any, Callable
+
+from .ctlproto import DEFAULT_CONTROL, MAX_LINE, Fault
 
 log = logging.getLogger("mptcp_proxy.control")
 
-MAX_LINE = 64 * 1024
+__all__ = ["ControlServer", "ControlError", "ControlSocketBusy", "Fault", "MAX_LINE",
+           "COMMANDS", "command"]
+
+WATCH_BUFFER = 256 * 1024  # bytes queued to one monitor client before events are dropped
 
 
-class Fault(IntEnum):
-    """Stable error codes of the control protocol."""
-
-    BAD_REQUEST = 1
-    UNKNOWN_COMMAND = 2
-    BAD_ARGUMENT = 3
-    UNKNOWN_CONNECTION = 4
-    UNKNOWN_SUBFLOW = 5
-    UNKNOWN_INTERFACE = 6
-    INTERFACE_DOWN = 7
-    NOT_POSSIBLE = 8
-    PERMISSION_DENIED = 9
-    INTERNAL = 10
+class ControlSocketBusy(OSError):
+    """Another daemon answers on the control socket path (or it is not a socket)."""
 
 
 class ControlError(Exception):
@@ -65,14 +68,36 @@ def _endpoint(addr: bytes, port: int) -> str:
     return f"{_addr(addr)}:{port}" if len(addr) == 4 else f"[{_addr(addr)}]:{port}"
 
 
-def peer_uid(sock) -> int:
-    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), or -1."""
+def _peercred(sock) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, or -1s."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return -1
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+        return -1, -1, -1
+    return struct.unpack("3i", creds)
+
+
+def peer_uid(sock) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED), or -1."""
+    return _peercred(sock)[1]
+
+
+def peer_in_group(sock, gid: int) -> bool:
+    """Whether the peer's primary group or one of its supplementary groups is ``gid``
+    (SO_PEERCRED, then ``/proc/PID/status``)."""
+    pid, _uid, pgid = _peercred(sock)
+    if pgid == gid:
+        return True
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return str(gid) in line.split()[1:]
+    except OSError:
+        pass
+    return False
 
 
 def int_arg(args: dict, name: str, what: str) -> int:
@@ -121,6 +146,7 @@ def subflow_summary(conn, sf) -> dict:
         "remote": _endpoint(sf.raddr, sf.rport),
         "iface": sf.iface,
         "addr_id": sf.addr_id,
+        "remote_id": getattr(sf, "remote_id", None),
         "backup": sf.backup,
         "peer_backup": sf.peer_backup,
         "active": sf is conn.active,
@@ -132,18 +158,60 @@ def subflow_summary(conn, sf) -> dict:
     }
 
 
+def _addresses(iface) -> list[str]:
+    return [_addr(a) for a in list(iface.v4) + list(iface.v6)]
+
+
+def interfaces(srv: "ControlServer") -> list[dict]:
+    """Each managed interface: name, state (``up``/``down``), address ID, addresses."""
+    if srv.pm is not None:
+        return [{"name": i.name, "state": "up" if i.up else "down", "addr_id": i.addr_id,
+                 "addresses": _addresses(i)} for i in srv.pm.ifaces.values()]
+    out = []
+    for name, info in srv.ifaces.items():
+        addrs = [_addr(a) for a in list(info.get("v4", [])) + list(info.get("v6", []))]
+        out.append({"name": name, "state": "up" if info.get("up", True) else "down",
+                    "addr_id": None, "addresses": addrs})
+    return out
+
+
+def unconverted(srv: "ControlServer") -> dict:
+    """Connections (or packets) the proxy left as they were, by reason.
+
+    ``port_filter``: SYNs to ports outside ``--port`` (counted by the kernel's rule
+    counters); ``already_mptcp``: SYNs of local sockets that speak MPTCP themselves,
+    passed untouched (rule counters); ``fallback``: connections whose peer did not
+    answer in MPTCP; ``not_parseable``: packets that were not TCP the proxy could read.
+    A value is ``None`` where this daemon cannot count it."""
+    c = srv.proxy.counters
+    out = {"port_filter": None, "already_mptcp": None,
+           "fallback": c.get("FallbackConnections", 0),
+           "not_parseable": c.get("PktNotTcp", 0) + c.get("PktMalformed", 0)}
+    if srv.rule_counts is not None:
+        try:
+            out.update(srv.rule_counts())
+        except Exception as e:  # the counters are a convenience: never fail status
+            log.debug("reading rule counters: %s", e)
+    return out
+
+
 @command("status")
 def _status(srv: "ControlServer", args: dict) -> dict:
     p = srv.proxy
-    return {
+    out = {
         "pid": os.getpid(),
         "uptime": round(time.monotonic() - srv.started, 3),
-        "interfaces": list(srv.ifaces),
+        "interfaces": interfaces(srv),
         "connections": len(p.connections),
         "packets": srv.driver.packets if srv.driver is not None else 0,
         "ports": sorted(p.config.ports),
         "checksum": p.config.checksum,
     }
+    if srv.pm is not None:
+        out["subflows"] = srv.pm.config.subflows
+    out["unconverted"] = unconverted(srv)
+    out.update(srv.info)
+    return out
 
 
 @command("connections")
@@ -278,41 +346,154 @@ def _prio(srv: "ControlServer", args: dict) -> dict:
     return subflow_summary(conn, sf)
 
 
-class ControlServer:
-    """Serves :data:`COMMANDS` on a root-only Unix socket."""
+@command("metrics")
+def _metrics(srv: "ControlServer", args: dict) -> str:
+    """The Prometheus text exposition of the daemon's metrics."""
+    if srv.metrics is None:
+        raise ControlError(Fault.NOT_POSSIBLE, "this daemon keeps no metrics")
+    return srv.metrics()
 
-    def __init__(self, path: str, proxy, driver, ifaces: dict, pm=None) -> None:
+
+@command("log")
+def _log(srv: "ControlServer", args: dict) -> list:
+    """The last ``lines`` (default 200) log lines the daemon kept in memory."""
+    n = args.get("lines", 200)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= 100_000:
+        raise ControlError(Fault.BAD_ARGUMENT, '"lines" must be an integer in 1-100000')
+    if srv.log_lines is None:
+        return []
+    return srv.log_lines(n)
+
+
+@command("monitor")
+def _monitor(srv: "ControlServer", args: dict) -> dict:
+    """Start streaming events on this connection (see the module docstring)."""
+    return {"stream": "events"}
+
+
+class _Watcher:
+    """One ``monitor`` client: its writer and how many events it missed."""
+
+    __slots__ = ("writer", "lost")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.lost = 0
+
+    def send(self, line: bytes) -> None:
+        transport = self.writer.transport
+        if transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WATCH_BUFFER:
+            self.lost += 1  # a slow reader must never hold the daemon up
+            return
+        if self.lost:
+            transport.write(b'{"lost":%d}\n' % self.lost)
+            self.lost = 0
+        transport.write(line)
+
+
+class ControlServer:
+    """Serves :data:`COMMANDS` on a Unix socket.
+
+    ``group``: a gid whose members may use the socket besides root and the daemon's
+    own user (the file is then mode 0660 and owned by that group), else 0600.
+    Optional providers: ``metrics()`` → exposition text, ``log_lines(n)`` → the last
+    n log lines, ``rule_counts()`` → kernel-counted unconverted SYNs for ``status``;
+    ``info``: static fields added to ``status`` (version, backend...)."""
+
+    def __init__(self, path: str, proxy, driver, ifaces: dict, pm=None, *,
+                 group: int | None = None, metrics: Callable[[], str] | None = None,
+                 log_lines: Callable[[int], list] | None = None,
+                 rule_counts: Callable[[], dict] | None = None,
+                 info: dict | None = None) -> None:
         self.path = path
         self.pm = pm
         self.proxy = proxy
         self.driver = driver
         self.ifaces = ifaces
+        self.group = group
+        self.metrics = metrics
+        self.log_lines = log_lines
+        self.rule_counts = rule_counts
+        self.info = dict(info or {})
         self.started = time.monotonic()
         self.server: asyncio.AbstractServer | None = None
+        self.watchers: set[_Watcher] = set()
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
 
-    async def start(self) -> None:
-        try:
-            if os.path.exists(self.path):
-                # refuse to steal a live daemon's socket
-                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    probe.connect(self.path)
-                except OSError:
-                    os.unlink(self.path)
-                else:
-                    probe.close()
-                    raise OSError(98, "another daemon is listening on it")
-            old = os.umask(0o077)
+    # ----------------------------------------------------------- the socket file
+    def _bind(self) -> socket.socket:
+        """Bind the socket file; a stale file is replaced, a live one refused."""
+        parent = os.path.dirname(self.path)
+        if parent == os.path.dirname(DEFAULT_CONTROL) and not os.path.isdir(parent):
+            os.mkdir(parent, 0o755)  # what systemd's RuntimeDirectory= does for the unit
+        for attempt in (1, 2):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
             try:
-                self.server = await asyncio.start_unix_server(self._client, path=self.path,
-                                                              limit=MAX_LINE)
+                sock.bind(self.path)
+                return sock
+            except OSError as e:
+                sock.close()
+                if e.errno != errno.EADDRINUSE or attempt == 2:
+                    raise
             finally:
                 os.umask(old)
-            os.chmod(self.path, 0o600)
+            self._remove_stale()
+        raise AssertionError("not reached")
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ControlSocketBusy(errno.EEXIST, "exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.path)
+        except OSError:  # refused: nobody listens, a daemon died without cleaning up
+            log.warning("removing stale control socket %s", self.path)
+            os.unlink(self.path)
+            return
+        finally:
+            probe.close()
+        raise ControlSocketBusy(errno.EADDRINUSE, "another daemon is listening on it")
+
+    def _owns_file(self) -> bool:
+        try:
+            st = os.lstat(self.path)
         except OSError:
+            return False
+        return self._bound == (st.st_dev, st.st_ino)
+
+    async def start(self) -> None:
+        """Bind and listen; raises :class:`ControlSocketBusy` if another daemon answers
+        on the path, ``OSError`` if it cannot be created."""
+        sock = self._bind()
+        try:
+            st = os.lstat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)
+                os.chmod(self.path, 0o660)
+            else:
+                os.chmod(self.path, 0o600)
+            self.server = await asyncio.start_unix_server(self._client, sock=sock,
+                                                          limit=MAX_LINE)
+        except BaseException:
+            sock.close()
+            if self._owns_file():
+                os.unlink(self.path)
+            self._bound = None
             raise
 
     async def stop(self) -> None:
+        for w in list(self.watchers):
+            w.writer.close()
+        self.watchers.clear()
         if self.server is not None:
             self.server.close()
             try:
@@ -320,13 +501,37 @@ class ControlServer:
             except Exception:
                 pass
             self.server = None
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if self._owns_file():  # never another daemon's socket
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        self._bound = None
+
+    # ----------------------------------------------------------- events
+    def publish(self, fields: dict) -> None:
+        """Send one event (``Event.fields()`` plus ``wall``) to every monitor client."""
+        if not self.watchers:
+            return
+        line = json.dumps({"event": fields}, separators=(",", ":")).encode() + b"\n"
+        for w in list(self.watchers):
+            w.send(line)
+
+    # ----------------------------------------------------------- clients
+    def _allowed(self, sock) -> bool:
+        uid = peer_uid(sock)
+        if uid == 0 or (uid >= 0 and uid == os.geteuid()):
+            return True
+        return self.group is not None and peer_in_group(sock, self.group)
+
+    def _denied(self) -> dict:
+        who = "root and the daemon's user" if self.group is None else \
+            f"root, the daemon's user and group {self.group}"
+        return self._error(Fault.PERMISSION_DENIED,
+                           f"the control socket is open to {who} only")
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        uid = peer_uid(writer.get_extra_info("socket"))
+        allowed = self._allowed(writer.get_extra_info("socket"))
         try:
             while True:
                 try:
@@ -336,15 +541,25 @@ class ControlServer:
                     break
                 if not line:
                     break
-                if uid != 0:
-                    reply = self._error(Fault.PERMISSION_DENIED, "the control socket is root-only")
-                else:
-                    reply = self.handle_line(line)
+                reply = self.handle_line(line) if allowed else self._denied()
                 await self._reply(writer, reply)
+                if reply.get("ok") and reply.get("result") == {"stream": "events"}:
+                    await self._watch(reader, writer)
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
+
+    async def _watch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Stream events to this client until it hangs up (what it sends is ignored)."""
+        w = _Watcher(writer)
+        self.watchers.add(w)
+        try:
+            while await reader.read(4096):
+                pass
+        finally:
+            self.watchers.discard(w)
 
     @staticmethod
     async def _reply(writer: asyncio.StreamWriter, reply: dict) -> None:

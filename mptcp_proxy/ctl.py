@@ -1,7 +1,7 @@
-"""``mptcpctl``: the control client of the ``mptcp-proxy`` daemon (DESIGN.md §1).
+"""``mptcpctl``: the control client of the ``mptcp-proxy`` daemon.
 
-A thin client (STYLE.md §6, habit 10): it builds one request per invocation,
-sends it as one JSON line on the daemon's root-only Unix socket, and prints the
+A thin client: it builds one request per invocation, sends it as one JSON line on the
+daemon's Unix socket (open to root and the daemon's ``--control-group``), and prints the
 reply. It holds no protocol logic of its own; one ``do_<verb>`` method per verb,
 as in supervisorctl's ``Controller``::
 
@@ -12,12 +12,18 @@ as in supervisorctl's ``Controller``::
     mptcpctl remove-subflow CONN SUBFLOW
     mptcpctl handover (CONN | --all) --to IF [--break]
     mptcpctl prio CONN SUBFLOW (--backup | --no-backup)
-    mptcpctl stats [--nonzero]
+    mptcpctl stats [--nonzero | --prometheus]
+    mptcpctl monitor
+    mptcpctl debug-dump [--out FILE.tar.gz]
 
-``--socket`` defaults to ``$MPTCP_PROXY_SOCKET``, else ``/run/mptcp-proxy.sock``
+``--socket`` defaults to ``$MPTCP_PROXY_SOCKET``, else ``/run/mptcp-proxy/control.sock``
 (the daemon's ``--control`` default). Global options may also follow the verb.
 Human output is aligned tables with human-readable byte counts; ``--json``
 prints the reply's ``result`` as JSON, exact, for scripts.
+
+Start-up time matters (a scripted handover waits for it): this module imports only
+the standard library modules it needs (no asyncio, no pyroute2, no core beyond the
+counter help texts for ``stats``); the verbs that need more import it lazily.
 
 Exit codes (stable, LSB-like):
 
@@ -29,7 +35,7 @@ Exit codes (stable, LSB-like):
 3  unknown connection, subflow or interface
 4  interface down
 5  not possible (connection not established, subflow limit, last subflow...)
-6  permission denied (the socket is root-only)
+6  permission denied (the socket is open to root and the daemon's group)
 7  daemon not running (no socket at the path, or connection refused)
 8  timeout, or the daemon closed the connection without replying
 == ==========================================================================
@@ -44,12 +50,16 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable, Iterator
+
+TYPE_CHECKING = False  # no typing import at run time: start-up time is what counts here
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 from . import __version__
-from .control import Fault
+from .ctlproto import DEFAULT_CONTROL, Fault
 
-DEFAULT_SOCKET = "/run/mptcp-proxy.sock"  # == daemon.DEFAULT_CONTROL (a test checks)
+DEFAULT_SOCKET = DEFAULT_CONTROL  # the daemon's --control default
 SOCKET_ENV = "MPTCP_PROXY_SOCKET"
 DEFAULT_TIMEOUT = 5.0
 MAX_REPLY = 16 * 1024 * 1024
@@ -81,12 +91,12 @@ exit codes:
   3  unknown connection, subflow or interface
   4  interface down
   5  not possible in the current state
-  6  permission denied (the control socket is root-only)
+  6  permission denied (the control socket is open to root and one group)
   7  daemon not running (no socket, or connection refused)
   8  timeout, or no reply
 
 environment:
-  MPTCP_PROXY_SOCKET  default for --socket (else /run/mptcp-proxy.sock)
+  MPTCP_PROXY_SOCKET  default for --socket (else /run/mptcp-proxy/control.sock)
 """
 
 
@@ -145,7 +155,8 @@ class Client:
         except PermissionError:
             raise CtlError(EXIT_PERMISSION,
                            f"permission denied on {self.path} (the control socket is "
-                           "root-only; run mptcpctl as root)") from None
+                           "open to root and the daemon's --control-group; run mptcpctl "
+                           "as root or as a member of that group)") from None
         except TimeoutError:
             raise self._no_reply(f"connect timed out after {self.timeout:g}s") from None
         except OSError as e:
@@ -154,10 +165,10 @@ class Client:
             raise CtlError(EXIT_ERROR, f"cannot connect to {self.path}: "
                                        f"{e.strerror or e}") from None
 
-    def request(self, cmd: str, args: dict | None = None) -> dict:
-        """Send ``{"cmd": cmd, "args": args}``; return the decoded reply object."""
+    def _first_reply(self, sock: socket.socket, cmd: str, args: dict | None
+                     ) -> tuple[dict, bytes]:
+        """Send the request on ``sock``; the decoded first reply line and what followed."""
         line = json.dumps({"cmd": cmd, "args": args or {}}, separators=(",", ":")) + "\n"
-        sock = self._connect()
         deadline = time.monotonic() + self.timeout
         buf = bytearray()
         try:
@@ -177,19 +188,26 @@ class Client:
             raise self._no_reply(f"timed out after {self.timeout:g}s") from None
         except (BrokenPipeError, ConnectionResetError):
             raise self._no_reply("the daemon closed the connection") from None
-        finally:
-            sock.close()
+        first, _, rest = bytes(buf).partition(b"\n")
         try:
-            reply = json.loads(buf[:buf.index(b"\n")])
+            reply = json.loads(first)
         except (ValueError, UnicodeDecodeError):
             raise CtlError(EXIT_ERROR, "the daemon's reply is not valid JSON") from None
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
             raise CtlError(EXIT_ERROR, "the daemon's reply has no \"ok\" field")
-        return reply
+        return reply, rest
 
-    def call(self, cmd: str, args: dict | None = None) -> Any:
+    def request(self, cmd: str, args: dict | None = None) -> dict:
+        """Send ``{"cmd": cmd, "args": args}``; return the decoded reply object."""
+        sock = self._connect()
+        try:
+            return self._first_reply(sock, cmd, args)[0]
+        finally:
+            sock.close()
+
+    @staticmethod
+    def result(reply: dict) -> object:
         """The ``result`` of a successful reply; a daemon error raises :class:`CtlError`."""
-        reply = self.request(cmd, args)
         if reply["ok"]:
             return reply.get("result")
         err = reply.get("error")
@@ -197,6 +215,38 @@ class Client:
             raise CtlError(EXIT_ERROR, "the daemon reported an error without details")
         return_code = fault_exit(err.get("code"))
         raise CtlError(return_code, str(err.get("message") or err.get("name") or "error"))
+
+    def call(self, cmd: str, args: dict | None = None) -> object:
+        """The ``result`` of a successful reply; a daemon error raises :class:`CtlError`."""
+        return self.result(self.request(cmd, args))
+
+    def stream(self, cmd: str, args: dict | None = None) -> Iterator[dict]:
+        """A streaming request (``monitor``): after a successful reply, yield the object
+        of every following line until the daemon hangs up. No timeout once streaming."""
+        sock = self._connect()
+        try:
+            reply, buf = self._first_reply(sock, cmd, args)
+            self.result(reply)
+            sock.settimeout(None)
+            while True:
+                while b"\n" in buf:
+                    line, _, buf = buf.partition(b"\n")
+                    try:
+                        obj = json.loads(line)
+                    except (ValueError, UnicodeDecodeError):
+                        raise CtlError(EXIT_ERROR, "the daemon sent a line that is not "
+                                                   "valid JSON") from None
+                    if isinstance(obj, dict):
+                        yield obj
+                try:
+                    chunk = sock.recv(65536)
+                except (ConnectionResetError, BrokenPipeError):
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+        finally:
+            sock.close()
 
 
 # --------------------------------------------------------------------- formatting
@@ -242,36 +292,71 @@ def text(v: Any) -> str:
 
 
 # (header, key, formatter, right-aligned)
-Column = tuple[str, str, Callable[[Any], str], bool]
+Column = tuple[str, str, Callable[[object], str], bool]
 
 CONNECTION_COLUMNS: list[Column] = [
-    ("ID", "id", str, True),
+    ("CONN", "id", str, True),
     ("STATE", "state", text, False),
     ("LOCAL", "local", text, False),
     ("REMOTE", "remote", text, False),
     ("SUBFLOWS", "subflows", str, True),
-    ("ACTIVE", "active", str, True),
-    ("TOKEN", "token", text, False),
-    ("SENT", "bytes_sent", human_bytes, True),
-    ("ACKED", "bytes_acked", human_bytes, True),
-    ("RECEIVED", "bytes_received", human_bytes, True),
+    ("ACTIVE_SF", "active", str, True),
+    ("PEER_TOKEN", "token", text, False),
+    ("DATA_SENT", "bytes_sent", human_bytes, True),
+    ("DATA_ACKED", "bytes_acked", human_bytes, True),
+    ("DATA_RCVD", "bytes_received", human_bytes, True),
     ("AGE", "age", human_duration, True),
 ]
 
+CONNECTION_LEGEND = """\
+columns:
+  CONN        connection id (for subflows, handover, prio...)
+  STATE       syn_sent, established, fallback (plain TCP, untouched), closed
+  LOCAL       the application's own socket address
+  REMOTE      the server's address
+  SUBFLOWS    subflows not closed
+  ACTIVE_SF   id of the subflow that carries new data (see: mptcpctl subflows CONN)
+  PEER_TOKEN  the server's MPTCP token (what ip mptcp monitor shows on the server)
+  DATA_SENT   bytes sent at the MPTCP data level (DATA_ACKED: acknowledged by the
+              server; DATA_RCVD: received from it)
+  AGE         time since the local SYN
+"""
+
 SUBFLOW_COLUMNS: list[Column] = [
-    ("ID", "id", str, True),
+    ("SF", "id", str, True),
     ("STATE", "state", text, False),
     ("IFACE", "iface", text, False),
     ("LOCAL", "local", text, False),
     ("REMOTE", "remote", text, False),
-    ("ADDR_ID", "addr_id", str, True),
+    ("LOCID", "addr_id", str, True),
+    ("REMID", "remote_id", str, True),
     ("BACKUP", "backup", yes_no, False),
     ("PEER_BACKUP", "peer_backup", yes_no, False),
-    ("ACTIVE", "active", yes_no, False),
+    ("SENDING", "active", yes_no, False),
     ("SENT", "bytes_sent", human_bytes, True),
     ("ACKED", "bytes_acked", human_bytes, True),
     ("RECEIVED", "bytes_received", human_bytes, True),
 ]
+
+SUBFLOW_LEGEND = """\
+columns:
+  SF           subflow id (0 is the initial subflow)
+  STATE        syn_sent, established, closing, closed...
+  IFACE        local interface it leaves by
+  LOCAL        its local address on the wire; REMOTE: the server's
+  LOCID        our address ID (RFC 8684 section 3.2); REMID: the server's
+  BACKUP       we marked it backup (MP_CAPABLE/MP_JOIN B flag or MP_PRIO)
+  PEER_BACKUP  the server marked it backup
+  SENDING      yes for the subflow that carries new data
+  SENT         bytes sent on the subflow (ACKED: acknowledged; RECEIVED: received)
+"""
+
+UNCONVERTED_HELP = {
+    "port_filter": "SYNs to ports outside --port (passed as plain TCP)",
+    "already_mptcp": "SYNs of sockets that speak MPTCP themselves (passed untouched)",
+    "fallback": "connections whose server did not answer in MPTCP (plain TCP)",
+    "not_parseable": "packets that were not TCP the proxy could read (passed untouched)",
+}
 
 
 def table(rows: list[list[str]], headers: list[str], right: list[bool]) -> str:
@@ -318,13 +403,28 @@ class Controller:
         if self.as_json:
             self.dump_json(result)
             return EXIT_OK
+        nested = {k: v for k, v in result.items()
+                  if k == "unconverted" or (k == "interfaces" and v and isinstance(v[0], dict))}
         width = max((len(k) for k in result), default=0) + 1
         for key, value in result.items():
+            if key in nested:
+                continue
             if key == "uptime":
                 value = human_duration(value)
             elif key == "ports" and value == []:
                 value = "all"
             self.say(f"{key + ':':<{width}} {text(value)}")
+        if "interfaces" in nested:
+            self.say("interfaces:")
+            rows = [["  " + text(i.get("name")), text(i.get("state")), text(i.get("addr_id")),
+                     text(i.get("addresses"))] for i in nested["interfaces"]]
+            self.say(table(rows, ["  NAME", "STATE", "LOCID", "ADDRESSES"],
+                           [False, False, True, False]))
+        if "unconverted" in nested:
+            self.say("left unconverted:")
+            rows = [["  " + k.replace("_", " "), "-" if v is None else str(v),
+                     UNCONVERTED_HELP.get(k, "")] for k, v in nested["unconverted"].items()]
+            self.say(table(rows, ["  REASON", "COUNT", "MEANING"], [False, True, False]))
         return EXIT_OK
 
     def do_connections(self, ns: argparse.Namespace) -> int:
@@ -348,6 +448,9 @@ class Controller:
         return EXIT_OK
 
     def do_stats(self, ns: argparse.Namespace) -> int:
+        if ns.prometheus:
+            self.out.write(str(self.client.call("metrics")))
+            return EXIT_OK
         result = self.client.call("stats")
         if ns.nonzero:
             result = {k: v for k, v in result.items() if v}
@@ -356,8 +459,47 @@ class Controller:
         elif not result:
             self.say("no counters" + (" above zero" if ns.nonzero else ""))
         else:
-            rows = [[k, str(result[k])] for k in sorted(result)]
-            self.say(table(rows, ["NAME", "VALUE"], [False, True]))
+            from .core.counters import COUNTERS  # plain data: a dict of help texts
+            rows = [[k, str(result[k]), COUNTERS.get(k, "")] for k in sorted(result)]
+            self.say(table(rows, ["NAME", "VALUE", "MEANING"], [False, True, False]))
+        return EXIT_OK
+
+    def do_monitor(self, ns: argparse.Namespace) -> int:
+        """Print every event until interrupted (exit 0) or until the daemon stops (7)."""
+        from .eventfmt import format_event
+        try:
+            for obj in self.client.stream("monitor"):
+                if "lost" in obj:
+                    print(f"mptcpctl: {obj['lost']} event(s) lost (output too slow)",
+                          file=sys.stderr, flush=True)
+                    continue
+                ev = obj.get("event")
+                if not isinstance(ev, dict):
+                    continue
+                if self.as_json:
+                    print(json.dumps(ev, separators=(",", ":")), file=self.out, flush=True)
+                else:
+                    wall = ev.get("wall")
+                    stamp = (time.strftime("%H:%M:%S", time.localtime(wall))
+                             + f".{int(wall * 1000) % 1000:03d} "
+                             if isinstance(wall, (int, float)) else "")
+                    print(stamp + format_event(ev), file=self.out, flush=True)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        raise CtlError(EXIT_NOT_RUNNING, "the daemon closed the event stream (stopped?)")
+
+    def do_debug_dump(self, ns: argparse.Namespace) -> int:
+        from .debugdump import write_bundle
+        try:
+            path, names = write_bundle(self.client, ns.out, log_lines=ns.log_lines)
+        except OSError as e:
+            raise CtlError(EXIT_ERROR, f"cannot write {e.filename or ns.out}: "
+                                       f"{e.strerror or e}") from None
+        if self.as_json:
+            self.dump_json({"path": path, "files": names})
+        else:
+            self.say(f"wrote {path} ({len(names)} files); attach it to the bug report "
+                     "(it holds addresses and routes of this host, no keys)")
         return EXIT_OK
 
     def do_add_subflow(self, ns: argparse.Namespace) -> int:
@@ -415,6 +557,16 @@ def _id(text_: str) -> int:
     return v
 
 
+def _count(text_: str) -> int:
+    try:
+        v = int(text_, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text_!r}") from None
+    if not 1 <= v <= 100_000:
+        raise argparse.ArgumentTypeError("must be in 1-100000")
+    return v
+
+
 def _timeout(text_: str) -> float:
     try:
         v = float(text_)
@@ -447,15 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", required=True)
 
-    def verb(name: str, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+    def verb(name: str, help_: str, legend: str = "") -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_,
+                            epilog=(legend + "\n" if legend else "") + EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         _global_options(sp, defaults=False)
         return sp
 
-    verb("status", "daemon status: pid, uptime, interfaces, counts")
-    verb("connections", "list the proxied connections")
-    sp = verb("subflows", "list the subflows of a connection")
+    verb("status", "daemon status: pid, uptime, interfaces and their addresses, "
+                   "connections, and what was left unconverted and why")
+    verb("connections", "list the proxied connections", CONNECTION_LEGEND)
+    sp = verb("subflows", "list the subflows of a connection", SUBFLOW_LEGEND)
     sp.add_argument("conn", type=_id, metavar="CONN", help="connection id")
     sp = verb("add-subflow", "open an MP_JOIN subflow on an interface")
     sp.add_argument("conn", type=_id, metavar="CONN", help="connection id")
@@ -478,8 +632,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only when no regular subflow works")
     g.add_argument("--no-backup", dest="backup", action="store_const", const=False,
                    help="a regular path")
-    sp = verb("stats", "the proxy's counters, sorted by name (default: all)")
+    sp = verb("stats", "the proxy's counters with what each one counts, sorted by name")
     sp.add_argument("--nonzero", "-n", action="store_true", help="only counters above zero")
+    sp.add_argument("--prometheus", action="store_true",
+                    help="print the daemon's metrics in the Prometheus text format (what "
+                         "its --metrics endpoint serves), without a listener")
+    verb("monitor", "print connection events as they happen (like ip mptcp monitor) "
+                    "until interrupted; --json: one object per line")
+    sp = verb("debug-dump", "write a bug-report bundle (.tar.gz): versions, kernel, "
+                            "sysctls, interfaces, rules, routes, the proxy's chains, status, "
+                            "connections, subflows, counters, metrics and recent log lines; "
+                            "no keys")
+    sp.add_argument("--out", "-o", metavar="FILE",
+                    help="archive to write (default mptcp-proxy-debug-DATE-TIME.tar.gz in "
+                         "the current directory)")
+    sp.add_argument("--log-lines", type=_count, default=1000, metavar="N",
+                    help="recent daemon log lines to include (default 1000)")
     return p
 
 

@@ -1,18 +1,23 @@
-"""``mptcp-proxy``: the daemon (DESIGN.md §1).
+"""``mptcp-proxy``: the daemon.
 
-Runs in the foreground in the current network namespace, as root::
+Runs in the foreground in the current network namespace, as root or as any user
+holding ``CAP_NET_ADMIN`` and ``CAP_NET_RAW`` (what the systemd unit gives it)::
 
-    mptcp-proxy --iface eth0 [--iface wlan0 ...] [--port 80 --port 443]
-                [--queue N] [--control PATH] [--log-level info] [--checksum]
+    mptcp-proxy [--config FILE] --iface eth0 [--iface wlan0 ...] [--port 80 --port 443]
+                [--queue N] [--control PATH] [--log stderr|journal|syslog]
+                [--log-level info] [--metrics [ADDR:]PORT] [--checksum]
+    mptcp-proxy install-service [--group GROUP] ...
 
-The first ``--iface`` is the primary path. It binds NFQUEUE ``N`` (outbound) and
-``N+1`` (inbound), installs its own netfilter chains, prints a line containing
-``ready`` once traffic is being converted, and on SIGINT/SIGTERM resets the
-MPTCP connections it carries, removes every rule it installed and exits 0.
+The first ``--iface`` is the primary path. Options may also come from a configuration
+file (:mod:`mptcp_proxy.config`; the command line wins). It binds NFQUEUE ``N``
+(outbound) and ``N+1`` (inbound), installs its own netfilter chains, prints a line
+containing ``ready`` (and tells systemd ``READY=1``) once traffic is being converted,
+re-reads its configuration file on SIGHUP, and on SIGINT/SIGTERM resets the MPTCP
+connections it carries, removes every rule it installed and exits 0.
 
-Exit codes: 0 clean exit; 1 runtime failure; 2 bad command line; 3 not root;
-4 unknown or unusable interface; 5 queue already bound; 6 rules could not be
-installed.
+Exit codes: 0 clean exit; 1 runtime failure; 2 bad command line or configuration file;
+3 missing capability (CAP_NET_ADMIN, CAP_NET_RAW); 4 unknown or unusable interface;
+5 queue already bound; 6 rules could not be installed.
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .core.events import INFO_EVENTS, Event
+from .config import DEFAULT_CONFIG, ConfigError, parse_command_line
 from .core.proxy import Proxy, ProxyConfig
+from .ctlproto import DEFAULT_CONTROL
+from .logsetup import LEVELS, TARGETS, LogSetupError, RingHandler
 
 log = logging.getLogger("mptcp_proxy")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_IFACE, EXIT_QUEUE, EXIT_RULES = range(7)
 DEFAULT_QUEUE = 4700
 DEFAULT_MARK = 0x4D500000
-DEFAULT_CONTROL = "/run/mptcp-proxy.sock"
 FALLBACK_TABLE_BASE = 10000  # routing table FALLBACK_TABLE_BASE + queue number
 FALLBACK_RULE_PREF = 40000  # after main (32766) and default (32767)
 
@@ -70,46 +76,95 @@ def _mark(text: str) -> int:
     return v
 
 
+def _metrics_addr(text: str) -> tuple[str, int]:
+    from .metrics import metrics_address
+    try:
+        return metrics_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+EPILOG = f"""\
+configuration file:
+  every long option is also a key of the TOML file given by --config (default
+  {DEFAULT_CONFIG} when it exists): iface = ["wlan0", "wwan0"],
+  port = [80, 443], subflows = "backup", checksum = true... The command line wins.
+  SIGHUP re-reads it: port, subflows and log-level change at once; the rest needs a
+  restart (the daemon says which).
+
+install as a service:
+  mptcp-proxy install-service [--group GROUP]  (see mptcp-proxy install-service --help)
+
+exit codes:
+  0  clean exit            4  unknown or unusable interface
+  1  runtime failure       5  NFQUEUE already bound by another process
+  2  bad command line or   6  netfilter rules could not be installed
+     configuration file
+  3  missing capability (needs CAP_NET_ADMIN and CAP_NET_RAW: root, or the unit's
+     AmbientCapabilities)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mptcp-proxy",
+        prog="mptcp-proxy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Lightweight MPTCP proxy: converts the plain TCP of local applications "
                     "into MPTCP v1 (RFC 8684) on the wire by header rewriting.")
-    p.add_argument("--iface", "-i", action="append", required=True, metavar="IF",
-                   help="interface the proxy may use (repeat; the first is the primary path)")
-    p.add_argument("--port", "-p", action="append", type=_port, default=[], metavar="PORT",
-                   help="convert only connections to this destination port (repeat; "
-                        "default: all TCP)")
-    p.add_argument("--queue", "-q", type=_queue, default=DEFAULT_QUEUE, metavar="N",
-                   help=f"NFQUEUE numbers N (outbound) and N+1 (inbound) (default {DEFAULT_QUEUE})")
-    p.add_argument("--control", "-c", default=DEFAULT_CONTROL, metavar="PATH",
-                   help=f"control socket path, root-only (default {DEFAULT_CONTROL}; "
-                        "'none' disables it)")
-    p.add_argument("--mark", type=_mark, default=DEFAULT_MARK, metavar="MARK",
-                   help=f"fwmark of forged packets, skipped by the queue rules "
-                        f"(default {DEFAULT_MARK:#x})")
-    p.add_argument("--subflows", choices=["backup", "active", "manual"], default="backup",
-                   help="extra MP_JOIN subflows from the other interfaces at connection "
-                        "setup: as backup paths (default; ready for make-before-break), as "
-                        "active paths (the peer may send on all), or only on command")
-    p.add_argument("--no-rejoin", action="store_true",
-                   help="do not re-create subflows when an interface comes back")
-    p.add_argument("--no-fallback-routes", action="store_true",
-                   help="do not keep the managed interfaces' addresses routable through the "
-                        "other interfaces when their link is down (a table of last resort)")
-    p.add_argument("--checksum", action="store_true",
-                   help="ask the peer for DSS checksums (RFC 8684 §3.3)")
-    p.add_argument("--no-rp-filter", action="store_true",
-                   help="do not switch the interfaces to loose reverse-path filtering")
-    p.add_argument("--backend", choices=["netfilterqueue", "fnfqueue"], default="fnfqueue",
-                   help="queue library: netfilterqueue (one packet at a time), or fnfqueue "
-                        "(batched reads, GSO super-packets: faster)")
-    p.add_argument("--accept-all", action="store_true",
-                   help="benchmark floor: bind the queues and accept every packet unmodified "
-                        "(no conversion at all)")
-    p.add_argument("--log-level", "-l", default="info",
-                   choices=["debug", "info", "warning", "error"], help="log level")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    actions: list[argparse.Action] = []
+
+    def add(*names: str, **kw) -> None:
+        actions.append(p.add_argument(*names, **kw))
+
+    add("--config", metavar="FILE",
+        help=f"configuration file (TOML; keys = long options; default {DEFAULT_CONFIG} "
+             "if it exists; 'none': no file)")
+    add("--iface", "-i", action="append", default=None, metavar="IF",
+        help="interface the proxy may use (repeat; the first is the primary path; "
+             "required here or in the configuration file)")
+    add("--port", "-p", action="append", type=_port, default=None, metavar="PORT",
+        help="convert only connections to this destination port (repeat; "
+             "default: all TCP)")
+    add("--queue", "-q", type=_queue, default=DEFAULT_QUEUE, metavar="N",
+        help=f"NFQUEUE numbers N (outbound) and N+1 (inbound) (default "
+             f"{DEFAULT_QUEUE})")
+    add("--control", "-c", default=DEFAULT_CONTROL, metavar="PATH",
+        help=f"control socket path (default {DEFAULT_CONTROL}; 'none' disables "
+             "it); open to root, the daemon's user and --control-group")
+    add("--control-group", metavar="GROUP",
+        help="group (name or number) whose members may use the control socket (mptcpctl)")
+    add("--mark", type=_mark, default=DEFAULT_MARK, metavar="MARK",
+        help=f"fwmark of forged packets, skipped by the queue rules "
+             f"(default {DEFAULT_MARK:#x})")
+    add("--subflows", choices=["backup", "active", "manual"], default="backup",
+        help="extra MP_JOIN subflows from the other interfaces at connection "
+             "setup: as backup paths (default; ready for make-before-break), as "
+             "active paths (the peer may send on all), or only on command")
+    add("--no-rejoin", action="store_true",
+        help="do not re-create subflows when an interface comes back")
+    add("--no-fallback-routes", action="store_true",
+        help="do not keep the managed interfaces' addresses routable through the "
+             "other interfaces when their link is down (a table of last resort)")
+    add("--checksum", action="store_true",
+        help="ask the peer for DSS checksums (RFC 8684 §3.3)")
+    add("--no-rp-filter", action="store_true",
+        help="do not switch the interfaces to loose reverse-path filtering")
+    add("--backend", choices=["netfilterqueue", "fnfqueue"], default="fnfqueue",
+        help="queue library: netfilterqueue (one packet at a time), or fnfqueue "
+             "(batched reads, GSO super-packets: faster)")
+    add("--accept-all", action="store_true",
+        help="benchmark floor: bind the queues and accept every packet unmodified "
+             "(no conversion at all)")
+    add("--log", default="stderr", choices=list(TARGETS),
+        help="where the log goes: stderr (default), journal (systemd's, with structured "
+             "fields MPTCP_EVENT, MPTCP_CONN, MPTCP_TOKEN...) or syslog (/dev/log)")
+    add("--log-level", "-l", default="info", choices=list(LEVELS),
+        help="log level (info: one line per handover, subflow or fallback event; debug: "
+             "every connection event and more)")
+    add("--metrics", type=_metrics_addr, default=None, metavar="[ADDR:]PORT",
+        help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; a bare "
+             "PORT listens on 127.0.0.1; [::1]:PORT for IPv6)")
+    add("--version", action="version", version=f"%(prog)s {__version__}")
+    p.option_actions = actions  # what the configuration file reads (config.py)
     return p
 
 
@@ -155,17 +210,12 @@ class RpFilter:
         self.saved.clear()
 
 
-def log_event(ev: Event) -> None:
-    """One log line per event, in the shape of ``ip mptcp monitor``."""
-    level = logging.INFO if ev.kind in INFO_EVENTS else logging.DEBUG
-    if log.isEnabledFor(level):
-        f = ev.fields()
-        del f["type"], f["time"]
-        log.log(level, "[%14s] %s", ev.kind.value, " ".join(f"{k}={v}" for k, v in f.items()))
-
-
-async def run(args, ifaces: dict[str, dict]) -> int:
+async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | None = None,
+              argv: list[str] | None = None, ring: RingHandler | None = None,
+              group: int | None = None) -> int:
     from .control import ControlServer
+    from .runtime import Runtime
+    from .service import notify
     from .core.policy import LocalIface, PathManager, PmConfig
     from .links import FallbackRoutes, LinkMonitor, PortReservations
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
@@ -189,7 +239,15 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     else:
         driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
                                accept_all=args.accept_all)
-    driver.on_event = log_event
+    rt = Runtime(args, parser or build_parser(), argv, proxy, driver, pm,
+                 ring or RingHandler(), loop)
+    driver.on_event = rt.on_event
+    if args.metrics:
+        try:
+            rt.metrics.serve(*args.metrics)
+        except OSError as e:
+            return fail(EXIT_FAIL, f"metrics endpoint {args.metrics[0]}:{args.metrics[1]}: "
+                                   f"{e.strerror or e}")
     try:
         driver.bind()
     except QueueBusyError as e:
@@ -219,6 +277,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         try:
             rules = RuleSet(load_ruleset("endhost", params))
             rules.install()
+            rt.rules, rt.params = rules, params
         except RulesError as e:
             return fail(EXIT_RULES, str(e))
         if not args.no_rp_filter:
@@ -228,25 +287,31 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         driver.start(loop)
         monitor.start(loop)
         if args.control and args.control != "none":
-            control = ControlServer(args.control, proxy, driver, ifaces, pm)
+            server = ControlServer(args.control, proxy, driver, ifaces, pm, group=group,
+                                   **rt.control_extras())
             try:
-                await control.start()
+                await server.start()
             except OSError as e:
                 return fail(EXIT_FAIL, f"control socket {args.control}: {e.strerror or e}")
+            control = rt.control = server
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, rt.reload)
         port_txt = ",".join(map(str, params.ports)) or "all"
         print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={port_txt} "
               f"queues={args.queue},{args.queue + 1}", flush=True)
+        notify("READY=1")
+        notify(f"STATUS=converting TCP on {','.join(ifaces)} (ports {port_txt})")
         await stop.wait()
+        notify("STOPPING=1")
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
         proxy.abort_all(time.monotonic())
         driver.flush()
         return EXIT_OK
     finally:
         # every step on its own: the rules must go even if another step fails
-        steps = [monitor.stop, driver.unbind, ports.close]
+        steps = [monitor.stop, driver.unbind, ports.close, rt.metrics.close]
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
@@ -268,15 +333,42 @@ async def run(args, ifaces: dict[str, dict]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["install-service"]:
+        from .service import install_main
+        return install_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    try:
+        args = parse_command_line(parser, argv)
+    except ConfigError as e:
+        return fail(EXIT_USAGE, str(e))
+    except OSError as e:
+        return fail(EXIT_USAGE, f"cannot read configuration file {e.filename}: "
+                                f"{e.strerror or e}")
+    if not args.iface:
+        parser.error("--iface is required (on the command line, or iface = [...] in the "
+                     "configuration file)")
+    group = None
+    if args.control_group:
+        try:
+            group = _group_id(args.control_group)
+        except KeyError:
+            return fail(EXIT_USAGE, f"--control-group: no group {args.control_group!r}")
+    from .logsetup import configure
+    ring = RingHandler()
+    try:
+        configure(args.log, args.log_level, ring)
+    except LogSetupError as e:
+        return fail(EXIT_FAIL, str(e))
     import pyroute2  # noqa: F401  (imported first: importing it resets its loggers)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
-    if os.geteuid() != 0:
-        return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")
+    from .service import missing_capabilities
+    missing = missing_capabilities()
+    if missing:
+        return fail(EXIT_NOT_ROOT,
+                    f"missing {' and '.join(missing)}: run as root, or as a user holding "
+                    "CAP_NET_ADMIN and CAP_NET_RAW (the systemd unit grants exactly these: "
+                    "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)")
     from .links import read_ifaces
     try:
         ifaces = read_ifaces(args.iface)
@@ -285,9 +377,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
     try:
-        return asyncio.run(run(args, ifaces))
+        return asyncio.run(run(args, ifaces, parser, argv, ring, group))
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _group_id(name: str) -> int:
+    """A group name or number → gid; ``KeyError`` if there is no such group."""
+    import grp
+    if name.isdigit():
+        return int(name)
+    return grp.getgrnam(name).gr_gid
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Install and remove the proxy's netfilter rules (python-iptables, legacy backend).
 
-The rule sets live declaratively in ``tables/*.toml`` (see ``tables/endhost.toml``).
+The rule sets live declaratively in ``mptcp_proxy/tables/*.toml`` (see
+``mptcp_proxy/tables/endhost.toml``), shipped inside the package.
 Every chain is the proxy's own; the only change to a built-in chain is one jump
 rule at its top, removed again on exit. Nothing is ever flushed.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger("mptcp_proxy.rules")
 
-TABLES_DIR = Path(__file__).resolve().parent.parent / "tables"
+TABLES_DIR = Path(__file__).resolve().parent / "tables"
 
 
 class RulesError(Exception):
@@ -57,6 +58,7 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
     chains = []
     for ch in data.get("chain", []):
         rules = []
+        counts = []  # per rule: what its kernel counter counts (``counts`` key), or None
         for rule in ch.get("rule", []):
             if rule.get("ports") and not params.ports:
                 continue
@@ -71,8 +73,9 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
             for iface in (params.ifaces if rule.get("per_iface") else [None]):
                 values["iface"] = iface or ""
                 rules.append(_fill(copy.deepcopy(rule["spec"]), values))
+                counts.append(rule.get("counts"))
         chains.append({"table": ch["table"], "name": f"{ch['name']}_{params.queue_out}",
-                       "hook": ch["hook"], "rules": rules})
+                       "hook": ch["hook"], "rules": rules, "counts": counts})
     return chains
 
 
@@ -138,6 +141,41 @@ class RuleSet:
         while self.installed:
             v6, ch = self.installed.pop()
             self._remove_chain(v6, ch)
+
+    def replace_rules(self, chains: list[dict]) -> None:
+        """Swap the rules of the installed chains for those of ``chains`` (same chain
+        names) without a moment where a chain is empty: the new rules are appended, then
+        the old ones deleted. Raises :class:`RulesError`."""
+        from iptc import easy
+        new = {ch["name"]: ch for ch in chains}
+        try:
+            for i, (v6, ch) in enumerate(self.installed):
+                repl = new.get(ch["name"])
+                if repl is None or repl["rules"] == ch["rules"]:
+                    continue
+                for rule in repl["rules"]:
+                    easy.add_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                for rule in ch["rules"]:
+                    easy.delete_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                self.installed[i] = (v6, repl)
+        except Exception as e:
+            raise RulesError(f"replacing rules failed: {e}") from None
+        self.chains = [new.get(ch["name"], ch) for ch in self.chains]
+
+    def counts(self) -> dict[str, int]:
+        """Packets counted by the kernel for each ``counts`` label of the rule set
+        (IPv4 and IPv6 added up), e.g. ``{"already_mptcp": 3, "port_filter": 12}``."""
+        from iptc import easy
+        out: dict[str, int] = {}
+        for v6, ch in self.installed:
+            labels = ch.get("counts") or []
+            if not any(labels):
+                continue
+            dumped = easy.dump_chain(ch["table"], ch["name"], ipv6=v6)
+            for label, rule in zip(labels, dumped):
+                if label:
+                    out[label] = out.get(label, 0) + int(rule.get("counters", (0, 0))[0])
+        return out
 
 
 def count_rules(names_prefix: str = "MPTCP_PROXY") -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,13 +89,14 @@ def _outcome(err: str | None) -> str:
 
 
 def _log_index(px: ProxyHandle, conn_id: int, event: str, timeout: float = 3.0) -> int:
-    """Position of the daemon's event line ``[EVENT] conn=N ...`` (its stderr is read by a
-    thread; events are logged in the shape of ``ip mptcp monitor``)."""
-    needle = (f"{event}]", f" conn={conn_id} ")
+    """Position of the daemon's event line ``[ EVENT] ... conn=N ...`` (shaped like ``ip
+    mptcp monitor``, mptcp_proxy/eventfmt.py; stderr is read by a thread)."""
+    needle = f"[{event}] ... conn={conn_id}"
+    rx = re.compile(rf"\[ *{re.escape(event)}\] .*\bconn={conn_id}( |$)")
 
     def find() -> int | None:
         for i, line in enumerate(list(px.log)):
-            if all(p in line for p in needle):
+            if rx.search(line):
                 return i + 1  # truthy for _wait
         return None
     pos = wait_until(find, timeout, 0.05)

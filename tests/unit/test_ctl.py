@@ -18,7 +18,8 @@ import time
 import pytest
 
 from mptcp_proxy import ctl, daemon
-from mptcp_proxy.control import Fault
+from mptcp_proxy.core.counters import COUNTERS
+from mptcp_proxy.ctlproto import DEFAULT_CONTROL, Fault
 
 STATUS = {"pid": 4242, "uptime": 3725.2, "interfaces": ["eth0", "wlan0"], "connections": 2,
           "packets": 1000, "ports": [], "checksum": False}
@@ -45,9 +46,22 @@ SUBFLOWS = [
 STATS = {"DSSTx": 12, "AcksConsumed": 3, "MPJoinSynTx": 0, "RstRx": 0}
 HANDOVER = [{"conn": 1, "subflow": 2, "pending": True}, {"conn": 5, "subflow": 1,
                                                          "pending": False}]
+METRICS = "# HELP mptcp_proxy_DSSTx_total segments sent with a DSS mapping\n" \
+          "# TYPE mptcp_proxy_DSSTx_total counter\nmptcp_proxy_DSSTx_total 12.0\n"
+EVENTS = [  # what the daemon streams after a monitor request
+    {"event": {"type": "HANDOVER", "time": 10.5, "wall": 1796600000.25, "conn": 1,
+               "token": "0badcafe", "subflow": 1, "saddr": "10.0.1.1", "daddr": "192.0.2.9",
+               "sport": 40001, "dport": 80, "from_subflow": 0}},
+    {"lost": 3},
+    {"event": {"type": "SF_PRIO", "time": 10.6, "wall": 1796600000.35, "conn": 1,
+               "token": "0badcafe", "subflow": 0, "locid": 1, "remid": 0,
+               "saddr": "2001:db8::1", "daddr": "2001:db8::2", "sport": 40001, "dport": 80,
+               "backup": 1, "iface": "eth0"}},
+]
 CANNED = {"status": STATUS, "connections": CONNECTIONS, "subflows": SUBFLOWS, "stats": STATS,
           "add-subflow": SUBFLOWS[1], "remove-subflow": dict(SUBFLOWS[0], state="closing"),
-          "handover": HANDOVER, "prio": SUBFLOWS[1]}
+          "handover": HANDOVER, "prio": SUBFLOWS[1], "metrics": METRICS,
+          "monitor": {"stream": "events"}}
 
 
 class FakeDaemon:
@@ -100,12 +114,16 @@ class FakeDaemon:
                 if self.mode == "close":
                     return
                 data = self._reply(req)
+                if req["cmd"] == "monitor" and self.error is None:
+                    data += b"".join(json.dumps(e).encode() + b"\n" for e in EVENTS)
                 if self.mode == "chunked":
                     for i in range(0, len(data), 7):
                         conn.sendall(data[i:i + 7])
                         time.sleep(0.001)
                 else:
                     conn.sendall(data)
+                if req["cmd"] == "monitor":
+                    return  # the stream ends: as when the daemon stops
 
     def close(self) -> None:
         self.done.set()
@@ -159,8 +177,8 @@ def test_connections_table(fake, capsys):
     code, out, err = run(capsys, "connections")
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "STATE", "LOCAL", "REMOTE", "SUBFLOWS", "ACTIVE", "TOKEN",
-                              "SENT", "ACKED", "RECEIVED", "AGE"]
+    assert header.split() == ["CONN", "STATE", "LOCAL", "REMOTE", "SUBFLOWS", "ACTIVE_SF",
+                              "PEER_TOKEN", "DATA_SENT", "DATA_ACKED", "DATA_RCVD", "AGE"]
     assert len(rows) == 2
     r1 = rows[0].split()
     assert r1[:7] == ["1", "established", "10.0.1.1:40001", "192.0.2.9:80", "2", "1",
@@ -189,12 +207,14 @@ def test_subflows_table(fake, capsys):
     code, out, err = run(capsys, "subflows", "1")
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "STATE", "IFACE", "LOCAL", "REMOTE", "ADDR_ID", "BACKUP",
-                              "PEER_BACKUP", "ACTIVE", "SENT", "ACKED", "RECEIVED"]
+    assert header.split() == ["SF", "STATE", "IFACE", "LOCAL", "REMOTE", "LOCID", "REMID",
+                              "BACKUP", "PEER_BACKUP", "SENDING", "SENT", "ACKED", "RECEIVED"]
     assert rows[0].split() == ["0", "established", "eth0", "10.0.1.1:40001", "192.0.2.9:80",
-                               "0", "no", "no", "no", "1.5", "kB", "1.5", "kB", "100", "B"]
+                               "0", "-", "no", "no", "no", "1.5", "kB", "1.5", "kB", "100",
+                               "B"]
     assert rows[1].split() == ["1", "syn_sent", "wlan0", "10.0.2.1:40000", "192.0.2.9:80",
-                               "2", "yes", "yes", "yes", "7.0", "MB", "7.0", "MB", "0", "B"]
+                               "2", "-", "yes", "yes", "yes", "7.0", "MB", "7.0", "MB", "0",
+                               "B"]
     assert fake.requests == [{"cmd": "subflows", "args": {"conn": 1}}]
 
 
@@ -202,9 +222,66 @@ def test_stats_sorted_all_by_default(fake, capsys):
     code, out, err = run(capsys, "stats")
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
-    assert header.split() == ["NAME", "VALUE"]
-    assert [r.split() for r in rows] == [["AcksConsumed", "3"], ["DSSTx", "12"],
-                                         ["MPJoinSynTx", "0"], ["RstRx", "0"]]
+    assert header.split() == ["NAME", "VALUE", "MEANING"]
+    assert [r.split()[:2] for r in rows] == [["AcksConsumed", "3"], ["DSSTx", "12"],
+                                             ["MPJoinSynTx", "0"], ["RstRx", "0"]]
+    for row in rows:  # each counter with the help text of the registry
+        name = row.split()[0]
+        assert row.rstrip().endswith(COUNTERS[name]), row
+
+
+def test_stats_prometheus_prints_the_daemons_text(fake, capsys):
+    assert run(capsys, "stats", "--prometheus") == (0, METRICS, "")
+    assert fake.requests == [{"cmd": "metrics", "args": {}}]
+
+
+def test_monitor_human_lines(fake, capsys, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    code, out, err = run(capsys, "monitor")
+    time.tzset()
+    assert code == 7 and "closed the event stream" in err  # the fake hung up
+    assert "3 event(s) lost" in err
+    lines = out.splitlines()
+    assert lines == [
+        "23:33:20.250 [      HANDOVER] token=0badcafe saddr4=10.0.1.1 daddr4=192.0.2.9 "
+        "sport=40001 dport=80 conn=1 subflow=1 from_subflow=0",
+        "23:33:20.350 [       SF_PRIO] token=0badcafe remid=0 locid=1 saddr6=2001:db8::1 "
+        "daddr6=2001:db8::2 sport=40001 dport=80 backup=1 conn=1 subflow=0 iface=eth0"]
+    assert fake.requests == [{"cmd": "monitor", "args": {}}]
+
+
+def test_monitor_json_one_object_per_line(fake, capsys):
+    code, out, _ = run(capsys, "--json", "monitor")
+    assert code == 7
+    assert [json.loads(ln) for ln in out.splitlines()] == [EVENTS[0]["event"],
+                                                            EVENTS[2]["event"]]
+
+
+def test_monitor_refused(fake, capsys):
+    fake.error = (int(Fault.PERMISSION_DENIED), "the control socket is open to root only")
+    code, out, err = run(capsys, "monitor")
+    assert (code, out) == (6, "") and "open to root" in err
+
+
+def test_status_interfaces_and_unconverted(fake, capsys):
+    fake.results["status"] = dict(STATUS, interfaces=[
+        {"name": "eth0", "state": "up", "addr_id": 1, "addresses": ["10.0.1.1", "fd00::1"]},
+        {"name": "wlan0", "state": "down", "addr_id": 2, "addresses": []}],
+        unconverted={"port_filter": 7, "already_mptcp": 0, "fallback": 2,
+                     "not_parseable": None})
+    code, out, err = run(capsys, "status")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    i = lines.index("interfaces:")
+    assert lines[i + 1].split() == ["NAME", "STATE", "LOCID", "ADDRESSES"]
+    assert lines[i + 2].split() == ["eth0", "up", "1", "10.0.1.1,", "fd00::1"]
+    assert lines[i + 3].split() == ["wlan0", "down", "2", "-"]
+    j = lines.index("left unconverted:")
+    rows = {ln.split()[0] + " " + ln.split()[1]: ln for ln in lines[j + 2:]}
+    assert rows["port filter"].split()[2] == "7" and "--port" in rows["port filter"]
+    assert rows["fallback 2"].startswith("  fallback")
+    assert rows["not parseable"].split()[2] == "-"  # unknown, not zero
 
 
 def test_stats_nonzero(fake, capsys):
@@ -295,9 +372,9 @@ def test_chunked_reply(fake, capsys):
 
 # ---------------------------------------------------------------- socket path
 def test_socket_default_and_env(monkeypatch):
-    assert ctl.DEFAULT_SOCKET == daemon.DEFAULT_CONTROL
+    assert ctl.DEFAULT_SOCKET == daemon.DEFAULT_CONTROL == DEFAULT_CONTROL
     monkeypatch.delenv(ctl.SOCKET_ENV, raising=False)
-    assert ctl.parse_args(["status"]).socket == "/run/mptcp-proxy.sock"
+    assert ctl.parse_args(["status"]).socket == "/run/mptcp-proxy/control.sock"
     monkeypatch.setenv(ctl.SOCKET_ENV, "/tmp/elsewhere.sock")
     assert ctl.parse_args(["status"]).socket == "/tmp/elsewhere.sock"
     assert ctl.parse_args(["--socket", "/x.sock", "status"]).socket == "/x.sock"
@@ -435,7 +512,7 @@ def test_one_do_method_per_verb():
     sub = next(a for a in parser._actions if a.dest == "verb")
     verbs = set(sub.choices)
     assert verbs == {"status", "connections", "subflows", "add-subflow", "remove-subflow",
-                     "handover", "prio", "stats"}
+                     "handover", "prio", "stats", "monitor", "debug-dump"}
     for v in verbs:
         assert callable(getattr(ctl.Controller, "do_" + v.replace("-", "_")))
 
