@@ -103,8 +103,8 @@ COUNTERS: dict[str, str] = {
     # -- the driver
     "QueueOverrun": "times the kernel dropped queued packets (socket buffer full)",
     "VerdictErrors": "verdicts the kernel refused",
-    "QueueAttrReparse": "queued packets whose attributes the queue library misread "
-                        "(an attribute type it does not know), re-read by the driver",
+    "QueueAttrReparse": "queued packets whose attributes the queue library misread, "
+                        "re-read by the driver",
     "InternalErrors": "packets or timers whose handling raised (a bug)",
 }
 
