@@ -24,8 +24,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
-
 from . import __version__
 from .core.events import INFO_EVENTS, Event
 from .core.proxy import Proxy, ProxyConfig
@@ -70,6 +68,16 @@ def _mark(text: str) -> int:
     return v
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mptcp-proxy",
@@ -107,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accept-all", action="store_true",
                    help="benchmark floor: bind the queues and accept every packet unmodified "
                         "(no conversion at all)")
+    p.add_argument("--max-connections", type=_count, default=0, metavar="N",
+                   help="connections tracked at once (0: no limit)")
+    p.add_argument("--max-syn-sent", type=_count, default=0, metavar="N",
+                   help="of them, connections still in SYN_SENT (0: no limit)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="do not run: undo what a daemon of the same --queue killed in this "
+                        "network namespace left behind (rules, sysctls, routes), then exit "
+                        "(for a service manager's stop-post step)")
     p.add_argument("--log-level", "-l", default="info",
                    choices=["debug", "info", "warning", "error"], help="log level")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -116,43 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
 def fail(code: int, msg: str) -> int:
     print(f"mptcp-proxy: error: {msg}", file=sys.stderr, flush=True)
     return code
-
-
-class RpFilter:
-    """Switch interfaces to loose reverse-path filtering (rp_filter=2) where the
-    effective value is strict, and restore them (DESIGN.md §3.10)."""
-
-    def __init__(self, ifaces: list[str]) -> None:
-        self.ifaces = ifaces
-        self.saved: dict[str, str] = {}
-
-    @staticmethod
-    def _path(name: str) -> Path:
-        return Path("/proc/sys/net/ipv4/conf") / name / "rp_filter"
-
-    def apply(self) -> None:
-        try:
-            all_v = int(self._path("all").read_text())
-        except OSError:
-            return
-        for name in self.ifaces:
-            p = self._path(name)
-            try:
-                v = int(p.read_text())
-            except OSError:
-                continue
-            if max(all_v, v) == 1:
-                self.saved[name] = str(v)
-                p.write_text("2")
-                log.info("%s: rp_filter %d -> 2 (loose) while the proxy runs", name, v)
-
-    def restore(self) -> None:
-        for name, v in self.saved.items():
-            try:
-                self._path(name).write_text(v)
-            except OSError:
-                pass
-        self.saved.clear()
 
 
 def log_event(ev: Event) -> None:
@@ -168,11 +147,15 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     from .control import ControlServer
     from .core.pm import LocalIface, PathManager, PmConfig
     from .links import FallbackRoutes, LinkMonitor, PortReservations
+    from .links import RpFilter
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
+    from .recovery import Journal, journal_path, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
     loop = asyncio.get_running_loop()
-    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum)
+    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,
+                         max_connections=args.max_connections,
+                         max_syn_sent=args.max_syn_sent)
     proxy = Proxy(config, random_bytes=os.urandom)
     ports = PortReservations()
     pm = PathManager(
@@ -198,7 +181,23 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         return fail(EXIT_QUEUE, str(e))
     params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
                         mark=args.mark, ports=sorted(args.port))
-    rp = RpFilter(list(ifaces))
+    # the queues are ours: undo what a killed daemon of this queue left, then journal ours
+    try:
+        chains = load_ruleset("endhost", params)
+    except RulesError as e:
+        driver.unbind()
+        return fail(EXIT_RULES, str(e))
+    try:
+        _undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
+                                      FALLBACK_RULE_PREF)
+    except ValueError as e:  # an unreadable journal: left for the user to look at
+        driver.unbind()
+        return fail(EXIT_FAIL, str(e))
+    journal = Journal(journal_path(args.queue), args.queue)
+    if failed:  # kept in our journal: tried again when we stop
+        log.error("could not undo %d change(s) of an earlier daemon", len(failed))
+        journal.adopt(failed)
+    rp = RpFilter(list(ifaces), journal)
     rules = None
     control = None
 
@@ -213,13 +212,13 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     fallback = None
     if not args.no_fallback_routes:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
-                                  pref=FALLBACK_RULE_PREF)
+                                  pref=FALLBACK_RULE_PREF, journal=journal)
     monitor = LinkMonitor(list(ifaces), on_link,
                           in_thread=(lambda name, up: fallback.refresh() if up else None)
                           if fallback is not None else None)
     try:
         try:
-            rules = RuleSet(load_ruleset("endhost", params))
+            rules = RuleSet(chains, journal=journal)
             rules.install()
         except RulesError as e:
             return fail(EXIT_RULES, str(e))
@@ -267,6 +266,38 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                 step()
             except Exception:
                 log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
+        left = journal.undo_all()  # whatever a step above could not undo: one more try
+        if left:
+            log.error("%d change(s) could not be undone; kept in %s for "
+                      "'mptcp-proxy --cleanup'", len(left), journal.path)
+
+
+def cleanup(args) -> int:
+    """``--cleanup``: undo what a daemon of ``args.queue`` left in this network namespace
+    (its state journal, then its chains and fallback rule by name). Holds the queues while
+    it works, so it never pulls the rules from under a running daemon (exit 5 then)."""
+    from .fnfq import FnfqueueDriver
+    from .nfqueue import QueueBusyError
+    from .recovery import recover_all
+    from .rules import RuleParams, RulesError, load_ruleset
+    probe = FnfqueueDriver(None, args.queue, args.queue + 1, None)
+    try:
+        probe.bind()
+    except QueueBusyError as e:
+        return fail(EXIT_QUEUE, f"{e}: a daemon is running, nothing cleaned up")
+    try:
+        params = RuleParams(ifaces=list(args.iface), queue_out=args.queue,
+                            queue_in=args.queue + 1, mark=args.mark, ports=sorted(args.port))
+        chains = load_ruleset("endhost", params)
+        undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
+                                     FALLBACK_RULE_PREF)
+    except (RulesError, ValueError) as e:
+        return fail(EXIT_FAIL, str(e))
+    finally:
+        probe.unbind()
+    print(f"mptcp-proxy cleanup: queue {args.queue}: {undone} recorded change(s) undone"
+          + (f", {len(failed)} could not be" if failed else ""), flush=True)
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")
+    if args.cleanup:
+        return cleanup(args)
     from .links import read_ifaces
     try:
         ifaces = read_ifaces(args.iface)

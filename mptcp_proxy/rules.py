@@ -76,13 +76,38 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
     return chains
 
 
-class RuleSet:
-    """An installed rule set, for IPv4 and IPv6; :meth:`remove` undoes :meth:`install`."""
+def remove_chain(v6: bool, table: str, name: str, hook: str) -> None:
+    """Remove our chain ``name`` of ``table``: its jump rules from the built-in ``hook``,
+    its rules, the chain. Nothing else is touched; a missing chain is no error."""
+    from iptc import easy
+    try:
+        for r in easy.dump_chain(table, hook, ipv6=v6):
+            if r.get("target") == name:
+                easy.delete_rule(table, hook, {"target": name}, ipv6=v6)
+    except Exception as e:
+        log.debug("jump rule %s: %s", name, e)
+    try:
+        if not easy.has_chain(table, name, ipv6=v6):
+            return
+        for rule in easy.dump_chain(table, name, ipv6=v6):
+            rule.pop("counters", None)
+            easy.delete_rule(table, name, rule, ipv6=v6)
+        easy.delete_chain(table, name, ipv6=v6, flush=False)
+    except Exception as e:
+        log.error("could not remove chain %s/%s: %s", table, name, e)
+        raise
 
-    def __init__(self, chains: list[dict], ipv6: bool = True) -> None:
+
+class RuleSet:
+    """An installed rule set, for IPv4 and IPv6; :meth:`remove` undoes :meth:`install`.
+    With a ``journal`` (:class:`~mptcp_proxy.recovery.Journal`), each chain is recorded
+    before it is created and forgotten once removed."""
+
+    def __init__(self, chains: list[dict], ipv6: bool = True, journal=None) -> None:
         self.chains = chains
         self.families = [False, True] if ipv6 else [False]
         self.installed: list[tuple[bool, dict]] = []
+        self.journal = journal
 
     def install(self) -> None:
         try:
@@ -93,6 +118,9 @@ class RuleSet:
         try:
             for v6 in self.families:
                 for ch in self.chains:
+                    if self.journal is not None:
+                        self.journal.record("chain", table=ch["table"], name=ch["name"],
+                                            hook=ch["hook"], v6=v6)
                     easy.add_chain(ch["table"], ch["name"], ipv6=v6)
                     self.installed.append((v6, ch))
                     for rule in ch["rules"]:
@@ -116,28 +144,21 @@ class RuleSet:
                                 " (IPv6)" if v6 else "")
                     self._remove_chain(v6, ch)
 
-    def _remove_chain(self, v6: bool, ch: dict) -> None:
-        from iptc import easy
-        table, name, hook = ch["table"], ch["name"], ch["hook"]
+    def _remove_chain(self, v6: bool, ch: dict) -> bool:
         try:
-            for r in easy.dump_chain(table, hook, ipv6=v6):
-                if r.get("target") == name:
-                    easy.delete_rule(table, hook, {"target": name}, ipv6=v6)
-        except Exception as e:
-            log.debug("jump rule %s: %s", name, e)
-        try:
-            for rule in easy.dump_chain(table, name, ipv6=v6):
-                rule.pop("counters", None)
-                easy.delete_rule(table, name, rule, ipv6=v6)
-            easy.delete_chain(table, name, ipv6=v6, flush=False)
-        except Exception as e:
-            log.error("could not remove chain %s/%s: %s", table, name, e)
+            remove_chain(v6, ch["table"], ch["name"], ch["hook"])
+        except Exception:
+            return False
+        return True
 
     def remove(self) -> None:
-        """Remove everything installed (safe to call twice)."""
+        """Remove everything installed (safe to call twice); each chain removed is
+        forgotten by the journal, one that could not be is kept there."""
         while self.installed:
             v6, ch = self.installed.pop()
-            self._remove_chain(v6, ch)
+            if self._remove_chain(v6, ch) and self.journal is not None:
+                self.journal.done({"kind": "chain", "table": ch["table"], "name": ch["name"],
+                                   "hook": ch["hook"], "v6": v6})
 
 
 def count_rules(names_prefix: str = "MPTCP_PROXY") -> int:

@@ -43,7 +43,9 @@ class ProxyConfig:
     or DSS with DATA_ACK and 64-bit mapping, each 24 bytes with padding);
     ``linger``: seconds a closed connection is remembered to absorb late
     segments; ``syn_timeout``: seconds a connection may stay in SYN_SENT;
-    ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE.
+    ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE;
+    ``max_connections``: connections tracked at once, ``max_syn_sent``: of them in
+    SYN_SENT (0 = no limit; the daemon's ``--max-connections``/``--max-syn-sent``).
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
@@ -54,6 +56,8 @@ class ProxyConfig:
     syn_mpc_retries: int = 2
     fin_rto: float = 0.3
     fin_retries: int = 6
+    max_connections: int = 0
+    max_syn_sent: int = 0
 
 
 class Proxy:
