@@ -26,6 +26,7 @@ from .connection import ACCEPT, DROP, Connection, ConnState
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
+from .orphans import Orphans
 from .subflow import Subflow
 from .tcp import TcpPacket, parse_packet
 
@@ -80,6 +81,7 @@ class Proxy:
         self._next_id = 1
         self._seq = 0
         self.pm = None  # path manager hook (multipath); None = single subflow
+        self.orphans = Orphans(self)  # connections of a killed daemon (core/orphans.py)
 
     # ------------------------------------------------------------- plumbing
     def next_conn_id(self) -> int:
@@ -176,6 +178,10 @@ class Proxy:
         flags = pkt.flags
         if entry is None or (entry[0].state in (ConnState.CLOSED, ConnState.FALLBACK)
                              and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
+            if entry is None and self.orphans.table:  # what a killed daemon left
+                v = self.orphans.outbound(pkt, now)
+                if v is not None:
+                    return v
             if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
                 self.counters.inc("PktUnknownConn")
                 return ACCEPT
@@ -202,6 +208,9 @@ class Proxy:
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
+            v = self.orphans.inbound(pkt, now)  # an MPTCP subflow we do not know?
+            if v is not None:
+                return v
             if self.pm is not None:
                 return self.pm.unknown_inbound(pkt, now)
             return ACCEPT
