@@ -188,8 +188,9 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         driver.unbind()
         return fail(EXIT_RULES, str(e))
     try:
-        _undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
-                                      FALLBACK_RULE_PREF)
+        _undone, failed = await loop.run_in_executor(  # (pyroute2's sync API: not in the loop)
+            None, recover_all, args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
+            FALLBACK_RULE_PREF)
     except ValueError as e:  # an unreadable journal: left for the user to look at
         driver.unbind()
         return fail(EXIT_FAIL, str(e))
@@ -266,7 +267,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                 step()
             except Exception:
                 log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
-        left = journal.undo_all()  # whatever a step above could not undo: one more try
+        # whatever a step above could not undo: one more try
+        left = await loop.run_in_executor(None, journal.undo_all)
         if left:
             log.error("%d change(s) could not be undone; kept in %s for "
                       "'mptcp-proxy --cleanup'", len(left), journal.path)
