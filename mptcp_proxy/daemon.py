@@ -149,7 +149,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     from .links import FallbackRoutes, LinkMonitor, PortReservations
     from .links import RpFilter
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
-    from .recovery import Journal, journal_path, recover_all
+    from .recovery import Journal, journal_path, process_age, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
     loop = asyncio.get_running_loop()
@@ -241,6 +241,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         port_txt = ",".join(map(str, params.ports)) or "all"
         print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={port_txt} "
               f"queues={args.queue},{args.queue + 1}", flush=True)
+        log.info("ready %.3f s after the process started", process_age())
         await stop.wait()
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
         proxy.abort_all(time.monotonic())

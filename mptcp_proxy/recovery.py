@@ -62,6 +62,14 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def process_age() -> float:
+    """Seconds since this process started (its start time in /proc/self/stat against
+    CLOCK_BOOTTIME): the daemon's restart-to-ready time, interpreter start included."""
+    import time
+    ticks = int(_start_time(os.getpid()) or 0)
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
 def journal_path(queue: int, run_dir: Path | None = None) -> Path:
     return (run_dir or RUN_DIR) / f"state-{queue}-net{netns_id()}.json"
 

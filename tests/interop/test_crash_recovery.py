@@ -164,7 +164,8 @@ def test_sigkill_mid_transfer_then_restart(strict_bed: Topology, run_proxy) -> N
             ended_s = time.monotonic() - t0
             recs = srv.wait(2, timeout=45)
             pd = px2.stats()
-            print(f"restart to ready {ready_s:.2f} s (process start included); both "
+            age = [ln for ln in px2.log if "after the process started" in ln]
+            print(f"restart to ready {ready_s:.2f} s seen by the test ({age}); both "
                   f"transfers ended {ended_s:.2f} s after the restart; proxy: "
                   f"{nonzero({k: v for k, v in pd.items() if k.startswith('Orphan')})}")
             for rec in (cli_down, cli_up):
