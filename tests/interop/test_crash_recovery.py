@@ -194,3 +194,41 @@ def test_sigkill_mid_transfer_then_restart(strict_bed: Topology, run_proxy) -> N
     finally:
         emu.close()
     assert _state(topo) == before
+
+
+def test_restart_spares_what_is_not_orphaned(topo: Topology, run_proxy) -> None:
+    """Connections that were not the proxy's keep working when a daemon starts under them:
+    a native MPTCP connection of a local application (its segments carry MPTCP options:
+    the probe's answer shows a DSS, it is left alone) and a plain TCP connection (no MPTCP
+    option anywhere: never even suspected)."""
+    emu = Emulation(topo)
+    try:
+        emu.rate(0, 20)
+        mp_srv = start_server(topo, 5001, mptcp=True, timeout=60)
+        tcp_srv = start_server(topo, 5002, mptcp=False, timeout=60)
+        native = subprocess_client(topo, 5001, mptcp=True, seed=41)
+        plain = subprocess_client(topo, 5002, mptcp=False, seed=42)
+        time.sleep(1.0)  # both moving before the daemon starts
+        assert native.poll() is None and plain.poll() is None
+        px = run_proxy(topo, queue=QUEUE)
+        rec_native, rec_plain = _record(native, timeout=90), _record(plain, timeout=90)
+        for rec, seed in ((rec_native, 41), (rec_plain, 42)):
+            assert rec["error"] is None, rec
+            assert rec["recv_sha256"] == expected_sha(seed, 20 * MB, "down")
+        assert rec_native["is_mptcp"] is True, rec_native
+        (srv_native,) = mp_srv.wait(1, timeout=30)
+        (srv_plain,) = tcp_srv.wait(1, timeout=30)
+        assert srv_native["error"] is None and srv_plain["error"] is None
+        pd = px.stats()
+        assert pd["OrphanRstLocal"] == 0 and pd["OrphanRstPeer"] == 0, nonzero(pd)
+        assert pd["OrphanNative"] >= 1, nonzero(pd)
+    finally:
+        emu.close()
+
+
+def subprocess_client(topo: Topology, port: int, mptcp: bool, seed: int) -> subprocess.Popen:
+    argv = python_argv("netns.peer", "client", "--addr", topo.server_addr, "--port", port,
+                       "--download", 20 * MB, "--seed", seed, "--timeout", 30,
+                       *(["--mptcp"] if mptcp else []))
+    return topo.popen(topo.client, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      text=True)

@@ -121,3 +121,16 @@ def test_table_bounded() -> None:
     p.packets_to_send()
     p.inbound(from_peer(sport=60000), 1.0 + orphans_mod.TTL + 1)  # the old ones expire
     assert len(p.orphans) == 1
+
+
+def test_ipv6_orphan_reset() -> None:
+    l6 = bytes.fromhex("fd000001" + "00" * 11 + "01")
+    p6 = bytes.fromhex("fd000101" + "00" * 11 + "01")
+    p = proxy()
+    seg = build_segment(p6, l6, RP, LP, 7000, 3000, TCP_ACK, 500, DSS, b"z" * 50)
+    assert p.inbound(seg, 1.0) is DROP
+    (probe,) = sent(p)
+    assert probe.v6 and probe.dst == l6
+    assert p.outbound(build_segment(l6, p6, LP, RP, 3000, 7050, TCP_ACK, 500), 1.01) is DROP
+    rst_local, rst_peer = sent(p)
+    assert (rst_local.dst, rst_local.seq, rst_peer.dst, rst_peer.seq) == (l6, 7050, p6, 3000)
