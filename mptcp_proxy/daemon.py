@@ -29,8 +29,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
-
 from . import __version__
 from .config import DEFAULT_CONFIG, ConfigError, parse_command_line
 from .core.proxy import Proxy, ProxyConfig
@@ -105,6 +103,16 @@ exit codes:
 """
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mptcp-proxy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -163,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", type=_metrics_addr, default=None, metavar="[ADDR:]PORT",
         help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; a bare "
              "PORT listens on 127.0.0.1; [::1]:PORT for IPv6)")
+    add("--max-connections", type=_count, default=0, metavar="N",
+        help="connections tracked at once (0: no limit); beyond it new connections are "
+             "left as plain TCP")
+    add("--max-syn-sent", type=_count, default=0, metavar="N",
+        help="of them, connections still in SYN_SENT (0: no limit)")
+    add("--cleanup", action="store_true",
+        help="do not run: undo what a daemon of the same --queue killed in this network "
+             "namespace left behind (rules, sysctls, routes), then exit (for a service "
+             "manager's stop-post step)")
     add("--version", action="version", version=f"%(prog)s {__version__}")
     p.option_actions = actions  # what the configuration file reads (config.py)
     return p
@@ -173,43 +190,6 @@ def fail(code: int, msg: str) -> int:
     return code
 
 
-class RpFilter:
-    """Switch interfaces to loose reverse-path filtering (rp_filter=2) where the
-    effective value is strict, and restore them (DESIGN.md §3.10)."""
-
-    def __init__(self, ifaces: list[str]) -> None:
-        self.ifaces = ifaces
-        self.saved: dict[str, str] = {}
-
-    @staticmethod
-    def _path(name: str) -> Path:
-        return Path("/proc/sys/net/ipv4/conf") / name / "rp_filter"
-
-    def apply(self) -> None:
-        try:
-            all_v = int(self._path("all").read_text())
-        except OSError:
-            return
-        for name in self.ifaces:
-            p = self._path(name)
-            try:
-                v = int(p.read_text())
-            except OSError:
-                continue
-            if max(all_v, v) == 1:
-                self.saved[name] = str(v)
-                p.write_text("2")
-                log.info("%s: rp_filter %d -> 2 (loose) while the proxy runs", name, v)
-
-    def restore(self) -> None:
-        for name, v in self.saved.items():
-            try:
-                self._path(name).write_text(v)
-            except OSError:
-                pass
-        self.saved.clear()
-
-
 async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | None = None,
               argv: list[str] | None = None, ring: RingHandler | None = None,
               group: int | None = None) -> int:
@@ -218,11 +198,15 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     from .service import notify
     from .core.policy import LocalIface, PathManager, PmConfig
     from .links import FallbackRoutes, LinkMonitor, PortReservations
+    from .links import RpFilter
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
+    from .recovery import Journal, journal_path, process_age, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
     loop = asyncio.get_running_loop()
-    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum)
+    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,
+                         max_connections=args.max_connections,
+                         max_syn_sent=args.max_syn_sent)
     ports = PortReservations()
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
@@ -254,7 +238,24 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         return fail(EXIT_QUEUE, str(e))
     params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
                         mark=args.mark, ports=sorted(args.port))
-    rp = RpFilter(list(ifaces))
+    # the queues are ours: undo what a killed daemon of this queue left, then journal ours
+    try:
+        chains = load_ruleset("endhost", params)
+    except RulesError as e:
+        driver.unbind()
+        return fail(EXIT_RULES, str(e))
+    try:
+        _undone, failed = await loop.run_in_executor(  # (pyroute2's sync API: not in the loop)
+            None, recover_all, args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
+            FALLBACK_RULE_PREF)
+    except ValueError as e:  # an unreadable journal: left for the user to look at
+        driver.unbind()
+        return fail(EXIT_FAIL, str(e))
+    journal = Journal(journal_path(args.queue), args.queue)
+    if failed:  # kept in our journal: tried again when we stop
+        log.error("could not undo %d change(s) of an earlier daemon", len(failed))
+        journal.adopt(failed)
+    rp = RpFilter(list(ifaces), journal)
     rules = None
     control = None
 
@@ -269,13 +270,13 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     fallback = None
     if not args.no_fallback_routes:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
-                                  pref=FALLBACK_RULE_PREF)
+                                  pref=FALLBACK_RULE_PREF, journal=journal)
     monitor = LinkMonitor(list(ifaces), on_link,
                           in_thread=(lambda name, up: fallback.refresh() if up else None)
                           if fallback is not None else None)
     try:
         try:
-            rules = RuleSet(load_ruleset("endhost", params))
+            rules = RuleSet(chains, journal=journal)
             rules.install()
             rt.rules, rt.params = rules, params
         except RulesError as e:
@@ -303,6 +304,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
               f"queues={args.queue},{args.queue + 1}", flush=True)
         notify("READY=1")
         notify(f"STATUS=converting TCP on {','.join(ifaces)} (ports {port_txt})")
+        log.info("ready %.3f s after the process started", process_age())
         await stop.wait()
         notify("STOPPING=1")
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
@@ -330,6 +332,39 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
                 step()
             except Exception:
                 log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
+        # whatever a step above could not undo: one more try
+        left = await loop.run_in_executor(None, journal.undo_all)
+        if left:
+            log.error("%d change(s) could not be undone; kept in %s for "
+                      "'mptcp-proxy --cleanup'", len(left), journal.path)
+
+
+def cleanup(args) -> int:
+    """``--cleanup``: undo what a daemon of ``args.queue`` left in this network namespace
+    (its state journal, then its chains and fallback rule by name). Holds the queues while
+    it works, so it never pulls the rules from under a running daemon (exit 5 then)."""
+    from .fnfq import FnfqueueDriver
+    from .nfqueue import QueueBusyError
+    from .recovery import recover_all
+    from .rules import RuleParams, RulesError, load_ruleset
+    probe = FnfqueueDriver(None, args.queue, args.queue + 1, None)
+    try:
+        probe.bind()
+    except QueueBusyError as e:
+        return fail(EXIT_QUEUE, f"{e}: a daemon is running, nothing cleaned up")
+    try:
+        params = RuleParams(ifaces=list(args.iface), queue_out=args.queue,
+                            queue_in=args.queue + 1, mark=args.mark, ports=sorted(args.port))
+        chains = load_ruleset("endhost", params)
+        undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
+                                     FALLBACK_RULE_PREF)
+    except (RulesError, ValueError) as e:
+        return fail(EXIT_FAIL, str(e))
+    finally:
+        probe.unbind()
+    print(f"mptcp-proxy cleanup: queue {args.queue}: {undone} recorded change(s) undone"
+          + (f", {len(failed)} could not be" if failed else ""), flush=True)
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"missing {' and '.join(missing)}: run as root, or as a user holding "
                     "CAP_NET_ADMIN and CAP_NET_RAW (the systemd unit grants exactly these: "
                     "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)")
+    if args.cleanup:
+        return cleanup(args)
     from .links import read_ifaces
     try:
         ifaces = read_ifaces(args.iface)

@@ -13,8 +13,22 @@ differences that matter for speed (measured in tools/bench):
   so, and the core then recomputes the checksum of what it rewrites, or leaves it
   to the kernel's segmentation for a GSO packet (see ``core.tcp.CSUM_*``).
 
-netfilterqueue (the default backend) cannot do this: it copies at most 4016 bytes
-of a packet and has no API for queue flags.
+netfilterqueue cannot do this: it copies at most 4016 bytes of a packet and has no
+API for queue flags.
+
+What the library gets wrong, and how this driver copes (fnfqueue 1.1.2; see
+docs/queue-backends.md): its ``parse_packet`` stores each netlink attribute at
+``attr[type]`` with no bound check, in an array sized by the kernel headers it was
+built with (``NFQA_MAX`` = 20, ``NFQA_L2HDR``). Linux sends ``NFQA_PRIORITY`` (21)
+whenever ``skb->priority`` is not 0 — any socket with ``SO_PRIORITY`` or ``IP_TOS``
+set, OpenSSH's for instance — and ``NFQA_CGROUP_CLASSID`` (22) for a socket in a
+net_cls cgroup. Entry 21 overlaps the struct's own ``seq``/``msg_flags``/``msg_len``,
+so the walk stops there and every later attribute, ``NFQA_SKB_INFO`` and
+``NFQA_PAYLOAD`` included, is lost; entry 22 and above fall past the struct. The
+driver therefore allocates each packet struct with room for :data:`ATTR_SLACK`
+extra entries (nothing outside it is ever written) and, when the payload
+attribute came back empty, walks the attributes itself
+(:func:`reparse_attributes`) — the common case stays in C.
 """
 
 from __future__ import annotations
@@ -45,6 +59,58 @@ SO_RCVBUFFORCE = 33
 NFQA_SKB_CSUMNOTREADY = 1 << 0
 NFQA_SKB_GSO = 1 << 1
 NFQA_SKB_CSUM_NOTVERIFIED = 1 << 2  # (set on PREROUTING unless the NIC/kernel verified it)
+NLA_TYPE_MASK = 0x3FFF  # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
+NLMSG_HDRLEN = 16
+NFGENMSG_LEN = 4
+NFQA_PRIORITY = 21  # past the array of fnfqueue 1.1.2 (built with NFQA_MAX = 20)
+
+ATTR_SLACK = 64
+"""Extra ``struct nfq_attr`` entries allocated behind every packet struct, so that
+the library's unchecked ``attr[type]`` store of an attribute type it does not
+know (up to ``NFQA_MAX + ATTR_SLACK``) lands in memory of ours."""
+
+_NLA = struct.Struct("=HH")
+_NLMSG_LEN = struct.Struct("=I")
+
+
+def alloc_packet(ffi, bufsize: int = PACKET_BUF):
+    """A ``struct nfq_packet *`` with :data:`ATTR_SLACK` spare attribute entries and
+    a receive buffer of ``bufsize`` bytes; returns ``(packet, keepalive)`` (keep the
+    second alive as long as the first is used)."""
+    size = ffi.sizeof("struct nfq_packet") + ATTR_SLACK * ffi.sizeof("struct nfq_attr")
+    raw = ffi.new("char[]", size)
+    p = ffi.cast("struct nfq_packet *", raw)
+    b = ffi.new("char[]", bufsize)
+    p.buffer, p.len = b, bufsize
+    return p, (raw, b)
+
+
+def reparse_attributes(ffi, lib, p, bufsize: int = PACKET_BUF) -> bool:
+    """Walk the netlink attributes of the message in ``p.buffer`` again and set
+    ``p.attr[NFQA_PAYLOAD]``, ``[NFQA_SKB_INFO]`` and ``[NFQA_CAP_LEN]`` from them
+    (pointers into the buffer). For a packet whose payload ``parse_packet`` lost;
+    bounded by the message's own length and the buffer's. Returns True when a
+    payload was found."""
+    buf = ffi.buffer(ffi.cast("char *", p.buffer), bufsize)
+    end = min(_NLMSG_LEN.unpack_from(buf, 0)[0], bufsize)
+    wanted = {lib.NFQA_PAYLOAD: None, lib.NFQA_SKB_INFO: None, lib.NFQA_CAP_LEN: None}
+    off = NLMSG_HDRLEN + NFGENMSG_LEN
+    while off + 4 <= end:
+        nla_len, nla_type = _NLA.unpack_from(buf, off)
+        if nla_len < 4 or off + nla_len > end:
+            break
+        t = nla_type & NLA_TYPE_MASK
+        if t in wanted:
+            wanted[t] = (off + 4, nla_len - 4)
+        off += (nla_len + 3) & ~3
+    base = ffi.cast("char *", p.buffer)
+    for t, found in wanted.items():
+        a = p.attr[t]
+        if found is None:
+            a.buffer, a.len = ffi.NULL, 0
+        else:
+            a.buffer, a.len = base + found[0], found[1]
+    return wanted[lib.NFQA_PAYLOAD] is not None
 
 
 class FnfqueueDriver(DriverBase):
@@ -70,6 +136,8 @@ class FnfqueueDriver(DriverBase):
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._bound: list[int] = []
+        self.early_accepted = 0  # packets accepted unconverted while binding
+        self.reparsed = 0  # packets whose attributes the library misread (see above)
 
     # ------------------------------------------------------------- set-up
     def _call(self, fn, *args) -> None:
@@ -88,9 +156,16 @@ class FnfqueueDriver(DriverBase):
                     continue
                 raise OSError(ffi.errno, os.strerror(ffi.errno))
             p = self.pkts[0]
+            seq_of = p.seq  # parse_packet may overwrite it (see the module docstring)
             err = lib.parse_packet(p)
-            if p.seq == seq:
-                if err not in (-1, 0):
+            if err == 0:
+                # a packet queued while we set up (stale rules of a killed daemon already
+                # send traffic here): never leave it without a verdict
+                lib.set_verdict(self.conn, p, lib.NF_ACCEPT, 0, 0, 0)
+                self.early_accepted += 1
+                continue
+            if seq_of == seq:
+                if err != -1:
                     raise OSError(err, os.strerror(err))
                 return
         raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_queue")
@@ -110,14 +185,7 @@ class FnfqueueDriver(DriverBase):
         finally:
             s.close()
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
-        self.pkts = ffi.new("struct nfq_packet*[]", BATCH)
-        self._keep = []
-        for i in range(BATCH):
-            p = ffi.new("struct nfq_packet *")
-            b = ffi.new("char []", PACKET_BUF)
-            p.buffer, p.len = b, PACKET_BUF
-            self._keep.append((p, b))
-            self.pkts[i] = p
+        self.alloc_batch()
         for num in (self.queue_out, self.queue_in):
             try:
                 self._call(lib.bind_queue, num)
@@ -130,6 +198,16 @@ class FnfqueueDriver(DriverBase):
             self._call(lib.set_maxlen, num, MAX_QUEUE_LEN)
             if self.gso:
                 self._call(lib.set_flags, num, lib.NFQA_CFG_F_GSO, lib.NFQA_CFG_F_GSO)
+
+    def alloc_batch(self) -> None:
+        """The :data:`BATCH` packet structs and buffers ``receive`` fills."""
+        ffi = self.ffi
+        self.pkts = ffi.new("struct nfq_packet*[]", BATCH)
+        self._keep = []
+        for i in range(BATCH):
+            p, keep = alloc_packet(ffi)
+            self._keep.append(keep)
+            self.pkts[i] = p
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -164,6 +242,7 @@ class FnfqueueDriver(DriverBase):
         PAYLOAD, SKB_INFO = lib.NFQA_PAYLOAD, lib.NFQA_SKB_INFO
         NF_ACCEPT, NF_DROP, MANGLE = lib.NF_ACCEPT, lib.NF_DROP, lib.MANGLE_PAYLOAD
         unpack, cast, from_buffer, ffi_buffer = ffi.unpack, ffi.cast, ffi.from_buffer, ffi.buffer
+        NULL = ffi.NULL
         verdict = lib.set_verdict
         accept_all = self.accept_all
         for _ in range(8):  # bounded, so timers and the control socket get their turn
@@ -183,6 +262,10 @@ class FnfqueueDriver(DriverBase):
                     continue  # acknowledgements, errors of earlier verdicts
                 self.packets += 1
                 a = p.attr[PAYLOAD]
+                if a.buffer == NULL:  # an attribute the library does not know cut it
+                    reparse_attributes(ffi, lib, p)
+                    self.reparsed += 1
+                    proxy.counters.inc("QueueAttrReparse")
                 if accept_all:
                     unpack(cast("char *", a.buffer), a.len)
                     verdict(conn, p, NF_ACCEPT, 0, 0, 0)

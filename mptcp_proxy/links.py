@@ -9,6 +9,7 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger("mptcp_proxy.links")
@@ -178,12 +179,20 @@ class FallbackRoutes:
     local socket cannot send at all.
     """
 
-    def __init__(self, names: list[str], table: int, pref: int) -> None:
+    def __init__(self, names: list[str], table: int, pref: int, journal=None) -> None:
         self.names = list(names)
         self.table = table
         self.pref = pref
+        self.journal = journal  # recovery.Journal: every rule and route recorded first
         self.gateways: dict[tuple[str, int], str | None] = {}  # (iface, family) -> gw
         self.installed_rules: list[int] = []
+
+    def _record(self, kind: str, **fields) -> None:
+        if self.journal is not None:
+            self.journal.record(kind, **fields)
+
+    def _rule_entry(self, fam: int) -> dict:
+        return {"kind": "ip_rule", "family": fam, "table": self.table, "priority": self.pref}
 
     def discover(self) -> None:
         """Learn each interface's default gateway from the routing tables (any table)."""
@@ -204,10 +213,16 @@ class FallbackRoutes:
         from pyroute2 import IPRoute
         self.discover()
         self.refresh()
+        from .recovery import undo
         with IPRoute() as ipr:
             for fam in (socket.AF_INET, socket.AF_INET6):
                 if not any(f == fam for (_n, f) in self.gateways):
                     continue
+                entry = self._rule_entry(fam)
+                # exactly our rule (this preference, our table), left by a daemon that
+                # did not exit cleanly and had no journal: it would make "add" fail
+                undo(entry)
+                self._record(**entry)
                 try:
                     ipr.rule("add", family=fam, table=self.table, priority=self.pref)
                     self.installed_rules.append(fam)
@@ -226,11 +241,13 @@ class FallbackRoutes:
                     if (name, fam) not in self.gateways:
                         continue
                     gw = self.gateways[(name, fam)]
-                    dst = "0.0.0.0/0" if fam == socket.AF_INET else "::/0"
+                    dst = "0.0.0.0" if fam == socket.AF_INET else "::"
                     kw = {"gateway": gw} if gw else {}
+                    self._record("route", family=fam, dst=dst, dst_len=0, oif=idx[0],
+                                 table=self.table, priority=100 + i, gateway=gw)
                     try:
-                        ipr.route("replace", family=fam, dst=dst, oif=idx[0], table=self.table,
-                                  priority=100 + i, **kw)
+                        ipr.route("replace", family=fam, dst=f"{dst}/0", oif=idx[0],
+                                  table=self.table, priority=100 + i, **kw)
                     except Exception as e:  # link down: no route through it for now
                         log.debug("fallback route via %s: %s", name, e)
 
@@ -240,6 +257,8 @@ class FallbackRoutes:
             for fam in self.installed_rules:
                 try:
                     ipr.rule("del", family=fam, table=self.table, priority=self.pref)
+                    if self.journal is not None:
+                        self.journal.done(self._rule_entry(fam))
                 except Exception as e:
                     log.warning("removing fallback rule: %s", e)
             self.installed_rules = []
@@ -252,3 +271,57 @@ class FallbackRoutes:
                             oif=r.get_attr("RTA_OIF"), priority=r.get_attr("RTA_PRIORITY"))
                 except Exception as e:
                     log.warning("removing fallback routes: %s", e)
+        if self.journal is not None:  # every route of our table is gone, or failed above
+            for e in [e for e in self.journal.entries if e["kind"] == "route"
+                      and e["table"] == self.table]:
+                from .recovery import undo
+                if undo(e):
+                    self.journal.done(e)
+
+
+class RpFilter:
+    """Switch interfaces to loose reverse-path filtering (``rp_filter=2``) where the
+    effective value is strict (the inbound queue sits in raw PREROUTING, before the
+    route lookup that strict filtering does for a multihomed host), and restore them.
+    With a ``journal``, each change is recorded (old and new value) before it is made."""
+
+    def __init__(self, ifaces: list[str], journal=None,
+                 root: Path = Path("/proc/sys/net/ipv4/conf")) -> None:
+        self.ifaces = ifaces
+        self.journal = journal
+        self.root = root
+        self.saved: dict[str, str] = {}
+
+    def _path(self, name: str) -> Path:
+        return self.root / name / "rp_filter"
+
+    def _entry(self, name: str) -> dict:
+        return {"kind": "sysctl", "path": str(self._path(name)), "old": self.saved[name],
+                "new": "2"}
+
+    def apply(self) -> None:
+        try:
+            all_v = int(self._path("all").read_text())
+        except OSError:
+            return
+        for name in self.ifaces:
+            p = self._path(name)
+            try:
+                v = int(p.read_text())
+            except OSError:
+                continue
+            if max(all_v, v) == 1:
+                self.saved[name] = str(v)
+                if self.journal is not None:
+                    self.journal.record(**self._entry(name))
+                p.write_text("2")
+                log.info("%s: rp_filter %d -> 2 (loose) while the proxy runs", name, v)
+
+    def restore(self) -> None:
+        """Put back every value we changed, unless someone changed it since."""
+        from .recovery import undo
+        for name in list(self.saved):
+            entry = self._entry(name)
+            if undo(entry) and self.journal is not None:
+                self.journal.done(entry)
+            del self.saved[name]

@@ -23,6 +23,45 @@ class RulesError(Exception):
     """The rules could not be installed (message says why)."""
 
 
+XTABLES_DIRS = ("/usr/lib/x86_64-linux-gnu/xtables", "/usr/lib/aarch64-linux-gnu/xtables",
+                "/usr/lib/arm-linux-gnueabihf/xtables", "/usr/lib64/xtables",
+                "/usr/lib/xtables", "/usr/local/lib/xtables")
+
+
+def iptc_easy():
+    """python-iptables' ``iptc.easy``, imported quickly: its import costs most of the
+    daemon's restart time otherwise (measured 1.6–2.2 s on a loaded 2-core machine, 0.5 s
+    this way). Two causes, both avoided with the library's and setuptools' own knobs:
+    without ``XTABLES_LIBDIR`` it runs ``ldconfig -N -v`` to find the xtables extension
+    directory (set here when one of :data:`XTABLES_DIRS` exists), and its
+    ``from distutils.sysconfig import ...`` goes through setuptools' distutils shim,
+    which imports setuptools and pkg_resources (the shim is taken out for this import
+    and put back). Raises whatever the import raises."""
+    import sys
+    mod = sys.modules.get("iptc.easy")
+    if mod is not None:
+        return mod
+    import os
+    if "XTABLES_LIBDIR" not in os.environ:
+        found = next((d for d in XTABLES_DIRS if os.path.isdir(d)), None)
+        if found:
+            os.environ["XTABLES_LIBDIR"] = found
+    hack = sys.modules.get("_distutils_hack")
+    removed = False
+    if hack is not None and "distutils" not in sys.modules and hasattr(hack, "remove_shim"):
+        hack.remove_shim()
+        removed = True
+    try:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # stdlib distutils (3.11)
+            from iptc import easy
+    finally:
+        if removed and hasattr(hack, "insert_shim"):
+            hack.insert_shim()
+    return easy
+
+
 @dataclass
 class RuleParams:
     """Values filled into a rule set: interfaces, queues, mark, ports (empty = all)."""
@@ -79,23 +118,51 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
     return chains
 
 
-class RuleSet:
-    """An installed rule set, for IPv4 and IPv6; :meth:`remove` undoes :meth:`install`."""
+def remove_chain(v6: bool, table: str, name: str, hook: str) -> None:
+    """Remove our chain ``name`` of ``table``: its jump rules from the built-in ``hook``,
+    its rules, the chain. Nothing else is touched; a missing chain is no error."""
+    easy = iptc_easy()
+    try:
+        for r in easy.dump_chain(table, hook, ipv6=v6):
+            if r.get("target") == name:
+                easy.delete_rule(table, hook, {"target": name}, ipv6=v6)
+    except Exception as e:
+        log.debug("jump rule %s: %s", name, e)
+    try:
+        if not easy.has_chain(table, name, ipv6=v6):
+            return
+        for rule in easy.dump_chain(table, name, ipv6=v6):
+            rule.pop("counters", None)
+            easy.delete_rule(table, name, rule, ipv6=v6)
+        easy.delete_chain(table, name, ipv6=v6, flush=False)
+    except Exception as e:
+        log.error("could not remove chain %s/%s: %s", table, name, e)
+        raise
 
-    def __init__(self, chains: list[dict], ipv6: bool = True) -> None:
+
+class RuleSet:
+    """An installed rule set, for IPv4 and IPv6; :meth:`remove` undoes :meth:`install`.
+    With a ``journal`` (:class:`~mptcp_proxy.recovery.Journal`), each chain is recorded
+    before it is created and forgotten once removed."""
+
+    def __init__(self, chains: list[dict], ipv6: bool = True, journal=None) -> None:
         self.chains = chains
         self.families = [False, True] if ipv6 else [False]
         self.installed: list[tuple[bool, dict]] = []
+        self.journal = journal
 
     def install(self) -> None:
         try:
-            from iptc import easy
+            easy = iptc_easy()
         except Exception as e:  # the library needs libiptc; say so clearly
             raise RulesError(f"python-iptables unavailable: {e}") from None
         self.remove_stale()
         try:
             for v6 in self.families:
                 for ch in self.chains:
+                    if self.journal is not None:
+                        self.journal.record("chain", table=ch["table"], name=ch["name"],
+                                            hook=ch["hook"], v6=v6)
                     easy.add_chain(ch["table"], ch["name"], ipv6=v6)
                     self.installed.append((v6, ch))
                     for rule in ch["rules"]:
@@ -107,7 +174,7 @@ class RuleSet:
 
     def remove_stale(self) -> None:
         """Remove chains of the same names left by a daemon that did not exit cleanly."""
-        from iptc import easy
+        easy = iptc_easy()
         for v6 in self.families:
             for ch in self.chains:
                 try:
@@ -119,28 +186,21 @@ class RuleSet:
                                 " (IPv6)" if v6 else "")
                     self._remove_chain(v6, ch)
 
-    def _remove_chain(self, v6: bool, ch: dict) -> None:
-        from iptc import easy
-        table, name, hook = ch["table"], ch["name"], ch["hook"]
+    def _remove_chain(self, v6: bool, ch: dict) -> bool:
         try:
-            for r in easy.dump_chain(table, hook, ipv6=v6):
-                if r.get("target") == name:
-                    easy.delete_rule(table, hook, {"target": name}, ipv6=v6)
-        except Exception as e:
-            log.debug("jump rule %s: %s", name, e)
-        try:
-            for rule in easy.dump_chain(table, name, ipv6=v6):
-                rule.pop("counters", None)
-                easy.delete_rule(table, name, rule, ipv6=v6)
-            easy.delete_chain(table, name, ipv6=v6, flush=False)
-        except Exception as e:
-            log.error("could not remove chain %s/%s: %s", table, name, e)
+            remove_chain(v6, ch["table"], ch["name"], ch["hook"])
+        except Exception:
+            return False
+        return True
 
     def remove(self) -> None:
-        """Remove everything installed (safe to call twice)."""
+        """Remove everything installed (safe to call twice); each chain removed is
+        forgotten by the journal, one that could not be is kept there."""
         while self.installed:
             v6, ch = self.installed.pop()
-            self._remove_chain(v6, ch)
+            if self._remove_chain(v6, ch) and self.journal is not None:
+                self.journal.done({"kind": "chain", "table": ch["table"], "name": ch["name"],
+                                   "hook": ch["hook"], "v6": v6})
 
     def replace_rules(self, chains: list[dict]) -> None:
         """Swap the rules of the installed chains for those of ``chains`` (same chain
@@ -180,7 +240,7 @@ class RuleSet:
 
 def count_rules(names_prefix: str = "MPTCP_PROXY") -> int:
     """Number of chains/jumps whose name starts with the prefix (tests, leftovers)."""
-    from iptc import easy
+    easy = iptc_easy()
     n = 0
     for v6 in (False, True):
         for table in ("mangle", "raw"):

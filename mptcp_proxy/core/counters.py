@@ -103,9 +103,17 @@ COUNTERS: dict[str, str] = {
     "ConnClosed": "connections closed and forgotten",
     "ConnTimeout": "connections forgotten after idling",
     "Retransmits": "forged control segments retransmitted",
+    # -- connections of a killed daemon (core/orphans.py)
+    "OrphanSuspect": "unknown 4-tuples whose peer sent MPTCP options: local side probed",
+    "OrphanProbe": "probes (out-of-window ACKs) sent to the local stack",
+    "OrphanRstLocal": "RSTs sent to a local socket under an orphaned MPTCP connection",
+    "OrphanRstPeer": "RSTs with MP_TCPRST sent to the peer of an orphaned subflow",
+    "OrphanNative": "suspect tuples that are a local native MPTCP socket (left alone)",
     # -- the driver
     "QueueOverrun": "times the kernel dropped queued packets (socket buffer full)",
     "VerdictErrors": "verdicts the kernel refused",
+    "QueueAttrReparse": "queued packets whose attributes the queue library misread, "
+                        "re-read by the driver",
     "InternalErrors": "packets or timers whose handling raised (a bug)",
 }
 

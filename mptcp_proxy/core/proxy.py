@@ -31,6 +31,7 @@ from .counters import Counters
 from .events import Event, EventKind
 from .policy import PathManager
 from .states import ConnState
+from .orphans import Orphans
 from .subflow import Subflow
 from .tcp import CSUM_OK, CSUM_UNVERIFIED, TcpPacket, parse_packet
 from .verdict import ACCEPT, DROP, MANGLE, Verdict
@@ -55,7 +56,8 @@ class ProxyConfig:
     late segments; ``syn_timeout``: seconds a connection may stay in SYN_SENT;
     ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE; ``fin_rto``:
     seconds before our subflow FIN is retransmitted (doubled each time, ``fin_retries``
-    times).
+    times); ``max_connections``: connections tracked at once, ``max_syn_sent``: of
+    them in SYN_SENT (0 = no limit; the daemon's ``--max-connections``/``--max-syn-sent``).
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
@@ -66,6 +68,8 @@ class ProxyConfig:
     syn_mpc_retries: int = 2
     fin_rto: float = 0.3
     fin_retries: int = 6
+    max_connections: int = 0
+    max_syn_sent: int = 0
 
 
 class Proxy:
@@ -92,6 +96,7 @@ class Proxy:
         self._challenges = 0
         self.pm = pm if pm is not None else PathManager()
         self.pm.attach(self)
+        self.orphans = Orphans(self)  # connections of a killed daemon (orphans.py)
 
     # -- services for the connections -------------------------------------------------------
     def next_conn_id(self) -> int:
@@ -226,6 +231,10 @@ class Proxy:
         flags = pkt.flags
         if entry is None or (entry[0].state in (ConnState.CLOSED, ConnState.FALLBACK)
                              and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
+            if entry is None and self.orphans.table:  # what a killed daemon left
+                v = self.orphans.outbound(pkt, now)
+                if v is not None:
+                    return v
             if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
                 self.counters.inc("PktUnknownConn")
                 return ACCEPT
@@ -251,7 +260,12 @@ class Proxy:
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
-            return _checked(pkt, self.pm.unknown_inbound(pkt, now))
+            v = self.orphans.inbound(pkt, now)  # an MPTCP subflow we do not know?
+            if v is None:
+                v = self.pm.unknown_inbound(pkt, now)
+            if v is ACCEPT and pkt.modified:
+                return pkt.finish()
+            return v
         conn, sf = entry
         v = conn.on_inbound(pkt, sf, now)
         if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
