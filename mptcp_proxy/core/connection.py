@@ -129,7 +129,10 @@ class Connection:
     # -- state ---------------------------------------------------------------------------
     def transition(self, event: ConnInput) -> None:
         """Move the state machine (:data:`~.states.CONN_TRANSITIONS`)."""
-        self.state = conn_next(self.state, event)
+        old = self.state
+        self.state = conn_next(old, event)
+        if old == ConnState.SYN_SENT and self.state != old:
+            self.proxy.syn_sent -= 1
 
     def state_closed(self) -> bool:
         return self.state != ConnState.ESTABLISHED

@@ -101,6 +101,8 @@ COUNTERS: dict[str, str] = {
     "SubflowFinTx": "subflow FINs forged",
     "SubflowFinRx": "subflow FINs received",
     "ConnClosed": "connections closed and forgotten",
+    "ConnLimit": "new connections left as plain TCP: --max-connections reached",
+    "SynSentLimit": "new connections left as plain TCP: --max-syn-sent reached",
     "ConnTimeout": "connections forgotten after idling",
     "Retransmits": "forged control segments retransmitted",
     # -- connections of a killed daemon (core/orphans.py)

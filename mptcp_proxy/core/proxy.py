@@ -30,7 +30,7 @@ from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
 from .policy import PathManager
-from .states import ConnState
+from .states import ConnInput, ConnState
 from .orphans import Orphans
 from .subflow import Subflow
 from .tcp import CSUM_OK, CSUM_UNVERIFIED, TcpPacket, parse_packet
@@ -94,6 +94,7 @@ class Proxy:
         self._seq = 0
         self._challenge_second = -1
         self._challenges = 0
+        self.syn_sent = 0  # connections in SYN_SENT (bounded by max_syn_sent)
         self.pm = pm if pm is not None else PathManager()
         self.pm.attach(self)
         self.orphans = Orphans(self)  # connections of a killed daemon (orphans.py)
@@ -204,6 +205,8 @@ class Proxy:
 
     def forget(self, conn: Connection) -> None:
         """Drop every trace of ``conn``."""
+        if conn.state != ConnState.GONE:
+            conn.transition(ConnInput.EXPIRED)  # (keeps the SYN_SENT count)
         for sf in conn.subflows:
             self.unregister_subflow(conn, sf)
         self.connections.pop(conn.id, None)
@@ -273,11 +276,19 @@ class Proxy:
         return v
 
     def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
+        cfg = self.config
+        if cfg.max_connections and len(self.connections) >= cfg.max_connections:
+            self.counters.inc("ConnLimit")
+            return ACCEPT  # left as plain TCP: the state stays bounded
+        if cfg.max_syn_sent and self.syn_sent >= cfg.max_syn_sent:
+            self.counters.inc("SynSentLimit")
+            return ACCEPT
         conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
         while conn.local_token in self.tokens:  # RFC 8684 §3.1: tokens are unique
             conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
         self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
+        self.syn_sent += 1
         self.register_subflow(conn, conn.sf0)
         conn.set_timer(now + self.config.syn_timeout)
         self.emit_event(EventKind.CREATED, conn)

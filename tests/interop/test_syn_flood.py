@@ -19,10 +19,7 @@ from netns.topology import python_argv
 
 pytestmark = pytest.mark.interop
 
-# Set to True when the core enforces --max-connections/--max-syn-sent (the lead's part of
-# the issue): the test then also asserts the cap and the memory bound it gives. Until then
-# it asserts what holds today, the memory per tracked connection.
-CAP_ENFORCED = False
+CAP_ENFORCED = True  # the core enforces --max-connections/--max-syn-sent
 SYNS = 100_000
 MAX_CONNECTIONS = 20_000
 MAX_SYN_SENT = 10_000
@@ -89,5 +86,6 @@ def test_local_syn_flood_memory_bounded(topo: Topology, run_proxy) -> None:
     assert px.proc.poll() is None, "the daemon died"
     assert rss1 - rss0 <= tracked * BYTES_PER_CONN + SLACK, (tracked, rss0, rss1)
     if CAP_ENFORCED:
-        assert tracked <= MAX_CONNECTIONS, tracked
+        assert tracked <= MAX_SYN_SENT, tracked  # none is ever answered: all in SYN_SENT
+        assert pd.get("SynSentLimit", 0) >= SYNS - MAX_SYN_SENT - tracked, pd
         assert rss1 - rss0 <= MAX_CONNECTIONS * BYTES_PER_CONN + SLACK, (rss0, rss1)

@@ -1187,3 +1187,28 @@ def test_payload_running_past_its_mapping_is_cut_for_the_local_stack():
     assert counters(pair)["DSSPartialMapping"] == 1
     assert pair.verdicts[m] == ("in", Verdict.MANGLE)
     assert bytes(pair.local.rcv) == blob(2000, 61) + mapped_part
+
+
+def test_connection_caps_leave_new_connections_plain():
+    """Bounded state (issue 8): beyond --max-syn-sent connections waiting for a SYN/ACK, or
+    --max-connections in all, a new connection is left as plain TCP (its SYN passes
+    unchanged, nothing is kept for it)."""
+    from mptcp_proxy.core.forge import build_segment
+    proxy = Proxy(ProxyConfig(max_connections=3, max_syn_sent=2), seeded_random_bytes(3))
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 1, 2])
+
+    def syn(port):
+        return bytearray(build_segment(a, b, port, 80, 1000 * port, 0, 0x02, 65535,
+                                       bytes([2, 4, 5, 180])))
+    verdicts = [proxy.outbound(syn(p), 0.0) for p in (4001, 4002, 4003)]
+    assert verdicts == [Verdict.MANGLE, Verdict.MANGLE, Verdict.ACCEPT]
+    assert proxy.counters["SynSentLimit"] == 1 and len(proxy.connections) == 2
+    assert proxy.syn_sent == 2
+    proxy.handle_timer(ProxyConfig().syn_timeout + 1)  # both SYN_SENT ones expire
+    assert proxy.syn_sent == 0 and not proxy.connections
+    for p in (5001, 5002):
+        proxy.outbound(syn(p), 100.0)
+    proxy.config.max_syn_sent = 0
+    assert proxy.outbound(syn(5003), 100.0) is Verdict.MANGLE
+    assert proxy.outbound(syn(5004), 100.0) is Verdict.ACCEPT  # max_connections = 3
+    assert proxy.counters["ConnLimit"] == 1
