@@ -5,7 +5,7 @@ a sysctl (``rp_filter``), a policy-routing rule or a route of its fallback table
 records the change, and the value it replaces, in a JSON file written atomically
 (temporary file, ``fsync``, ``rename``)::
 
-    /run/mptcp-proxy/state-<queue>-net<netns inode>.json
+    /run/mptcp-proxy/state-<queue>-net<netns cookie>.json
 
 A clean exit undoes every change (:meth:`Journal.undo_all`) and deletes the file. After
 a ``kill -9`` the file stays; the next start in the same network namespace with the same
@@ -47,10 +47,21 @@ class JournalBusy(Exception):
     """The journal belongs to a daemon that is still running."""
 
 
+SO_NETNS_COOKIE = 71  # (Linux 5.14+; not in Python's socket module)
+
+
 def netns_id() -> int:
-    """The inode of this process's network namespace (names the journal: ``/run`` is
-    shared by every namespace of the host)."""
-    return os.stat("/proc/self/ns/net").st_ino
+    """A number naming this process's network namespace for the whole boot (names the
+    journal: ``/run`` is shared by every namespace of the host). The kernel's netns
+    cookie, never reused; the namespace's inode where the cookie is not available (an
+    inode is reused once its namespace is gone, so a journal left by a daemon killed in a
+    namespace since deleted could be taken for this one's)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8),
+                                  "little")
+    except OSError:
+        return os.stat("/proc/self/ns/net").st_ino
 
 
 def _start_time(pid: int) -> str | None:

@@ -1,5 +1,5 @@
 """Closing: DATA_FIN ↔ FIN, the subflows' own FINs, RST ↔ MP_FASTCLOSE and MP_TCPRST,
-fallback to TCP, and what a closed connection still answers (RFC 8684 §3.3.3, §3.5–3.7;
+and what a closed connection still answers (fallback to TCP: :mod:`.fallback`) (RFC 8684 §3.3.3, §3.5–3.7;
 paper Fig. 4). The same in both roles.
 
 The TCP side's FIN is our DATA_FIN (it consumes one data sequence number, §3.3.3); the
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "data_closed", "send_data_fin", "check_close", "subflow_fin_received", "maybe_finished",
     "retransmit_fin", "local_reset", "reset_local", "reset_peer", "reset_subflow", "abort",
-    "fallback", "close", "protocol_error", "peer_reset", "closed_segment", "subflow_gone",
+    "close", "protocol_error", "peer_reset", "closed_segment", "subflow_gone",
     "close_subflow",
 ]
 
@@ -274,21 +274,6 @@ def _reset_by_peer(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float
         return pkt.finish()
     reset_local(conn)
     return DROP
-
-
-def fallback(conn: "Connection", now: float) -> None:
-    """Plain TCP from now on, untouched (RFC 8684 §3.7). The proxy keeps nothing for it:
-    the entry stays visible for ``linger`` seconds, then packets of the 4-tuple pass as
-    unknown, and a new SYN on it starts a new connection."""
-    conn.transition(ConnInput.PEER_FELL_BACK if conn.state == ConnState.ESTABLISHED
-                    else ConnInput.NOT_ANSWERED)
-    conn.counters.inc("FallbackConnections")
-    conn.proxy.emit_event(EventKind.FALLBACK, conn)
-    conn.closed_at = now
-    for sf in conn.subflows[1:]:
-        if sf.state != SubflowState.CLOSED:
-            reset_subflow(conn, sf, now, MPTCP_RST_EMPTCP)
-    conn.set_timer(now + conn.proxy.config.linger)
 
 
 def close(conn: "Connection", now: float, reset: bool = False) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import closing, crypto, handshake, joins, receive, transmit
+from . import closing, crypto, fallback, handshake, joins, receive, transmit
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .rangeset import RangeSet
 from .seq import MASK32
@@ -190,15 +190,17 @@ class Connection:
         if st == ConnState.FALLBACK:
             return ACCEPT
         flags = pkt.flags
+        sst = sf.state
+        if (st != ConnState.ESTABLISHED or sst != SubflowState.ESTABLISHED) \
+                and not pkt.checksum_ok():
+            # handshakes and closed states act on every segment: none with a bad checksum
+            # (the established stages check it themselves, receive.acceptable)
+            self.counters.inc("PktBadChecksum")
+            return DROP
         if st == ConnState.SYN_SENT:
-            if sf is self.sf0 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
-                return handshake.receive_synack(self, pkt, now)
-            if flags & TCP_RST:
-                closing.close(self, now, reset=True)
-            return ACCEPT
+            return self._syn_sent_inbound(pkt, sf, now)
         if st != ConnState.ESTABLISHED:
             return closing.closed_segment(self, pkt, sf, now)
-        sst = sf.state
         if sst == SubflowState.SYN_SENT or sst == SubflowState.PRE_ESTABLISHED:
             v = joins.join_segment(self, sf, pkt, now)
             if v is not None:
@@ -213,6 +215,26 @@ class Connection:
                 return handshake.strip_mptcp(self, pkt)  # our third ACK was lost
             return DROP
         return receive.receive(self, sf, pkt, now)
+
+    def _syn_sent_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
+        """The peer's answer to our SYN: a SYN/ACK (the handshake decides), an RST that
+        acknowledges our SYN (RFC 9293 §3.10.7.3, RFC 5961 §3: any other RST is not
+        taken), or a SYN of its own (a simultaneous open: left to the TCP side as plain
+        TCP, RFC 8684 §3.1 has no MPTCP for it)."""
+        flags = pkt.flags
+        syn_acked = flags & TCP_ACK and pkt.ack == self.tcp_snd_base
+        if flags & TCP_RST:
+            if not syn_acked:
+                self.counters.inc("PktAckUnacceptable")
+                return DROP
+            closing.close(self, now, reset=True)
+            return ACCEPT
+        if sf is self.sf0 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+            return handshake.receive_synack(self, pkt, now)
+        if flags & TCP_SYN and not flags & TCP_ACK:
+            self.counters.inc("SimultaneousOpen")
+            fallback.fallback(self, now)
+        return ACCEPT
 
     # -- joins and timers ----------------------------------------------------------------
     def open_joins(self, now: float) -> None:

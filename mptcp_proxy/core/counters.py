@@ -25,6 +25,7 @@ COUNTERS: dict[str, str] = {
     "MPCapableDataFallback": "the peer's first data came without DSS: it fell back to TCP",
     "MPFullyEstablished": "connections that received the peer's first DATA_ACK",
     "FallbackConnections": "connections handled as plain TCP (no MPTCP from the peer)",
+    "SimultaneousOpen": "simultaneous opens (the peer's own SYN): left as plain TCP",
     # -- data path (RFC 8684 §3.3)
     "DSSTx": "segments sent with a DSS mapping",
     "DataAckTx": "segments sent with a DATA_ACK",
@@ -37,6 +38,8 @@ COUNTERS: dict[str, str] = {
     "DataCsumErr": "received DSS checksum failures",
     "DataCsumMissing": "DSS checksum missing or unexpected versus the negotiation",
     "InfiniteMapRx": "infinite mappings received (the peer falls back)",
+    "InfiniteMapIgnored": "infinite mappings on segments without payload (ignored, as Linux)",
+    "DssFallback": "in-order data without a mapping (options stripped): fell back to TCP",
     "DataFinTx": "DATA_FINs sent",
     "DataFinRx": "DATA_FINs received",
     "DataFinMismatch": "a second DATA_FIN at another data sequence number (ignored)",
@@ -80,6 +83,7 @@ COUNTERS: dict[str, str] = {
     "MPPrioTx": "MP_PRIO sent",
     "MPPrioRx": "MP_PRIO received",
     "MPFailRx": "MP_FAIL received",
+    "MPFailTx": "MP_FAIL sent (a DSS checksum failed; the peer then falls back)",
     # -- paths and handover (paper §5)
     "Handovers": "times new data moved to another subflow",
     "SubflowBroken": "subflows abandoned because their path went away",

@@ -24,7 +24,7 @@ from .constants import (
     TCPOPT_TIMESTAMP,
     TCPOPT_WINDOW,
 )
-from .closing import fallback
+from .fallback import fallback
 from .events import EventKind
 from .options import MpCapable, pull_option, push_option
 from .states import ConnInput, SubflowInput

@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from . import closing, signalling
+from . import closing, fallback, signalling
 from .checksum import dss_checksum_ok, ones_sum
 from .constants import (
     MPTCP_RST_EMIDDLEBOX,
@@ -377,7 +377,7 @@ def data_ack(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
         if seg.plen and not conn.fully_established and sf is conn.sf0:
             # §3.1 / Linux check_fully_established: the peer fell back to TCP
             conn.counters.inc("MPCapableDataFallback")
-            closing.fallback(conn, now)
+            fallback.fallback(conn, now)
             return ACCEPT
         return None
     conn.counters["DSSRx"] += 1
@@ -428,7 +428,7 @@ def mapping_status(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
         conn.counters.inc("DataCsumMissing")
         return closing.protocol_error(conn, sf, now, MPTCP_RST_EMPTCP)
     if dss.data_len == 0:
-        return _infinite_mapping(conn, sf, now)
+        return fallback.infinite_mapping(conn, sf, seg.plen, now)
     r = data_rel(conn.remote_idsn, conn.r_high, dss.data_seq, 64 if dss.dsn64 else 32)
     nbytes = dss.data_len
     s_map = unwrap(dss.subflow_seq, 1, sf.rcv_high)
@@ -446,8 +446,7 @@ def mapping_status(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
             return closing.protocol_error(conn, sf, now, MPTCP_RST_EMPTCP)
         if dss.checksum is not None and plen and \
                 not _checksum_ok(conn, seg, s_map, r, dss, nbytes):
-            conn.counters.inc("DataCsumErr")
-            return closing.protocol_error(conn, sf, now, MPTCP_RST_EMIDDLEBOX)
+            return fallback.checksum_failed(conn, sf, r, now)
     return None
 
 
@@ -472,19 +471,6 @@ def _checksum_ok(conn: "Connection", seg: Segment, s_map: int, r: int, dss: Dss,
                            ones_sum(seg.pkt.payload), dss.checksum)
 
 
-def _infinite_mapping(conn: "Connection", sf: "Subflow", now: float):
-    """Data-level length 0 (RFC 8684 §3.7): the peer falls back to TCP. Possible without
-    corrupting the stream only while the initial subflow still maps one-to-one."""
-    conn.counters.inc("InfiniteMapRx")
-    identity = (sf is conn.sf0 and len(conn.subflows) == 1
-                and all(x[0] == x[1] for x in sf.rcv_map.entries)
-                and all(x[0] == x[1] for x in sf.send_map.entries))
-    if identity:
-        closing.fallback(conn, now)
-        return ACCEPT
-    return closing.protocol_error(conn, sf, now, MPTCP_RST_EMIDDLEBOX)
-
-
 # -- 7. delivery -----------------------------------------------------------------------------
 
 def delivery(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
@@ -496,7 +482,9 @@ def delivery(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
         s = seg.s
         e = sf.rcv_map.lookup(s)
         if e is None:
-            conn.counters.inc("DSSNoMapping")
+            if s == sf.rcv_contig and conn.fully_established:
+                return fallback.unmapped_data(conn, sf, now)  # options stripped on the path
+            conn.counters.inc("DSSNoMapping")  # (its mapping may come with an earlier one)
             return DROP
         r = e[1] + (s - e[0])
         avail = e[0] + e[2] - s

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import closing, crypto
+from . import closing, crypto, fallback
 from .constants import (
     MPTCP_RST_EUNSPEC,
     MPTCPOPT_ADD_ADDR,
@@ -129,9 +129,8 @@ def _fastclose(conn: "Connection", sf: "Subflow", o, now: float) -> None:
 
 
 def _mp_fail(conn: "Connection", sf: "Subflow", o, now: float) -> None:
-    """MP_FAIL (§3.7): the peer found a bad DSS checksum."""
-    conn.counters.inc("MPFailRx")
-    closing.protocol_error(conn, sf, now, MPTCP_RST_EUNSPEC)
+    """MP_FAIL (§3.7): the peer found a bad DSS checksum (:mod:`.fallback`)."""
+    fallback.mp_fail_received(conn, sf, now)
 
 
 _HANDLERS = {

@@ -27,6 +27,7 @@ from peer_model import (
     PSH,
     DSS_m,
     Fastclose,
+    OtherMp,
     ProxyPair,
     TcpRst,
     dss_csum,
@@ -674,7 +675,11 @@ def test_missing_checksum_resets():
     assert pair.conn.state == ConnState.CLOSED
 
 
-def test_corrupted_payload_fails_the_dss_checksum_and_resets():
+def test_corrupted_payload_fails_the_dss_checksum_then_both_fall_back():
+    """RFC 8684 §3.7: a DSS checksum failure on a connection that still maps one to one
+    (one subflow) is not a reset: the segment is dropped, MP_FAIL tells the peer the DSN
+    of the failed mapping, the peer answers with an infinite mapping, and the connection
+    goes on as plain TCP with its data intact."""
     pair = established(peer_checksum=True)
     pair.transfer(blob(2000, 46), blob(2000, 47))
     peer = pair.peer
@@ -690,10 +695,41 @@ def test_corrupted_payload_fails_the_dss_checksum_and_resets():
     pair.pump()
     assert parse_seg(pkt).csum_ok
     assert pair.verdicts[m] == ("in", Verdict.DROP)
-    assert counters(pair)["DataCsumErr"] == 1
-    assert pair.peer.fastclosed and pair.peer.rst_reason == 6  # middlebox interference
-    assert pair.local.reset
+    assert counters(pair)["DataCsumErr"] == 1 and counters(pair)["MPFailTx"] == 1
+    fails = [x for s in pair.segs("to_peer") for x in s.mp
+             if isinstance(x, OtherMp) and x.subtype == 6]
+    assert len(fails) == 1 and struct.unpack("!Q", fails[0].raw[4:12])[0] == dsn
+    assert not pair.peer.fastclosed and not pair.local.reset
     assert bad not in bytes(pair.local.rcv)
+    # the peer's answer: the genuine bytes again, under an infinite mapping (DLL 0)
+    inf = dss_opt(data_ack=dack, dsn=dsn, ssn=peer.s_alloc + 1, dll=0, csum=0)
+    pair.emit_peer([peer._build(PSH, peer.s_alloc, inf, payload=good)])
+    pair.pump()
+    assert counters(pair)["InfiniteMapRx"] == 1
+    assert pair.conn.state == ConnState.FALLBACK
+    assert bytes(pair.local.rcv) == blob(2000, 47) + good
+
+
+def test_corrupted_payload_without_one_to_one_mapping_resets():
+    """A connection that no longer maps one to one (here: a SEND table entry whose
+    subflow and data sequence differ, as after a handover) cannot fall back: a checksum
+    failure resets the subflow with reason 6 (middlebox interference; the last one here,
+    so the connection)."""
+    pair = established(peer_checksum=True)
+    pair.transfer(blob(2000, 46), blob(2000, 47))
+    pair.conn.sf0.send_map.entries.insert(0, [0, 7, 1])
+    peer = pair.peer
+    good = b"genuine payload!"
+    dsn = (peer.idsn + 1 + peer.d_nxt) & M64
+    cs = dss_csum(dsn, peer.s_alloc + 1, len(good), good)
+    dack = (peer.remote_idsn + 1 + len(peer.data)) & M64
+    pkt = peer._build(PSH, peer.s_alloc, dss_opt(data_ack=dack, dsn=dsn, ssn=peer.s_alloc + 1,
+                                                 dll=len(good), csum=cs), payload=b"x" * 16)
+    pair.emit_peer([pkt])
+    pair.pump()
+    assert counters(pair)["DataCsumErr"] == 1 and counters(pair)["MPFailTx"] == 0
+    assert pair.peer.fastclosed and pair.peer.rst_reason == 6
+    assert pair.local.reset
 
 
 # ======================================================= 9. SACK and timestamps
