@@ -29,6 +29,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from . import __version__
 from .config import DEFAULT_CONFIG, ConfigError, parse_command_line
 from .core.proxy import Proxy, ProxyConfig
@@ -40,6 +41,7 @@ log = logging.getLogger("mptcp_proxy")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_IFACE, EXIT_QUEUE, EXIT_RULES = range(7)
 DEFAULT_QUEUE = 4700
 DEFAULT_MARK = 0x4D500000
+DEFAULT_STATE_DIR = "/run/mptcp-proxy"
 FALLBACK_TABLE_BASE = 10000  # routing table FALLBACK_TABLE_BASE + queue number
 FALLBACK_RULE_PREF = 40000  # after main (32766) and default (32767)
 
@@ -176,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
              "left as plain TCP")
     add("--max-syn-sent", type=_count, default=0, metavar="N",
         help="of them, connections still in SYN_SENT (0: no limit)")
+    add("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
+        help=f"where the state journal goes: what the daemon changed outside itself, undone "
+             f"after a crash by the next start or --cleanup (default {DEFAULT_STATE_DIR}; "
+             "the systemd unit's runtime directory)")
     add("--cleanup", action="store_true",
         help="do not run: undo what a daemon of the same --queue killed in this network "
              "namespace left behind (rules, sysctls, routes), then exit (for a service "
@@ -247,11 +253,11 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     try:
         _undone, failed = await loop.run_in_executor(  # (pyroute2's sync API: not in the loop)
             None, recover_all, args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
-            FALLBACK_RULE_PREF)
+            FALLBACK_RULE_PREF, Path(args.state_dir))
     except ValueError as e:  # an unreadable journal: left for the user to look at
         driver.unbind()
         return fail(EXIT_FAIL, str(e))
-    journal = Journal(journal_path(args.queue), args.queue)
+    journal = Journal(journal_path(args.queue, Path(args.state_dir)), args.queue)
     if failed:  # kept in our journal: tried again when we stop
         log.error("could not undo %d change(s) of an earlier daemon", len(failed))
         journal.adopt(failed)
@@ -357,7 +363,7 @@ def cleanup(args) -> int:
                             queue_in=args.queue + 1, mark=args.mark, ports=sorted(args.port))
         chains = load_ruleset("endhost", params)
         undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
-                                     FALLBACK_RULE_PREF)
+                                     FALLBACK_RULE_PREF, Path(args.state_dir))
     except (RulesError, ValueError) as e:
         return fail(EXIT_FAIL, str(e))
     finally:

@@ -287,10 +287,9 @@ class FnfqueueDriver(DriverBase):
                         v = proxy.outbound(buf, now, csum)
                     else:
                         v = proxy.inbound(buf, now, csum)
-                except Exception:  # the daemon must survive any bug: pass the packet on
+                except Exception:  # a bug: reset that connection, drop the packet
                     log.exception("packet handling failed")
-                    proxy.counters.inc("InternalErrors")
-                    v = ACCEPT
+                    v = self.contain(buf, out, now)
                 if v is ACCEPT:
                     verdict(conn, p, NF_ACCEPT, 0, 0, 0)
                 elif v is DROP:

@@ -87,6 +87,15 @@ class DriverBase:
     _timer_handle: asyncio.TimerHandle | None = None
     _timer_at: float | None = None
 
+    def contain(self, buf: bytearray, outbound: bool, now: float) -> Verdict:
+        """The core raised on ``buf``: it resets that connection and the packet is dropped
+        (never passed unconverted as if nothing happened)."""
+        try:
+            return self.proxy.contain_failure(buf, outbound, now)
+        except Exception:
+            log.exception("resetting the connection after a failure failed")
+            return DROP
+
     def flush_outputs(self) -> None:
         """After a batch of verdicts (or a command): send the forged packets, report the
         events, and re-arm the timer at the core's next deadline."""
@@ -213,12 +222,12 @@ class NfqueueDriver(DriverBase):
         self.packets += 1
         proxy = self.proxy
         buf = bytearray(p.get_payload())
+        now = time.monotonic()
         try:
-            v = proxy.outbound(buf, time.monotonic())
-        except Exception:  # the daemon must survive any bug: pass the packet on
+            v = proxy.outbound(buf, now)
+        except Exception:  # a bug: reset that connection, drop the packet
             log.exception("outbound packet handling failed")
-            proxy.counters.inc("InternalErrors")
-            v = ACCEPT
+            v = self.contain(buf, True, now)
         self._verdict(p, v, buf)
         self.flush_outputs()
 
@@ -226,11 +235,11 @@ class NfqueueDriver(DriverBase):
         self.packets += 1
         proxy = self.proxy
         buf = bytearray(p.get_payload())
+        now = time.monotonic()
         try:
-            v = proxy.inbound(buf, time.monotonic())
+            v = proxy.inbound(buf, now)
         except Exception:
             log.exception("inbound packet handling failed")
-            proxy.counters.inc("InternalErrors")
-            v = ACCEPT
+            v = self.contain(buf, False, now)
         self._verdict(p, v, buf)
         self.flush_outputs()

@@ -190,7 +190,7 @@ def reset_subflow(conn: "Connection", sf: "Subflow", now: float, reason: int,
     opt = pad_options(push_option(MpTcpRst(0, reason)))
     conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
                                   sf.snd_wire(sf.seq_nxt), sf.rcv_wire(sf.rcv_acked),
-                                  TCP_RST | TCP_ACK, 0, opt))
+                                  TCP_RST | TCP_ACK, 0, opt, ttl=conn.ip_ttl, tos=conn.ip_tos))
     conn.counters.inc("MPRstTx")
     subflow_gone(conn, sf, now, why)
 
@@ -300,7 +300,8 @@ def closed_segment(conn: "Connection", pkt: TcpPacket, sf: "Subflow", now: float
     if conn.closed_by_reset:
         if not flags & TCP_RST and flags & TCP_ACK and conn.remote_key:
             conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, pkt.ack, 0,
-                                          TCP_RST, 0, _fastclose_option(conn, MPTCP_RST_EUNSPEC)))
+                                          TCP_RST, 0, _fastclose_option(conn, MPTCP_RST_EUNSPEC),
+                                          ttl=conn.ip_ttl, tos=conn.ip_tos))
             conn.counters.inc("RstTx")
         return DROP
     if flags & TCP_FIN and not flags & TCP_RST and sf.rcv_base:
@@ -308,6 +309,7 @@ def closed_segment(conn: "Connection", pkt: TcpPacket, sf: "Subflow", now: float
         opts = build_ts(conn.tcp_tsval, sf.ts_recent) if sf.ts_ok else b""
         conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
                                       sf.snd_wire(sf.seq_nxt), sf.rcv_wire(s_fin + 1),
-                                      TCP_ACK, conn.tcp_win, opts))
+                                      TCP_ACK, conn.tcp_win, opts, ttl=conn.ip_ttl,
+                                      tos=conn.ip_tos))
     return DROP
 

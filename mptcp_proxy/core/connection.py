@@ -32,7 +32,7 @@ from .rangeset import RangeSet
 from .seq import MASK32
 from .states import ConnInput, ConnState, SubflowState, conn_next
 from .subflow import Subflow
-from .tcp import TcpPacket
+from .tcp import TcpPacket, ip_tos_ttl
 from .verdict import ACCEPT, DROP
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Connection:
         # the TCP side
         "tcp_snd_isn", "tcp_snd_base", "tcp_rcv_isn", "tcp_rcv_base", "tcp_mss",
         "tcp_wscale", "tcp_sack", "tcp_ts_ok", "tcp_tsval", "tcp_win", "peer_wscale0",
+        "ip_tos", "ip_ttl",
         "shown_tsval", "shown_win", "shown_sacks",
         # subflows and paths
         "sf0", "subflows", "active", "last_rx_sf", "next_sf_index", "pending_handover",
@@ -107,6 +108,7 @@ class Connection:
         self.tcp_tsval = 0  # the latest TSval the TCP side sent (echoed on our segments)
         self.tcp_win = 0xFFFF  # its latest raw window field
         self.peer_wscale0 = 0
+        self.ip_tos, self.ip_ttl = ip_tos_ttl(pkt)  # the TCP side's, for what we forge
         self.shown_tsval: int | None = None  # what the TCP side was shown last
         self.shown_win = -1
         self.shown_sacks: list | None = []

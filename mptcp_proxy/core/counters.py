@@ -43,6 +43,7 @@ COUNTERS: dict[str, str] = {
     "DataFinTx": "DATA_FINs sent",
     "DataFinRx": "DATA_FINs received",
     "DataFinMismatch": "a second DATA_FIN at another data sequence number (ignored)",
+    "DataFinBelowData": "DATA_FINs below data already received (ignored)",
     "SackBlocksDropped": "SACK blocks left out for lack of option space",
     "MssClamped": "MSS options clamped to leave room for MPTCP options",
     "AcksConsumed": "peer ACKs consumed (no new information for the local stack)",
@@ -56,10 +57,12 @@ COUNTERS: dict[str, str] = {
     "OptUnexpected": "well-formed MPTCP options ignored in this state",
     "PktMalformed": "malformed TCP/IP packets passed on untouched",
     "PktNotTcp": "non-TCP or unparsable packets passed on untouched",
+    "PktUnconvertible": "fragments, extension headers, BIG TCP of converted connections: dropped",
     "PktUnknownConn": "TCP packets of connections the proxy does not know, passed on",
     "PktBadChecksum": "segments with a bad TCP checksum dropped before acting on them",
     "PktOutOfWindow": "segments outside the receive window dropped (answered with an ACK)",
     "PktDeadSubflow": "segments on a closed subflow dropped",
+    "PktTooBig": "segments a rewrite would grow past 64 KB (dropped, never passed unconverted)",
     # -- joins (RFC 8684 §3.2)
     "MPJoinSynTx": "MP_JOIN SYNs sent",
     "MPJoinSynAckRx": "MP_JOIN SYN/ACKs received with a valid HMAC",
@@ -121,6 +124,7 @@ COUNTERS: dict[str, str] = {
     "QueueAttrReparse": "queued packets whose attributes the queue library misread, "
                         "re-read by the driver",
     "InternalErrors": "packets or timers whose handling raised (a bug)",
+    "ConnAbortedOnError": "connections reset on both sides after their handling raised",
 }
 
 COUNTER_HELP = COUNTERS  # (the name the control socket and the tests use)

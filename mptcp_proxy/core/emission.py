@@ -165,10 +165,12 @@ def send_pieces(conn: "Connection", pieces: list, d: int, payload: bytes,
 
 def forge_segment(conn: "Connection", sf: Subflow, seq_wire: int, flags: int, opts: bytes,
                   payload: bytes = b"") -> bytearray:
-    """A whole packet on ``sf``'s 4-tuple with our subflow ACK and the TCP side's window."""
+    """A whole packet on ``sf``'s 4-tuple with our subflow ACK and the TCP side's window,
+    TTL and TOS/traffic class (its DSCP carries over to every packet of the connection)."""
     sf.last_tx = conn.proxy.now
     return build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, seq_wire,
-                         sf.rcv_wire(sf.rcv_acked), flags, conn.tcp_win, opts, payload)
+                         sf.rcv_wire(sf.rcv_acked), flags, conn.tcp_win, opts, payload,
+                         ttl=conn.ip_ttl, tos=conn.ip_tos)
 
 
 def send_ack(conn: "Connection", sf: Subflow, now: float, held: list[Range],

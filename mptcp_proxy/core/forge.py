@@ -17,10 +17,12 @@ DEFAULT_TTL = 64
 
 def build_segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int,
                   flags: int, win: int, options: bytes = b"", payload: bytes = b"",
-                  ttl: int = DEFAULT_TTL) -> bytearray:
+                  ttl: int = DEFAULT_TTL, tos: int = 0) -> bytearray:
     """A complete IPv4 (4-byte addresses) or IPv6 (16-byte) packet with one TCP
     segment. ``options`` is padded with NOPs to a multiple of 4 bytes (≤ 40).
-    ``seq``/``ack`` are 32-bit wire values, ``win`` the raw 16-bit field."""
+    ``seq``/``ack`` are 32-bit wire values, ``win`` the raw 16-bit field; ``ttl`` the
+    IPv4 TTL or IPv6 hop limit, ``tos`` the IPv4 TOS byte or IPv6 traffic class (DSCP
+    and ECN bits, as the TCP side's socket sets them)."""
     opts = pad_options(options)
     if len(opts) > 40:
         raise ValueError("TCP options exceed 40 bytes")
@@ -33,10 +35,11 @@ def build_segment(src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack:
     struct.pack_into("!H", tcp, 16, csum)
     if len(src) == 4:
         total = 20 + len(tcp)
-        ip = bytearray(_IPV4.pack(0x45, 0, total, 0, 0x4000, ttl, IPPROTO_TCP, 0, src, dst))
+        ip = bytearray(_IPV4.pack(0x45, tos, total, 0, 0x4000, ttl, IPPROTO_TCP, 0, src, dst))
         struct.pack_into("!H", ip, 10, ipv4_header_checksum(ip))
     else:
-        ip = bytearray(_IPV6.pack(6 << 28, len(tcp), IPPROTO_TCP, ttl, src, dst))
+        ip = bytearray(_IPV6.pack((6 << 28) | (tos << 20), len(tcp), IPPROTO_TCP, ttl, src,
+                                  dst))
     return ip + tcp
 
 

@@ -38,6 +38,7 @@ __all__ = ["read_tcp_syn", "send_syn", "receive_synack", "strip_mptcp", "clamp_m
            "used_options"]
 
 MIN_MSS = 536  # RFC 9293 §3.7.1 default; the clamp never goes below it
+MAX_WSCALE = 14  # RFC 7323 §2.3: a larger shift counts as 14
 
 
 def clamp_mss(conn: "Connection", mss: int) -> int:
@@ -54,7 +55,7 @@ def read_tcp_syn(conn: "Connection", pkt: TcpPacket) -> None:
         if kind == TCPOPT_MSS and olen == 4:
             conn.tcp_mss = (b[off + 2] << 8) | b[off + 3]
         elif kind == TCPOPT_WINDOW and olen == 3:
-            conn.tcp_wscale = b[off + 2]
+            conn.tcp_wscale = min(b[off + 2], MAX_WSCALE)
         elif kind == TCPOPT_SACK_PERM and olen == 2:
             conn.tcp_sack = True
         elif kind == TCPOPT_TIMESTAMP and olen == 10:
@@ -142,7 +143,7 @@ def _split_synack(conn: "Connection", pkt: TcpPacket):
         if kind == TCPOPT_MSS and olen == 4:
             peer["mss_off"] = len(keep)
         elif kind == TCPOPT_WINDOW and olen == 3:
-            peer["wscale"] = raw[2]
+            peer["wscale"] = min(raw[2], MAX_WSCALE)
         elif kind == TCPOPT_SACK_PERM:
             peer["sack"] = True
         elif kind == TCPOPT_TIMESTAMP and olen == 10:

@@ -26,7 +26,7 @@ from .constants import (
 )
 from .events import EventKind
 from .forge import build_segment
-from .handshake import clamp_mss
+from .handshake import MAX_WSCALE, clamp_mss
 from .options import MpJoinAck, MpJoinSyn, MpJoinSynAck, MpTcpRst, pull_option, push_option
 from .states import SubflowInput, SubflowState
 from .subflow import Subflow
@@ -70,7 +70,8 @@ def _send_syn(conn: "Connection", sf: Subflow, now: float) -> None:
     sf.timer = now + sf.rto
     conn.rearm()
     conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, sf.snd_isn, 0,
-                                  TCP_SYN, 0xFFFF, pad_options(bytes(opts))))
+                                  TCP_SYN, 0xFFFF, pad_options(bytes(opts)), ttl=conn.ip_ttl,
+                                  tos=conn.ip_tos))
 
 
 def _send_third_ack(conn: "Connection", sf: Subflow, now: float) -> None:
@@ -79,7 +80,8 @@ def _send_third_ack(conn: "Connection", sf: Subflow, now: float) -> None:
     sf.timer = now + sf.rto
     conn.rearm()
     conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, sf.snd_wire(0),
-                                  sf.rcv_wire(0), TCP_ACK, conn.tcp_win, pad_options(opts)))
+                                  sf.rcv_wire(0), TCP_ACK, conn.tcp_win, pad_options(opts),
+                                  ttl=conn.ip_ttl, tos=conn.ip_tos))
 
 
 def join_segment(conn: "Connection", sf: Subflow, pkt: TcpPacket, now: float):
@@ -150,7 +152,7 @@ def _read_synack(conn: "Connection", sf: Subflow, pkt: TcpPacket):
             if isinstance(o, MpJoinSynAck):
                 join = o
         elif kind == TCPOPT_WINDOW and olen == 3:
-            peer["wscale"] = b[off + 2]
+            peer["wscale"] = min(b[off + 2], MAX_WSCALE)
         elif kind == TCPOPT_SACK_PERM:
             peer["sack"] = True
         elif kind == TCPOPT_TIMESTAMP and olen == 10:
@@ -164,7 +166,7 @@ def _read_synack(conn: "Connection", sf: Subflow, pkt: TcpPacket):
 def _reset_join(conn: "Connection", sf: Subflow, now: float, reason: int) -> None:
     opt = pad_options(push_option(MpTcpRst(0, reason)))
     conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, sf.snd_wire(0), 0,
-                                  TCP_RST, 0, opt))
+                                  TCP_RST, 0, opt, ttl=conn.ip_ttl, tos=conn.ip_tos))
     conn.counters.inc("MPRstTx")
     closing.subflow_gone(conn, sf, now, "join failed")
 

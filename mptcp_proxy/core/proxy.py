@@ -33,7 +33,14 @@ from .policy import PathManager
 from .states import ConnInput, ConnState
 from .orphans import Orphans
 from .subflow import Subflow
-from .tcp import CSUM_OK, CSUM_UNVERIFIED, TcpPacket, parse_packet
+from .tcp import (
+    CSUM_OK,
+    CSUM_UNVERIFIED,
+    PacketTooBig,
+    TcpPacket,
+    parse_packet,
+    peek_tuple,
+)
 from .verdict import ACCEPT, DROP, MANGLE, Verdict
 
 __all__ = ["Proxy", "ProxyConfig", "Verdict", "ACCEPT", "DROP", "MANGLE"]
@@ -221,10 +228,12 @@ class Proxy:
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
-            self.counters.inc("PktNotTcp")
-            return ACCEPT
+            return self._unparsable(buf, outbound=True)
         pkt.csum_mode = csum
-        v = self._outbound(pkt, now)
+        try:
+            v = self._outbound(pkt, now)
+        except PacketTooBig:
+            return self._too_big()
         if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
             return pkt.finish()
         return v
@@ -258,8 +267,7 @@ class Proxy:
         self.now = now
         pkt = parse_packet(buf)
         if pkt is None:
-            self.counters.inc("PktNotTcp")
-            return ACCEPT
+            return self._unparsable(buf, outbound=False)
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
@@ -270,10 +278,36 @@ class Proxy:
                 return pkt.finish()
             return v
         conn, sf = entry
-        v = conn.on_inbound(pkt, sf, now)
+        try:
+            v = conn.on_inbound(pkt, sf, now)
+        except PacketTooBig:
+            return self._too_big()
         if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
             return pkt.finish()
         return v
+
+    def _unparsable(self, buf: bytearray, outbound: bool) -> Verdict:
+        """A packet the core cannot rewrite (not TCP, fragmented, IPv6 extension headers,
+        BIG TCP, malformed): passed on untouched, unless it belongs to a connection the
+        proxy converts — passing it would put unconverted bytes on that connection's
+        wire or TCP side, so it is dropped (the sender retransmits) and counted."""
+        t = peek_tuple(buf)
+        if t is not None:
+            src, sport, dst, dport = t
+            key = (src, sport, dst, dport) if outbound else (dst, dport, src, sport)
+            entry = self.conns.get(key)
+            if entry is not None and entry[0].state == ConnState.ESTABLISHED:
+                self.counters.inc("PktUnconvertible")
+                return DROP
+        self.counters.inc("PktNotTcp")
+        return ACCEPT
+
+    def _too_big(self) -> Verdict:
+        """A rewrite would overflow the IP length (a segment near 64 KB): dropped, never
+        passed unconverted; the sender's retransmission comes in smaller pieces (GSO) or
+        the TCP side re-segments."""
+        self.counters.inc("PktTooBig")
+        return DROP
 
     def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
         cfg = self.config
@@ -293,6 +327,22 @@ class Proxy:
         conn.set_timer(now + self.config.syn_timeout)
         self.emit_event(EventKind.CREATED, conn)
         return conn.on_outbound(pkt, now)
+
+    def contain_failure(self, buf: bytes | bytearray, outbound: bool, now: float) -> Verdict:
+        """After handling ``buf`` raised (a bug): the connection it belongs to is reset on
+        both sides (its state can no longer be trusted) and the packet is dropped — never
+        passed as if nothing happened. The driver calls this, catching the exception."""
+        self.counters.inc("InternalErrors")
+        t = peek_tuple(buf)
+        if t is None:
+            return DROP
+        src, sport, dst, dport = t
+        entry = self.conns.get((src, sport, dst, dport) if outbound else
+                               (dst, dport, src, sport))
+        if entry is not None and entry[0].state == ConnState.ESTABLISHED:
+            self.counters.inc("ConnAbortedOnError")
+            closing.abort(entry[0], now)
+        return DROP
 
     # -- control ----------------------------------------------------------------------------
     def abort_all(self, now: float) -> None:

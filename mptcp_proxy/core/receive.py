@@ -451,6 +451,12 @@ def mapping_status(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
 
 
 def _data_fin(conn: "Connection", fin_r: int, alone: bool, seg: Segment) -> None:
+    """The peer's DATA_FIN at relative data sequence ``fin_r`` (§3.3.3), taken in sequence:
+    never below data already received (it would cap our DATA_ACK and stall the transfer
+    for good), and the first one stays (a different one later is only counted)."""
+    if fin_r < conn.r_high:
+        conn.counters.inc("DataFinBelowData")
+        return
     if conn.rcv_data_fin is None:
         conn.counters.inc("DataFinRx")
         conn.rcv_data_fin = fin_r

@@ -23,6 +23,7 @@ __all__ = ["Piece", "assign", "mapped", "find_sent", "sentmaps_over", "record_ma
            "forget_acked_mappings", "segment_size"]
 
 MIN_SEGMENT = 500  # bytes: the least payload per forged segment
+MAX_SEGMENT = 0xFFFF - 40 - 60  # bytes: the most (IPv6 header, TCP header with options)
 
 
 class Piece(NamedTuple):
@@ -185,4 +186,4 @@ def segment_size(conn: "Connection", sf: Subflow) -> int:
     """Payload bytes per segment we forge on ``sf``: the path's MSS (already lowered by
     our option overhead) minus the timestamps option."""
     mss = sf.mss or conn.sf0.mss or 1200
-    return max(mss - (12 if sf.ts_ok else 0), MIN_SEGMENT)
+    return min(max(mss - (12 if sf.ts_ok else 0), MIN_SEGMENT), MAX_SEGMENT)

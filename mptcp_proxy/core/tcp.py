@@ -37,6 +37,8 @@ from .verdict import Verdict
 
 __all__ = [
     "TcpPacket",
+    "PacketTooBig",
+    "peek_tuple",
     "parse_packet",
     "walk_options",
     "pad_options",
@@ -63,6 +65,11 @@ _II = struct.Struct("!II")
 NOP2 = b"\x01\x01"
 
 IPPROTO_TCP = 6
+IP_MAX_LEN = 0xFFFF  # bytes: the IPv4 total length / IPv6 payload length field
+
+
+class PacketTooBig(ValueError):
+    """A rewrite would make the packet larger than its 16-bit IP length field can say."""
 
 def walk_options(buf: bytes | bytearray, start: int, end: int) -> list[tuple[int, int, int]] | None:
     """List the TCP options in ``buf[start:end]`` as ``(kind, offset, length)``.
@@ -300,11 +307,15 @@ class TcpPacket:
     def set_options(self, opts: bytes) -> None:
         """Replace the whole option block with ``opts`` (length a multiple of 4, at
         most 40 bytes), moving the payload and fixing data offset, IP lengths and
-        checksums incrementally. Pending field changes are kept."""
-        self.modified = True
+        checksums incrementally. Pending field changes are kept. Raises ``ValueError``
+        for a bad block and :class:`PacketTooBig` (nothing changed) when the packet
+        would outgrow the 16-bit IP length."""
         n = len(opts)
         if n & 3 or n > TCP_MAX_OPTION_SPACE:
             raise ValueError("option block must be a multiple of 4 bytes, at most 40")
+        if len(self.buf) - self.hl + 20 + n > IP_MAX_LEN + (40 if self.v6 else 0):
+            raise PacketTooBig(len(self.buf) - self.hl + 20 + n)
+        self.modified = True
         b = self.buf
         th = self.th
         old_hl = self.hl
@@ -416,13 +427,62 @@ class TcpPacket:
         return total % M16 == 0
 
 
+_IPV6_EXT = {0, 43, 60}  # hop-by-hop, routing, destination options: (next, len8) headers
+_IPV6_FRAG = 44
+
+
+def peek_tuple(buf) -> tuple[bytes, int, bytes, int] | None:
+    """``(src, sport, dst, dport)`` of a TCP segment :func:`parse_packet` refuses but whose
+    ports can be read: an IPv4 first fragment or BIG TCP packet (total length 0), an IPv6
+    packet with extension headers (a first fragment among them). None otherwise."""
+    n = len(buf)
+    if n < 40:
+        return None
+    ver = buf[0] >> 4
+    if ver == 4:
+        ihl = (buf[0] & 0x0F) << 2
+        if ihl < 20 or buf[9] != IPPROTO_TCP or ((buf[6] & 0x1F) or buf[7]) or n < ihl + 4:
+            return None  # (a later fragment: no ports in it)
+        th, src, dst = ihl, bytes(buf[12:16]), bytes(buf[16:20])
+    elif ver == 6:
+        nxt, off = buf[6], 40
+        while nxt != IPPROTO_TCP:
+            if off + 8 > n:
+                return None
+            if nxt == _IPV6_FRAG:
+                if ((buf[off + 2] << 8) | buf[off + 3]) & 0xFFF8:
+                    return None  # a later fragment
+                nxt, off = buf[off], off + 8
+            elif nxt in _IPV6_EXT:
+                nxt, off = buf[off], off + 8 * (buf[off + 1] + 1)
+            else:
+                return None
+        if off + 4 > n:
+            return None
+        th, src, dst = off, bytes(buf[8:24]), bytes(buf[24:40])
+    else:
+        return None
+    sport, dport = _U16.unpack_from(buf, th)[0], _U16.unpack_from(buf, th + 2)[0]
+    return src, sport, dst, dport
+
+
+def ip_tos_ttl(pkt: TcpPacket) -> tuple[int, int]:
+    """The DSCP of the IPv4 TOS byte / IPv6 traffic class (the ECN bits cleared: segments
+    the proxy forges are not ECN-capable transport, RFC 3168 §6.1.1) and the TTL / hop
+    limit."""
+    b = pkt.buf
+    if pkt.v6:
+        return (((b[0] & 0x0F) << 4) | (b[1] >> 4)) & 0xFC, b[7]
+    return b[1] & 0xFC, b[8]
+
+
 def parse_packet(buf: bytearray) -> TcpPacket | None:
     """Parse an IPv4 or IPv6 packet holding a TCP segment.
 
-    Returns ``None`` for anything that is not an unfragmented TCP segment we can
-    rewrite safely (other protocols, IPv4 fragments or options are fine, IPv6
-    extension headers are not) or that is truncated/malformed; the caller then
-    passes the packet on untouched and counts it.
+    Returns ``None`` for anything that is not a whole TCP segment we can rewrite safely:
+    other protocols, IPv4 fragments, IPv6 extension headers, BIG TCP (IP length 0),
+    truncated or malformed packets (IPv4 options are fine). The caller sees with
+    :func:`peek_tuple` whether such a packet belongs to a connection it converts.
     """
     n = len(buf)
     if n < 40:

@@ -27,7 +27,7 @@ from .events import EventKind
 from .projection import held_ranges, note_tcp_ack, pick_ack_subflow
 from .scheduling import assign, assign_new, mapped
 from .seq import MASK32, unwrap
-from .tcp import TcpPacket, read_sack
+from .tcp import TcpPacket, ip_tos_ttl, read_sack
 from .verdict import DROP
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ __all__ = ["TcpSegment", "transmit", "parse_tcp_segment", "note_tcp_state", "dat
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _II = struct.Struct("!II")
 IP_MAX = 0xFFFF  # the 16-bit IP length field
-MAX_DSS_GROWTH = 28  # bytes our options may add to a TCP side's data segment
+MAX_OPTION_GROWTH = 40  # bytes our options may add to a TCP side's data segment, at most
 
 
 class TcpSegment:
@@ -147,6 +147,7 @@ def note_tcp_state(conn: "Connection", seg: TcpSegment, now: float) -> None:
     segments), what it acknowledges and SACKs of the peer's data (relative), and so what
     it holds above a hole (computed once per segment)."""
     pkt = seg.pkt
+    conn.ip_tos, conn.ip_ttl = ip_tos_ttl(pkt)  # (an application may change its DSCP)
     if seg.tsval is not None:
         conn.tcp_tsval = seg.tsval
     conn.tcp_win = pkt.win
@@ -182,7 +183,7 @@ def _data(conn: "Connection", seg: TcpSegment, fin: bool, now: float):
     dfin = d + seg.plen if fin else None
     pieces = mapped(assign(conn, d, seg.plen), dfin)
     lone_fin = fin and not pieces[-1].mapping.data_fin  # an older mapping lacks it
-    if len(pieces) == 1 and len(pkt.buf) + MAX_DSS_GROWTH <= IP_MAX:
+    if len(pieces) == 1 and len(pkt.buf) + MAX_OPTION_GROWTH <= IP_MAX:
         p = pieces[0]
         ack_subflows(conn, p.sf, seg.held, now)
         v = rewrite_onto(conn, pkt, p.sf, p.d, p.s, p.n, fin, seg.tsval, seg.held,

@@ -64,8 +64,11 @@ def _cleanup(topo: Topology) -> subprocess.CompletedProcess:
 
 
 def _journal(topo: Topology) -> Path:
-    inode = os.stat(f"/run/netns/{topo.client}").st_ino
-    return Path(f"/run/mptcp-proxy/state-{QUEUE}-net{inode}.json")
+    """The journal path the daemon uses in the client namespace (named by its netns
+    cookie, asked from inside it)."""
+    out = topo.run(topo.client, [_py(), "-c", "from mptcp_proxy.recovery import journal_path;"
+                                 f" print(journal_path({QUEUE}))"])
+    return Path(out.stdout.strip())
 
 
 @pytest.fixture

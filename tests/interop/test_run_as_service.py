@@ -344,8 +344,10 @@ def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch) -> None:
     group = 4242
     daemon_user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                    f"--groups={group}", *CAPS]
+    # its own runtime directory for the control socket and the state journal (as systemd's
+    # RuntimeDirectory gives the unit's user)
     argv = ["--iface", "c0", "--iface", "c1", "--subflows", "manual", "--control", control,
-            "--control-group", str(group)]
+            "--control-group", str(group), "--state-dir", str(sockdir)]
     px = start_daemon(topo, argv, control, pre=daemon_user, env=UNPRIV_ENV)
     daemons.append(px)
     # it really is unprivileged, with exactly the two capabilities
