@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra MP_JOIN subflows from the other interfaces at connection "
              "setup: as backup paths (default; ready for make-before-break), as "
              "active paths (the peer may send on all), or only on command")
+    add("--join-announced", choices=["off", "global", "any"], default="global",
+        help="join the addresses the server announces (ADD_ADDR): never, only globally "
+             "routable ones (default: a server must not make the proxy connect into the "
+             "client's own networks), or any")
     add("--no-rejoin", action="store_true",
         help="do not re-create subflows when an interface comes back")
     add("--no-fallback-routes", action="store_true",
@@ -217,7 +221,8 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
                     up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
-        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin),
+        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
+                 join_announced=args.join_announced),
         alloc_port=ports.alloc, release_port=ports.release)
     proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .constants import (
-    MPTCP_RST_EMPTCP,
     MPTCP_RST_EUNSPEC,
     MPTCPOPT_RST,
     TCP_ACK,
     TCP_FIN,
     TCP_RST,
+    TCP_SYN,
 )
 from .emission import forge_segment, option_block, send_ack
 from .events import EventKind
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .subflow import Subflow
 
 __all__ = [
-    "data_closed", "send_data_fin", "check_close", "subflow_fin_received", "maybe_finished",
+    "data_closed", "send_data_fin", "data_fin_elsewhere", "check_close", "subflow_fin_received", "maybe_finished",
     "retransmit_fin", "local_reset", "reset_local", "reset_peer", "reset_subflow", "abort",
     "close", "protocol_error", "peer_reset", "closed_segment", "subflow_gone",
     "close_subflow",
@@ -59,6 +59,15 @@ def send_data_fin(conn: "Connection", sf: "Subflow", now: float) -> None:
                              held_ranges(conn, None))
     sf.rcv_acked = san
     conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.seq_nxt), TCP_ACK, opts))
+
+
+def data_fin_elsewhere(conn: "Connection", carrier: "Subflow | None", now: float) -> None:
+    """Our DATA_FIN also goes on every other subflow that can send (as Linux does: a
+    subflow the peer reads more slowly, or that is about to fail, must not hold back the
+    close)."""
+    for sf in conn.subflows:
+        if sf is not carrier and sf.can_send:
+            send_data_fin(conn, sf, now)
 
 
 def check_close(conn: "Connection", now: float) -> None:
@@ -138,6 +147,20 @@ def maybe_finished(conn: "Connection", now: float) -> None:
 
 # -- resets -----------------------------------------------------------------------------------
 
+def _rst_option(reason: int) -> bytes:
+    return pad_options(push_option(MpTcpRst(0, reason)))
+
+
+def _reset_join(conn: "Connection", sf: "Subflow") -> None:
+    """RST + MP_TCPRST for a join still in its handshake (its SYN may have reached the
+    peer)."""
+    seq = sf.snd_wire(0) if sf.state == SubflowState.PRE_ESTABLISHED else sf.snd_isn
+    conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, seq, 0, TCP_RST, 0,
+                                  _rst_option(MPTCP_RST_EUNSPEC), ttl=conn.ip_ttl,
+                                  tos=conn.ip_tos))
+    conn.counters.inc("MPRstTx")
+
+
 def _fastclose_option(conn: "Connection", reason: int) -> bytes:
     return pad_options(push_option(MpFastclose(conn.remote_key))
                        + push_option(MpTcpRst(0, reason)))
@@ -187,7 +210,7 @@ def reset_peer(conn: "Connection", reason: int = MPTCP_RST_EUNSPEC) -> None:
 def reset_subflow(conn: "Connection", sf: "Subflow", now: float, reason: int,
                   why: str = "protocol error") -> None:
     """Reset one subflow with MP_TCPRST ``reason`` (§3.6); the connection goes on."""
-    opt = pad_options(push_option(MpTcpRst(0, reason)))
+    opt = _rst_option(reason)
     conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport,
                                   sf.snd_wire(sf.seq_nxt), sf.rcv_wire(sf.rcv_acked),
                                   TCP_RST | TCP_ACK, 0, opt, ttl=conn.ip_ttl, tos=conn.ip_tos))
@@ -286,6 +309,8 @@ def close(conn: "Connection", now: float, reset: bool = False) -> None:
     conn.transition(ConnInput.RESET if reset else ConnInput.DATA_CLOSED)
     conn.closed_at = now
     for sf in conn.subflows:
+        if sf.state in (SubflowState.SYN_SENT, SubflowState.PRE_ESTABLISHED) and sf.index:
+            _reset_join(conn, sf)  # a join under way: never left half-open at the peer
         sf.transition(SubflowInput.RESET)
     conn.proxy.emit_event(EventKind.CLOSED, conn, reason="reset" if reset else "fin")
     conn.set_timer(now + conn.proxy.config.linger)
@@ -297,6 +322,13 @@ def closed_segment(conn: "Connection", pkt: TcpPacket, sf: "Subflow", now: float
     challenge ACK to our reset ends the peer's side too; after a graceful close, a late
     FIN is acknowledged."""
     flags = pkt.flags
+    if flags & TCP_SYN and flags & TCP_ACK and not flags & TCP_RST and sf.index:
+        # a join's SYN/ACK after the close: the peer's half-open subflow is reset
+        conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, pkt.ack, 0,
+                                      TCP_RST, 0, _rst_option(MPTCP_RST_EUNSPEC),
+                                      ttl=conn.ip_ttl, tos=conn.ip_tos))
+        conn.counters.inc("MPRstTx")
+        return DROP
     if conn.closed_by_reset:
         if not flags & TCP_RST and flags & TCP_ACK and conn.remote_key:
             conn.proxy.send(build_segment(sf.laddr, sf.raddr, sf.lport, sf.rport, pkt.ack, 0,

@@ -32,7 +32,8 @@ from .rangeset import RangeSet
 from .seq import MASK32
 from .states import ConnInput, ConnState, SubflowState, conn_next
 from .subflow import Subflow
-from .tcp import TcpPacket, ip_tos_ttl
+from .forge import build_segment
+from .tcp import TcpPacket, build_ts, ip_tos_ttl
 from .verdict import ACCEPT, DROP
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class Connection:
     # slotted: ~1 KB less per connection than a __dict__ (bench memory figure)
     __slots__ = (
         "proxy", "counters", "id", "key", "v6", "role", "state", "created", "last_activity",
-        "closed_at", "closed_by_reset", "timer",
+        "closed_at", "closed_by_reset", "timer", "tcp_seen", "idle_probes",
         # MPTCP endpoints
         "local_key", "local_token", "local_idsn", "remote_key", "remote_token",
         "remote_idsn", "csum_requested", "csum", "deny_join0", "fully_established",
@@ -77,7 +78,8 @@ class Connection:
         self.v6 = pkt.v6
         self.role = "client"
         self.state = ConnState.SYN_SENT
-        self.created = self.last_activity = self.syn_time = now
+        self.created = self.last_activity = self.syn_time = self.tcp_seen = now
+        self.idle_probes = 0  # probes of a silent TCP side sent (reset by its next segment)
         self.closed_at: float | None = None
         self.closed_by_reset = False
         self.timer: float | None = None
@@ -156,7 +158,8 @@ class Connection:
     # -- dispatch ----------------------------------------------------------------------------
     def on_outbound(self, pkt: TcpPacket, now: float):
         """A segment of the TCP side (OUTPUT hook). Returns the verdict."""
-        self.last_activity = now
+        self.last_activity = self.tcp_seen = now
+        self.idle_probes = 0
         st = self.state
         if st == ConnState.FALLBACK:
             return ACCEPT
@@ -259,14 +262,39 @@ class Connection:
             self.proxy.schedule(self, when)
 
     def rearm(self) -> None:
-        """The connection's timer at its earliest due subflow timer or join."""
+        """The connection's timer at its earliest due subflow timer, join or idle check."""
         due = [sf.timer for sf in self.subflows if sf.timer is not None]
         if self.join_at is not None and not self.joins_opened:
             due.append(self.join_at)
+        idle = self._idle_due()
+        if idle is not None:
+            due.append(idle)
         when = min(due) if due else None
         if when is not None and (self.timer is None or when < self.timer
                                  or self.state == ConnState.ESTABLISHED):
             self.set_timer(when)
+
+    def _idle_due(self) -> float | None:
+        """When the TCP side is next to be probed (None: never)."""
+        cfg = self.proxy.config
+        if not cfg.idle_timeout or self.state != ConnState.ESTABLISHED:
+            return None
+        return self.tcp_seen + cfg.idle_timeout + self.idle_probes * cfg.idle_interval
+
+    def _idle_probe(self, now: float) -> None:
+        """The TCP side was silent for ``idle_timeout``: an ACK one byte below its window
+        (a live socket answers with an ACK, RFC 9293 §3.10.7.4, which resets the count);
+        after ``idle_probes`` unanswered ones the connection is reset on both sides."""
+        if self.idle_probes >= self.proxy.config.idle_probes:
+            self.counters.inc("IdleAbort")
+            closing.abort(self, now)
+            return
+        self.idle_probes += 1
+        self.counters.inc("IdleProbe")
+        la, lp, ra, rp = self.key
+        opts = build_ts(self.shown_tsval or 0, self.tcp_tsval) if self.tcp_ts_ok else b""
+        self.proxy.send(build_segment(ra, la, rp, lp, (self.tcp_rcv_base + self.r_ack - 1),
+                                      (self.tcp_snd_base + self.d_una), TCP_ACK, 0xFFFF, opts))
 
     def on_timer(self, now: float) -> bool:
         """Handle due timers; True when the connection can be forgotten."""
@@ -285,6 +313,9 @@ class Connection:
             return False
         if self.join_at is not None and not self.joins_opened and now >= self.join_at - EPS:
             self.open_joins(now)
+        idle = self._idle_due()
+        if idle is not None and now >= idle - EPS:
+            self._idle_probe(now)
         for sf in list(self.subflows):
             if sf.timer is not None and sf.timer <= now:
                 sf.timer = None

@@ -10,6 +10,7 @@ daemon gives it the interfaces it may use; the control socket calls its public m
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -55,12 +56,15 @@ class PmConfig:
     backup subflows (make-before-break ready; the default); ``"active"`` — join as regular
     subflows (the peer may send on all, paper §5.5); ``"manual"`` — only on command.
     ``rejoin``: re-create subflows on an interface that comes back. ``join_announced``:
-    join addresses the peer announces. ``max_subflows``: per connection.
+    which addresses the peer announces (ADD_ADDR) we join — ``"off"``, ``"global"``
+    (only globally routable ones: an authentic but hostile peer must not make the proxy
+    open connections into the client's own networks; the default) or ``"any"``.
+    ``max_subflows``: per connection.
     """
 
     subflows: str = "backup"
     rejoin: bool = True
-    join_announced: bool = True
+    join_announced: str = "global"
     max_subflows: int = 8
 
 
@@ -165,6 +169,8 @@ class PathManager:
             signalling.flush_signals(conn, now)
         if switch:
             self.switch(conn, sf, now, signal=True, defer=broken)
+        if closing.data_closed(conn):  # it completed after the close: close it too
+            closing.check_close(conn, now)
 
     def subflow_gone(self, conn: "Connection", sf: Subflow, now: float,
                      exclude_iface: str | None = None) -> None:
@@ -195,6 +201,8 @@ class PathManager:
         repeats of pending signals."""
         if joins.join_timer(conn, sf, now) or sf.state != SubflowState.ESTABLISHED:
             return
+        if signalling.probe_expired(conn, sf, now):
+            return
         if sf.prio_at is not None and now >= sf.prio_at - 1e-9:
             if conn.active is sf:
                 self._send_prio(conn, sf, now)
@@ -202,8 +210,9 @@ class PathManager:
                 sf.prio_at = None
         if conn.pending_signals:
             signalling.flush_signals(conn, now)
-        if sf.prio_at is not None:
-            sf.timer = sf.prio_at
+        due = [t for t in (sf.prio_at, sf.rm_probe_at) if t is not None]
+        if due:
+            sf.timer = min(due)
 
     # -- which subflow sends -------------------------------------------------------------
     def usable(self, conn: "Connection") -> list[Subflow]:
@@ -344,7 +353,11 @@ class PathManager:
     def peer_announced(self, conn: "Connection", sf: Subflow, addr_id: int, addr: bytes,
                        port: int | None, now: float) -> None:
         """The peer announced ``addr`` (HMAC checked, echoed): join it per the policy."""
-        if not self.config.join_announced or not self.ifaces or len(addr) != len(sf.raddr):
+        if not self.ifaces or len(addr) != len(sf.raddr):
+            return
+        policy = self.config.join_announced
+        if policy == "off" or (policy == "global" and not ipaddress.ip_address(addr).is_global):
+            conn.counters.inc("AddAddrNotJoined")
             return
         iface = self.ifaces.get(sf.iface) or next(iter(self.ifaces.values()))
         backup = self.config.subflows == "backup" or sf is not conn.active

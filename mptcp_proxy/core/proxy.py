@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 from . import closing
 from .connection import Connection
-from .constants import TCP_ACK, TCP_RST, TCP_SYN
+from .constants import TCP_ACK, TCP_RST, TCP_SYN, TCPOPT_MPTCP
 from .counters import Counters
 from .events import Event, EventKind
 from .policy import PathManager
@@ -63,7 +63,11 @@ class ProxyConfig:
     late segments; ``syn_timeout``: seconds a connection may stay in SYN_SENT;
     ``syn_mpc_retries``: SYN retransmissions that still carry MP_CAPABLE; ``fin_rto``:
     seconds before our subflow FIN is retransmitted (doubled each time, ``fin_retries``
-    times); ``max_connections``: connections tracked at once, ``max_syn_sent``: of
+    times); ``idle_timeout``: seconds without a segment of the TCP side after which it is
+    probed (an ACK below its window, which a live socket answers; 0: never), at most
+    ``idle_probes`` times ``idle_interval`` seconds apart, before the connection is reset
+    on both sides (its socket vanished without a word: the state must not stay forever);
+    ``max_connections``: connections tracked at once, ``max_syn_sent``: of
     them in SYN_SENT (0 = no limit; the daemon's ``--max-connections``/``--max-syn-sent``).
     """
 
@@ -75,6 +79,9 @@ class ProxyConfig:
     syn_mpc_retries: int = 2
     fin_rto: float = 0.3
     fin_retries: int = 6
+    idle_timeout: float = 600.0
+    idle_probes: int = 3
+    idle_interval: float = 10.0
     max_connections: int = 0
     max_syn_sent: int = 0
 
@@ -234,7 +241,7 @@ class Proxy:
             v = self._outbound(pkt, now)
         except PacketTooBig:
             return self._too_big()
-        if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
+        if v is ACCEPT and pkt.modified:  # the verdict contract (verdict.py)
             return pkt.finish()
         return v
 
@@ -252,6 +259,9 @@ class Proxy:
                 return ACCEPT
             ports = self.config.ports
             if ports and pkt.dport not in ports:
+                return ACCEPT
+            if _has_mptcp_option(pkt):  # a native MPTCP socket: it speaks for itself
+                self.counters.inc("PktAlreadyMptcp")
                 return ACCEPT
             if entry is not None:
                 self.forget(entry[0])
@@ -282,7 +292,7 @@ class Proxy:
             v = conn.on_inbound(pkt, sf, now)
         except PacketTooBig:
             return self._too_big()
-        if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
+        if v is ACCEPT and pkt.modified:  # the verdict contract (verdict.py)
             return pkt.finish()
         return v
 
@@ -353,9 +363,5 @@ class Proxy:
             closing.abort(conn, now)
 
 
-def _checked(pkt: TcpPacket, verdict: Verdict) -> Verdict:
-    """The verdict contract: a buffer that was changed is never passed as unchanged (its
-    checksums are completed and it goes as rewritten)."""
-    if verdict is ACCEPT and pkt.modified:
-        return pkt.finish()
-    return verdict
+def _has_mptcp_option(pkt: TcpPacket) -> bool:
+    return pkt.hl > 20 and any(kind == TCPOPT_MPTCP for kind, _o, _n in pkt.options() or ())

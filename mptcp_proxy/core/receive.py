@@ -67,6 +67,7 @@ __all__ = ["Segment", "receive", "parse_segment", "acceptable", "note_arrival", 
 
 _TS_PREFIX = b"\x01\x01\x08\x0a"
 _TS_HALF = 0x80000000
+MAX_RECV_MAPPINGS = 1024  # distinct mappings kept per subflow (merged when contiguous)
 _II = struct.Struct("!II")
 
 
@@ -339,6 +340,8 @@ def note_arrival(conn: "Connection", sf: "Subflow", seg: Segment, now: float) ->
     wnd = seg.pkt.win << sf.rcv_wscale
     if wnd > sf.max_snd_wnd:
         sf.max_snd_wnd = wnd
+    if sf.rm_probe_at is not None and not seg.others:
+        signalling.probe_answered(conn, sf)
     if seg.ts_off >= 0 and sf.ts_ok:
         if sf.ts_off is None or not ts_after(sf.ts_recent, seg.tsval):
             sf.ts_recent = seg.tsval
@@ -441,6 +444,9 @@ def mapping_status(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
         nbytes -= 1
         _data_fin(conn, r + nbytes, dss.subflow_seq == 0 and nbytes == 0, seg)
     if nbytes > 0:
+        if len(sf.rcv_map.entries) >= MAX_RECV_MAPPINGS:
+            conn.counters.inc("RecvMapLimit")  # (the peer's mappings are never this many)
+            return DROP
         if not sf.rcv_map.add(s_map, r, nbytes):
             conn.counters.inc("DSSNotMatching")
             return closing.protocol_error(conn, sf, now, MPTCP_RST_EMPTCP)

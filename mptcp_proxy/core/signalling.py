@@ -22,10 +22,12 @@ from .constants import (
     MPTCPOPT_MP_PRIO,
     MPTCPOPT_RM_ADDR,
 )
-from .emission import send_ack
+from .constants import TCP_ACK
+from .emission import forge_segment, send_ack
 from .events import EventKind
 from .options import AddAddr, Malformed, MpPrio, RemoveAddr, pull_option, push_option
 from .projection import held_ranges
+from .tcp import build_ts
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -33,10 +35,13 @@ if TYPE_CHECKING:
     from .tcp import TcpPacket
 
 __all__ = ["receive_options", "send_signal", "queue_signal", "flush_signals", "announce",
-           "remove_addr", "send_prio", "PendingSignal"]
+           "remove_addr", "send_prio", "PendingSignal", "probe_answered", "probe_expired"]
 
 SIGNAL_REPEATS = 2  # times an unacknowledged signal (REMOVE_ADDR) is sent
 SIGNAL_RTO_MIN = 0.2  # seconds between repeats at least
+MAX_PENDING_SIGNALS = 16  # per connection
+MAX_REMOTE_ADDRS = 8  # addresses of the peer remembered per connection (Linux: 8 IDs)
+RM_PROBE_TIMEOUT = 1.0  # s: a REMOVE_ADDR probe unanswered this long ends the subflow
 
 
 class PendingSignal:
@@ -92,6 +97,9 @@ def _add_addr(conn: "Connection", sf: "Subflow", o: AddAddr, now: float) -> None
     send_signal(conn, sf, echo, now)
     conn.counters.inc("EchoAddTx")
     known = conn.remote_addrs.get(o.addr_id)
+    if known is None and len(conn.remote_addrs) >= MAX_REMOTE_ADDRS:
+        conn.counters.inc("AddAddrLimit")  # echoed (the peer stops repeating it), not kept
+        return
     conn.remote_addrs[o.addr_id] = (o.addr, o.port)
     conn.proxy.emit_event(EventKind.ANNOUNCED, conn, remid=o.addr_id)
     if known != (o.addr, o.port):
@@ -99,14 +107,46 @@ def _add_addr(conn: "Connection", sf: "Subflow", o: AddAddr, now: float) -> None
 
 
 def _remove_addr(conn: "Connection", sf: "Subflow", o: RemoveAddr, now: float) -> None:
-    """REMOVE_ADDR (§3.4.2): the subflows to those address IDs are gone."""
+    """REMOVE_ADDR (§3.4.2): the subflows to those address IDs are gone. The last usable
+    one is first probed (§3.4.2: the path may still work, and the option is not
+    authenticated): it ends only if the probe goes unanswered (:func:`probe_expired`)."""
     conn.counters.inc("RmAddrRx")
     for rid in o.addr_ids:
         conn.proxy.emit_event(EventKind.REMOVED, conn, remid=rid)
-    for s in conn.subflows:
-        if not s.gone and s.remote_id in o.addr_ids:
+    for s in list(conn.subflows):
+        if s.gone or s.remote_id not in o.addr_ids:
+            continue
+        if any(x is not s and x.alive for x in conn.subflows) or not s.can_send:
             closing.subflow_gone(conn, s, now, "peer removed its address")
+        elif s.rm_probe_at is None:
+            _probe(conn, s, now)
     conn.remote_addrs = {k: v for k, v in conn.remote_addrs.items() if k not in o.addr_ids}
+
+
+def _probe(conn: "Connection", sf: "Subflow", now: float) -> None:
+    """A keepalive on ``sf`` (one byte below what the peer expects: it answers with an
+    ACK, RFC 9293 §3.8.4); the subflow ends at :data:`RM_PROBE_TIMEOUT` if nothing comes."""
+    sf.rm_probe_at = now + max(RM_PROBE_TIMEOUT, 3 * conn.srtt)
+    sf.timer = sf.rm_probe_at if sf.timer is None else min(sf.timer, sf.rm_probe_at)
+    conn.counters.inc("RmAddrProbe")
+    conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(sf.seq_nxt - 1), TCP_ACK,
+                                  build_ts(conn.tcp_tsval, sf.ts_recent) if sf.ts_ok else b""))
+    conn.rearm()
+
+
+def probe_answered(conn: "Connection", sf: "Subflow") -> None:
+    """A segment came on ``sf`` while a REMOVE_ADDR probe was out: the path works."""
+    sf.rm_probe_at = None
+    conn.counters.inc("RmAddrProbeAnswered")
+
+
+def probe_expired(conn: "Connection", sf: "Subflow", now: float) -> bool:
+    """The REMOVE_ADDR probe on ``sf`` went unanswered: the address is really gone."""
+    if sf.rm_probe_at is None or now < sf.rm_probe_at - 1e-9:
+        return False
+    sf.rm_probe_at = None
+    closing.subflow_gone(conn, sf, now, "peer removed its address")
+    return True
 
 
 def _mp_prio(conn: "Connection", sf: "Subflow", o: MpPrio, now: float) -> None:
@@ -154,6 +194,9 @@ def queue_signal(conn: "Connection", option: bytes, now: float, counter: str,
     """Send a connection-level signal on a usable subflow, or keep it until one exists;
     repeated ``repeats`` times, an RTO apart (or, with ``echoed_by``, until the ADD_ADDR
     echo for that address ID arrives)."""
+    if len(conn.pending_signals) >= MAX_PENDING_SIGNALS:
+        conn.counters.inc("SignalsDropped")
+        del conn.pending_signals[0]
     conn.pending_signals.append(PendingSignal(option, counter, repeats, echoed_by))
     flush_signals(conn, now)
 

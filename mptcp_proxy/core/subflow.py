@@ -62,7 +62,7 @@ class Subflow:
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "closed_at",
         "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "sent",
-        "rcv_wnd_edge", "max_snd_wnd", "last_challenge",
+        "rcv_wnd_edge", "max_snd_wnd", "last_challenge", "rm_probe_at",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -120,6 +120,7 @@ class Subflow:
         self.rcv_wnd_edge = INITIAL_WINDOW
         self.max_snd_wnd = INITIAL_WINDOW
         self.last_challenge = -1.0
+        self.rm_probe_at: float | None = None  # a REMOVE_ADDR probe is out until then
 
     def __repr__(self) -> str:
         return f"<Subflow {self.index} {self.state.name} {self.iface or ''}>"

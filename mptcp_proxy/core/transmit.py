@@ -45,7 +45,7 @@ class TcpSegment:
     """A segment of the TCP side as the stages see it (``d``: relative data sequence of
     its first byte)."""
 
-    __slots__ = ("pkt", "flags", "plen", "d", "tsval", "r_sacks", "extra", "held")
+    __slots__ = ("pkt", "flags", "plen", "d", "tsval", "r_sacks", "extra", "held", "carrier")
 
     def __init__(self, pkt: TcpPacket, tsval: int | None, sack_wire, extra: bytes) -> None:
         self.pkt = pkt
@@ -56,6 +56,7 @@ class TcpSegment:
         self.r_sacks = sack_wire  # its SACK blocks: 32-bit wire pairs, then relative
         self.extra = extra  # its options other than timestamps, SACK and MPTCP
         self.held: list = []
+        self.carrier = None  # the subflow the segment itself goes out on
 
 
 def transmit(conn: "Connection", pkt: TcpPacket, now: float):
@@ -71,16 +72,19 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
     note_tcp_state(conn, seg, now)
     fin = seg.flags & TCP_FIN
     seg.d = d = unwrap(pkt.seq, conn.tcp_snd_base, conn.d_nxt)
-    if fin:
-        data_fin(conn, d + seg.plen)
+    new_fin = bool(fin) and data_fin(conn, d + seg.plen)
     if seg.plen:
-        return _data(conn, seg, bool(fin), now)
-    sf, dupack = pick_ack_subflow(conn, seg.held)
-    ack_subflows(conn, sf, seg.held, now, dupack=dupack)
-    verdict = rewrite_onto(conn, pkt, sf, d, sf.seq_nxt, 0, bool(fin), seg.tsval, seg.held,
-                           seg.extra, now)
-    conn.schedule_joins(now)
-    if conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
+        verdict = _data(conn, seg, bool(fin), now)
+    else:
+        sf, dupack = pick_ack_subflow(conn, seg.held)
+        ack_subflows(conn, sf, seg.held, now, dupack=dupack)
+        seg.carrier = sf
+        verdict = rewrite_onto(conn, pkt, sf, d, sf.seq_nxt, 0, bool(fin), seg.tsval,
+                               seg.held, seg.extra, now)
+        conn.schedule_joins(now)
+    if new_fin:
+        closing.data_fin_elsewhere(conn, seg.carrier, now)
+    if not seg.plen and conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
         closing.check_close(conn, now)
     return verdict
 
@@ -160,12 +164,15 @@ def note_tcp_state(conn: "Connection", seg: TcpSegment, now: float) -> None:
     seg.held = held_ranges(conn, seg.r_sacks)
 
 
-def data_fin(conn: "Connection", dfin: int) -> None:
-    """The TCP side's FIN at relative data sequence ``dfin``: our DATA_FIN (§3.3.3)."""
-    if conn.snd_data_fin is None:
-        conn.snd_data_fin = dfin
-        conn.counters.inc("DataFinTx")
-        conn.proxy.emit_event(EventKind.DATA_FIN_TX, conn)
+def data_fin(conn: "Connection", dfin: int) -> bool:
+    """The TCP side's FIN at relative data sequence ``dfin``: our DATA_FIN (§3.3.3). True
+    the first time."""
+    if conn.snd_data_fin is not None:
+        return False
+    conn.snd_data_fin = dfin
+    conn.counters.inc("DataFinTx")
+    conn.proxy.emit_event(EventKind.DATA_FIN_TX, conn)
+    return True
 
 
 def _data(conn: "Connection", seg: TcpSegment, fin: bool, now: float):
@@ -185,6 +192,7 @@ def _data(conn: "Connection", seg: TcpSegment, fin: bool, now: float):
     lone_fin = fin and not pieces[-1].mapping.data_fin  # an older mapping lacks it
     if len(pieces) == 1 and len(pkt.buf) + MAX_OPTION_GROWTH <= IP_MAX:
         p = pieces[0]
+        seg.carrier = p.sf
         ack_subflows(conn, p.sf, seg.held, now)
         v = rewrite_onto(conn, pkt, p.sf, p.d, p.s, p.n, fin, seg.tsval, seg.held,
                          seg.extra, now, p.mapping)
@@ -192,6 +200,7 @@ def _data(conn: "Connection", seg: TcpSegment, fin: bool, now: float):
             closing.send_data_fin(conn, p.sf, now)
         return v
     send_pieces(conn, pieces, d, pkt.payload, seg.tsval, seg.held, now)
+    seg.carrier = pieces[-1].sf
     if lone_fin:
         closing.send_data_fin(conn, pieces[-1].sf, now)
     ack_subflows(conn, None, seg.held, now)

@@ -970,7 +970,7 @@ def test_peer_announces_address(mp_bed, run_proxy, record_property) -> None:
 
     bed = mp_bed(server_links=2, server_setup=signal)
     topo = bed.topo
-    px = run_proxy(topo, extra=_opts("--subflows", "manual"))
+    px = run_proxy(topo, extra=_opts("--subflows", "manual", "--join-announced", "any"))
     p0 = px.stats()
     tr = Transfer(topo, bed.srv, topo.server_addr, down=12 * MB, seed=505)
     cid = _conn_id(px)

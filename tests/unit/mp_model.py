@@ -1934,7 +1934,8 @@ class MpNet:
         self.addr_path = {A0: 0, A1: 1}
         self.ifaces = [LocalIface("c0", 1, v4=[A0]), LocalIface("c1", 2, v4=[A1])]
         self._port = 50000
-        self.pm = PathManager(self.ifaces, PmConfig(subflows=subflows, **(pm_kw or {})),
+        pm_kw = {"join_announced": "any", **(pm_kw or {})}  # (the model's addresses: 10/8)
+        self.pm = PathManager(self.ifaces, PmConfig(subflows=subflows, **pm_kw),
                               alloc_port=self._alloc_port)
         self.proxy = Proxy(proxy_config or ProxyConfig(), seeded_random_bytes(seed),
                            pm=self.pm)

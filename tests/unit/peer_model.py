@@ -480,6 +480,8 @@ class LocalStack:
         self.reset = False
         self.challenge_acks = 0
         self.last_tsval = 0
+        self.rcv_wup = 0  # the ACK last sent (relative)
+        self.gone = False  # the socket vanished silently (answers nothing)
 
     # -- sequence helpers
     def swire(self, rel: int) -> int:
@@ -511,6 +513,8 @@ class LocalStack:
             room = (40 - len(opts) - 4) // 8
             opts += opt_sack(self._sack_blocks()[:room])
         opts += extra
+        if ack:
+            self.rcv_wup = self.rcv_nxt  # (Linux tp->rcv_wup: the ACK last sent)
         return bytes(build_segment(self.addr, self.raddr, self.port, self.rport,
                                    self.swire(seq_rel), self.rwire(self.rcv_nxt) if ack else 0,
                                    flags | (ACK if ack else 0), self.win, opts, payload))
@@ -604,6 +608,8 @@ class LocalStack:
     # -- input
     def receive(self, s: Seg) -> list[bytes]:
         v = self.violations
+        if self.gone:  # the socket vanished without a word: nothing answers any more
+            return []
         if not s.csum_ok:
             v.append(f"local: bad checksum {s!r}")
             return []
@@ -653,6 +659,10 @@ class LocalStack:
                 return [self.ack_pkt()]  # retransmitted SYN/ACK: ACK it again
             v.append(f"local: unexpected SYN {s!r}")
             return []
+        # an old pure ACK (below the ACK last sent: Linux tcp_sequence) is answered with an
+        # ACK (a keepalive's answer); unlike Linux, its ACK field is still used: the model's
+        # queue can hold the local stack's own ACK back while a later segment overtakes it
+        answer = not s.plen and not s.fin and r < self.rcv_wup
         if self.ts_ok:
             if s.ts is None:
                 v.append(f"local: segment without timestamps after TS negotiated {s!r}")
@@ -678,7 +688,7 @@ class LocalStack:
             self.sacks_seen.append([(sdiff(lo, self.swire(0)), sdiff(hi, self.swire(0)))
                                     for lo, hi in s.sack])
         if not s.plen and not s.fin:
-            return []
+            return [self.ack_pkt()] if answer else []
         self._store(r, s.payload, s.fin)
         return [self.ack_pkt()]
 

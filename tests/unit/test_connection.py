@@ -1248,3 +1248,20 @@ def test_connection_caps_leave_new_connections_plain():
     assert proxy.outbound(syn(5003), 100.0) is Verdict.MANGLE
     assert proxy.outbound(syn(5004), 100.0) is Verdict.ACCEPT  # max_connections = 3
     assert proxy.counters["ConnLimit"] == 1
+
+
+def test_silent_tcp_side_is_probed_then_reset():
+    """Bounded state (issue 8): a connection whose TCP side says nothing for idle_timeout
+    is probed; a live socket answers and the connection stays; a vanished one (nothing
+    answers) gets the connection reset on both sides after idle_probes probes."""
+    pair = established(config=ProxyConfig(idle_timeout=30.0, idle_probes=2, idle_interval=5.0))
+    pair.transfer(blob(2000, 70), blob(2000, 71))
+    t0 = pair.now
+    pair.advance(31.0)  # the model's local stack answers the probe with an ACK
+    assert counters(pair)["IdleProbe"] == 1
+    assert pair.conn.state == ConnState.ESTABLISHED and pair.conn.idle_probes == 0
+    pair.local.gone = True  # from now on the socket is gone and answers nothing
+    pair.advance(31.0 + 2 * 5.0 + 1.0)
+    assert counters(pair)["IdleProbe"] == 3 and counters(pair)["IdleAbort"] == 1
+    assert pair.conn.state == ConnState.CLOSED and pair.peer.fastclosed
+    assert pair.now - t0 < 80
