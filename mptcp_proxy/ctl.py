@@ -52,12 +52,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from . import __version__
+from .ctlproto import DEFAULT_CONTROL, Fault
+
 TYPE_CHECKING = False  # no typing import at run time: start-up time is what counts here
 if TYPE_CHECKING:
     from typing import Any, TextIO
-
-from . import __version__
-from .ctlproto import DEFAULT_CONTROL, Fault
 
 DEFAULT_SOCKET = DEFAULT_CONTROL  # the daemon's --control default
 SOCKET_ENV = "MPTCP_PROXY_SOCKET"

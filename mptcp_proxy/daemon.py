@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+
 from . import __version__
 from .config import DEFAULT_CONFIG, ConfigError, parse_command_line
 from .core.proxy import Proxy, ProxyConfig
@@ -204,14 +205,13 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
               argv: list[str] | None = None, ring: RingHandler | None = None,
               group: int | None = None) -> int:
     from .control import ControlServer
-    from .runtime import Runtime
-    from .service import notify
     from .core.policy import LocalIface, PathManager, PmConfig
-    from .links import FallbackRoutes, LinkMonitor, PortReservations
-    from .links import RpFilter
+    from .links import FallbackRoutes, LinkMonitor, PortReservations, RpFilter
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
     from .recovery import Journal, journal_path, process_age, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
+    from .runtime import Runtime
+    from .service import notify
 
     loop = asyncio.get_running_loop()
     config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,

@@ -84,8 +84,13 @@ class Metrics:
     histograms fed by :meth:`observe`."""
 
     def __init__(self, proxy, driver=None, pm=None, loop=None, backend: str = "") -> None:
-        from prometheus_client import CollectorRegistry, Histogram, Info
-        from prometheus_client import ProcessCollector, disable_created_metrics
+        from prometheus_client import (
+            CollectorRegistry,
+            Histogram,
+            Info,
+            ProcessCollector,
+            disable_created_metrics,
+        )
         disable_created_metrics()  # no *_created series: they double the output for nothing
         self.proxy, self.driver, self.pm, self.loop = proxy, driver, pm, loop
         self.loop_thread = threading.get_ident()

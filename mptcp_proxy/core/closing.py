@@ -1,6 +1,6 @@
 """Closing: DATA_FIN ↔ FIN, the subflows' own FINs, RST ↔ MP_FASTCLOSE and MP_TCPRST,
-and what a closed connection still answers (fallback to TCP: :mod:`.fallback`) (RFC 8684 §3.3.3, §3.5–3.7;
-paper Fig. 4). The same in both roles.
+and what a closed connection still answers (RFC 8684 §3.3.3, §3.5, §3.6; paper Fig. 4;
+fallback to TCP is :mod:`.fallback`). The same in both roles.
 
 The TCP side's FIN is our DATA_FIN (it consumes one data sequence number, §3.3.3); the
 peer's DATA_FIN becomes a FIN for the TCP side once every byte before it was delivered.
@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .subflow import Subflow
 
 __all__ = [
-    "data_closed", "send_data_fin", "data_fin_elsewhere", "check_close", "subflow_fin_received", "maybe_finished",
+    "data_closed", "send_data_fin", "data_fin_elsewhere", "check_close",
+    "subflow_fin_received", "maybe_finished",
     "retransmit_fin", "local_reset", "reset_local", "reset_peer", "reset_subflow", "abort",
     "close", "protocol_error", "peer_reset", "closed_segment", "subflow_gone",
     "close_subflow",

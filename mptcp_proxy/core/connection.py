@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 from . import closing, crypto, fallback, handshake, joins, receive, transmit
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
+from .forge import build_segment
 from .rangeset import RangeSet
 from .seq import MASK32
 from .states import ConnInput, ConnState, SubflowState, conn_next
 from .subflow import Subflow
-from .forge import build_segment
 from .tcp import TcpPacket, build_ts, ip_tos_ttl
 from .verdict import ACCEPT, DROP
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import crypto
 from .constants import (
     MPTCP_CAP_CHECKSUM_REQD,
     MPTCP_CAP_DENY_JOIN_ID0,
@@ -24,8 +23,8 @@ from .constants import (
     TCPOPT_TIMESTAMP,
     TCPOPT_WINDOW,
 )
-from .fallback import fallback
 from .events import EventKind
+from .fallback import fallback
 from .options import MpCapable, pull_option, push_option
 from .states import ConnInput, SubflowInput
 from .tcp import TcpPacket, pad_options

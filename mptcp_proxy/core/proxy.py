@@ -29,9 +29,9 @@ from .connection import Connection
 from .constants import TCP_ACK, TCP_RST, TCP_SYN, TCPOPT_MPTCP
 from .counters import Counters
 from .events import Event, EventKind
+from .orphans import Orphans
 from .policy import PathManager
 from .states import ConnInput, ConnState
-from .orphans import Orphans
 from .subflow import Subflow
 from .tcp import (
     CSUM_OK,

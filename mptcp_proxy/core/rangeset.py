@@ -9,7 +9,7 @@ are dropped, since the lowest ones are those that move cumulative ACKs forward.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Iterable
 
 __all__ = ["Range", "RangeSet", "merge_ranges"]
 

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 from . import closing, fallback, signalling
 from .checksum import dss_checksum_ok, ones_sum
 from .constants import (
-    MPTCP_RST_EMIDDLEBOX,
     MPTCP_RST_EMPTCP,
     MPTCPOPT_DSS,
     TCP_ACK,

@@ -21,8 +21,8 @@ from .constants import (
     MPTCPOPT_MP_FASTCLOSE,
     MPTCPOPT_MP_PRIO,
     MPTCPOPT_RM_ADDR,
+    TCP_ACK,
 )
-from .constants import TCP_ACK
 from .emission import forge_segment, send_ack
 from .events import EventKind
 from .options import AddAddr, Malformed, MpPrio, RemoveAddr, pull_option, push_option

@@ -15,7 +15,6 @@ import os
 import pytest
 
 from netns import Topology, wait_until
-from netns.topology import python_argv
 
 pytestmark = pytest.mark.interop
 

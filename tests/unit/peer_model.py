@@ -448,8 +448,10 @@ class LocalStack:
 
     def __init__(self, pair: "ProxyPair", addr: bytes, port: int, raddr: bytes, rport: int,
                  isn: int, mss: int = 1460, wscale: int | None = 7, sack: bool = True,
-                 ts: bool = True, ts_base: int = 100000, win: int = 1024) -> None:
+                 ts: bool = True, ts_base: int = 100000, win: int = 1024, tos: int = 0,
+                 ttl: int = 64) -> None:
         self.pair = pair
+        self.tos, self.ttl = tos, ttl  # its IP TOS byte / traffic class and TTL
         self.addr, self.port, self.raddr, self.rport = addr, port, raddr, rport
         self.iss = isn & M32
         self.mss, self.ws, self.sack_perm, self.ts_on = mss, wscale, sack, ts
@@ -517,7 +519,8 @@ class LocalStack:
             self.rcv_wup = self.rcv_nxt  # (Linux tp->rcv_wup: the ACK last sent)
         return bytes(build_segment(self.addr, self.raddr, self.port, self.rport,
                                    self.swire(seq_rel), self.rwire(self.rcv_nxt) if ack else 0,
-                                   flags | (ACK if ack else 0), self.win, opts, payload))
+                                   flags | (ACK if ack else 0), self.win, opts, payload,
+                                   ttl=self.ttl, tos=self.tos))
 
     def _sack_blocks(self) -> list[tuple[int, int]]:
         ranges = []

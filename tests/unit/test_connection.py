@@ -40,8 +40,8 @@ from peer_model import (
     seeded_random_bytes,
 )
 
-from mptcp_proxy.core.states import ConnState
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
+from mptcp_proxy.core.states import ConnState
 from mptcp_proxy.core.verdict import Verdict
 
 PAYLOAD = bytes(random.Random(7).randbytes(300_000))

@@ -26,10 +26,10 @@ import pytest
 
 from mptcp_proxy import control, ctl
 from mptcp_proxy.control import MAX_LINE, ControlServer, Fault
-from mptcp_proxy.core.states import ConnState
 from mptcp_proxy.core.counters import COUNTER_HELP, Counters
 from mptcp_proxy.core.policy import LocalIface, PathManager, PmConfig
 from mptcp_proxy.core.proxy import ProxyConfig
+from mptcp_proxy.core.states import ConnState
 from mptcp_proxy.core.subflow import SubflowState
 
 V4_L, V4_R = bytes([10, 0, 1, 1]), bytes([192, 0, 2, 9])

@@ -9,7 +9,8 @@ from mptcp_proxy.core.counters import COUNTERS, Counters, help_of
 ROOT = Path(__file__).resolve().parents[2] / "mptcp_proxy"
 # inc("Name"), counters["Name"], and a counter name handed on as a string argument
 # (queue_signal(..., "RmAddrTx")): any CamelCase string literal that is a counter's shape
-USE = re.compile(r"""(?:\.inc\(|counters\[|c\[)\s*"([A-Za-z0-9]+)"|,\s*"([A-Z][A-Za-z0-9]+(?:Tx|Rx))"\s*[,)]""")
+USE = re.compile(r"""(?:\.inc\(|counters\[|c\[)\s*"([A-Za-z0-9]+)"""
+                 r"""|,\s*"([A-Z][A-Za-z0-9]+(?:Tx|Rx))"\s*[,)]""")
 
 
 def _used() -> set[str]:

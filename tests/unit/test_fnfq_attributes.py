@@ -23,8 +23,15 @@ from mptcp_proxy.core.constants import TCP_SYN
 from mptcp_proxy.core.forge import build_segment
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
 from mptcp_proxy.core.tcp import CSUM_OK, CSUM_PARTIAL, parse_packet, walk_options
-from mptcp_proxy.fnfq import (ATTR_SLACK, BATCH, NFQA_PRIORITY, NFQA_SKB_CSUMNOTREADY,
-                              FnfqueueDriver, alloc_packet, reparse_attributes)
+from mptcp_proxy.fnfq import (
+    ATTR_SLACK,
+    BATCH,
+    NFQA_PRIORITY,
+    NFQA_SKB_CSUMNOTREADY,
+    FnfqueueDriver,
+    alloc_packet,
+    reparse_attributes,
+)
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET = 0

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mptcp_proxy.core.mapping import MapTable
-from mptcp_proxy.core.rangeset import RangeSet, merge_ranges
 from mptcp_proxy.core.projection import subflow_ack
+from mptcp_proxy.core.rangeset import RangeSet, merge_ranges
 from mptcp_proxy.core.scheduling import find_sent
 from mptcp_proxy.core.seq import unwrap
 from mptcp_proxy.core.subflow import Subflow
@@ -296,7 +296,7 @@ class TestRangeSet:
         assert not rs and rs.first() is None
 
 
-# --- scheduling.find_sent ----------------------------------------------------------------------------
+# --- scheduling.find_sent -------------------------------------------------------------------
 
 def new_subflow() -> Subflow:
     return Subflow(0, b"\x0a\0\0\x01", 1000, b"\x0a\0\0\x02", 80, snd_isn=12345)
@@ -349,7 +349,7 @@ class TestFindSent:
         assert find_sent(sf, 10, 5) is None
 
 
-# --- projection.subflow_ack --------------------------------------------------------------------------
+# --- projection.subflow_ack -----------------------------------------------------------------
 
 def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held):
     """The docstring, per byte: the cumulative subflow ACK covers, in subflow order from

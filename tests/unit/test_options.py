@@ -7,6 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mptcp_proxy.core import crypto
+from mptcp_proxy.core.checksum import dss_checksum, dss_checksum_ok, ones_add, ones_sum
 from mptcp_proxy.core.options import (
     AddAddr,
     Dss,
@@ -26,8 +27,6 @@ from mptcp_proxy.core.options import (
     pull_option,
     push_option,
 )
-
-from mptcp_proxy.core.checksum import dss_checksum, dss_checksum_ok, ones_add, ones_sum
 
 OPTION_TYPES = (MpCapable, MpJoinSyn, MpJoinSynAck, MpJoinAck, Dss, AddAddr, RemoveAddr,
                 MpPrio, MpFail, MpFastclose, MpTcpRst)
