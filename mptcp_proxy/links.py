@@ -173,7 +173,7 @@ class FallbackRoutes:
     rule (``ip rule add pref PREF lookup TABLE``), a default route via each managed
     interface's gateway. A segment from a dead interface's address then finds a
     route, reaches the proxy, and leaves — rewritten to a live subflow's addresses —
-    by the link of its new source (DESIGN.md §3.10). The kernel drops the route of a
+    by the link of its new source (docs/platform.md §6). The kernel drops the route of a
     link that goes down; :meth:`refresh` puts it back when the link returns.
     Limit: this keeps routes, not addresses; if the address itself is removed, the
     local socket cannot send at all.

@@ -4,7 +4,7 @@ Two queues — one for the local stack's outbound segments (mangle OUTPUT), one 
 inbound segments (raw PREROUTING) — feed :class:`~mptcp_proxy.core.proxy.Proxy`.
 Verdicts go back to the kernel; forged packets leave on raw sockets marked with
 ``SO_MARK`` so the queue rules skip them, each bound to its source address so
-that policy routing by source sends it out of the right link (DESIGN.md §3.10).
+that policy routing by source sends it out of the right link (docs/platform.md §6).
 """
 
 from __future__ import annotations

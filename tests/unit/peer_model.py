@@ -11,7 +11,7 @@ Three parties:
   ``net/mptcp`` (options.c ``mptcp_parse_option``, subflow.c
   ``get_mapping_status``/``validate_mapping``/``subflow_syn_recv_sock``). It
   parses every option with its *own* strict decoder (not the proxy's codec),
-  validates everything exactly as Linux would (PROTOCOL.md §0–1) and records
+  validates everything exactly as Linux would (docs/protocol.md §1–§5) and records
   each deviation in :attr:`LinuxPeer.violations`; it reassembles the byte
   stream from the DSNs.
 - :class:`ProxyPair`: wires the three together through FIFO queues, with a

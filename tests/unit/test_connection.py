@@ -3,7 +3,7 @@
 A scripted local TCP stack and a model of a Linux 6.18 native MPTCP server sit
 around one :class:`~mptcp_proxy.core.proxy.Proxy` (tests/unit/peer_model.py).
 The peer model validates every packet the proxy puts on the wire as Linux would
-(PROTOCOL.md §0-1) and records deviations in ``violations``; the local stack
+(docs/protocol.md §1–§5) and records deviations in ``violations``; the local stack
 checks what the proxy hands it. ``pair.assert_clean()`` asserts there are none.
 """
 

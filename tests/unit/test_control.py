@@ -4,7 +4,7 @@ real ControlServer on a Unix socket (framing, the 64 KiB limit, the root-only
 check); then mptcpctl against that real server.
 
 The proxy, path manager and driver are small fakes with exactly the attributes
-control.py reads (after supervisor's ``DummySupervisor``, STYLE.md §6);
+control.py reads (after supervisor's ``DummySupervisor``);
 ``test_fake_pm_matches_path_manager`` keeps their call signatures honest.
 """
 

@@ -37,13 +37,13 @@ def test_crypto_test_c_vectors(key, msg, expected):
 
 @pytest.mark.parametrize("key,msg,expected", CRYPTO_TEST_VECTORS)
 def test_crypto_test_c_vectors_are_not_hex(key, msg, expected):
-    """Trap 1 (PROTOCOL.md §0): reading the strings as hex does not reproduce the vector."""
+    """docs/protocol.md §1.9: reading the strings as hex does not reproduce the vector."""
     as_hex = hmac.new(bytes.fromhex(key.decode()), bytes.fromhex(msg.decode()), hashlib.sha256)
     assert as_hex.digest() != bytes.fromhex(expected)
     assert hmac.new(key, msg, hashlib.sha256).digest() == bytes.fromhex(expected)
 
 
-# tcpdump tests/mptcp-v1.pcap keys and the values seen on the wire (PROTOCOL.md §2.3)
+# tcpdump tests/mptcp-v1.pcap keys and the values seen on the wire (docs/protocol.md §8.2)
 KA_V1 = 0x1FDB5DF328BC3DEF
 KB_V1 = 0x29A6C86981AD933C
 # tcpdump tests/mptcp-aa-v1.pcap keys
@@ -66,7 +66,7 @@ def test_key_sha_mptcp_aa_v1_pcap():
 
 
 def test_key_sha_derived_values():
-    """STYLE.md "Derived values" (hashlib with the kernel formula)."""
+    """docs/protocol.md §8.6 (hashlib with the kernel formula)."""
     assert crypto.key_sha(0x0B0B0B0B0B0B0B0B) == (0xC9154FA0, 0xDF25313F510CCA42)
     assert crypto.key_sha(0x0102030405060708) == (0x66840DDA, 0xF5A101D3D29D6F72)
 
@@ -102,7 +102,7 @@ def test_add_addr_hmac_structure(k_sender, k_receiver, addr_id, addr, port):
         int.from_bytes(full[24:], "big")
 
 
-# MP_JOIN: no public numeric vector exists (PROTOCOL.md §2.4); check the structure instead.
+# MP_JOIN: no public numeric vector exists (docs/protocol.md §8.5); check the structure instead.
 
 def _direct(key1, key2, n1, n2):
     return hmac.new(struct.pack("!QQ", key1, key2), struct.pack("!II", n1, n2),

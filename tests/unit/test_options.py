@@ -36,7 +36,7 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 u64 = st.integers(0, 0xFFFFFFFFFFFFFFFF)
 
-# Keys of tcpdump tests/mptcp-v1.pcap (PROTOCOL.md §2.3)
+# Keys of tcpdump tests/mptcp-v1.pcap (docs/protocol.md §8.2)
 KA = 0x1FDB5DF328BC3DEF
 KB = 0x29A6C86981AD933C
 
@@ -44,7 +44,7 @@ KB = 0x29A6C86981AD933C
 # --- Exact wire vectors --------------------------------------------------------------------
 
 # Source: the-tcpdump-group/tcpdump tests/mptcp-v1.pcap, mptcp-aa-echo.pcap,
-# mptcp-tcprst.pcap (PROTOCOL.md §2.3). Each: (hex, syn flag, decoded value).
+# mptcp-tcprst.pcap (docs/protocol.md §8.3). Each: (hex, syn flag, decoded value).
 VECTORS = [
     # mptcp-v1.pcap: SYN, SYN/ACK, third ACK, first data (DLL 8192)
     ("1e040101", True, MpCapable(version=1, flags=0x01)),
@@ -208,7 +208,7 @@ def _dss_expected(flags):
 
 
 # (byte 2, byte 3, allowed lengths, class) per subtype and flag set; from RFC 8684 §3 /
-# PROTOCOL.md §1 and Linux mptcp_parse_option, written independently of the module.
+# docs/protocol.md §2 and Linux mptcp_parse_option, written independently of the module.
 LENGTH_CASES = (
     [(0x01, 0x01, {4, 12, 20, 22, 24}, MpCapable),
      (0x01, 0xA1, {4, 12, 20, 22, 24}, MpCapable),
