@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from .constants import MPTCP_RST_EUNSPEC, TCP_ACK, TCP_RST, TCP_SYN, TCPOPT_MPTCP
 from .forge import build_segment
-from .options import MpTcpRst, push_option
+from .options import MpTcpRst, RemoveAddr, push_option
 from .seq import MASK32
 from .tcp import CSUM_UNVERIFIED, TcpPacket, pad_options
 from .verdict import DROP
@@ -54,10 +54,11 @@ PROBE_OFFSET = 1 << 30  # how far below the peer's sequence the probe is (out of
 
 SUSPECT, ORPHAN, NATIVE = "suspect", "orphan", "native"
 _RST_OPT = pad_options(push_option(MpTcpRst(0, MPTCP_RST_EUNSPEC)))
+_RM_ALL_OPT = pad_options(push_option(RemoveAddr(tuple(range(1, 9)))))  # IDs 1..8 (max 8)
 
 
 class _Entry:
-    __slots__ = ("state", "peer_ack", "peer_seq", "probed", "seen")
+    __slots__ = ("state", "peer_ack", "peer_seq", "probed", "seen", "removed")
 
     def __init__(self, now: float) -> None:
         self.state = SUSPECT
@@ -65,6 +66,7 @@ class _Entry:
         self.peer_seq = 0
         self.probed = -PROBE_GAP
         self.seen = now
+        self.removed = False  # the REMOVE_ADDR of the daemon's other addresses went out
 
 
 def has_mptcp_option(pkt: TcpPacket) -> bool:
@@ -150,9 +152,18 @@ class Orphans:
 
     # ------------------------------------------------------------------ packets
     def _reset_peer(self, key: tuple, e: _Entry) -> None:
+        """RST + MP_TCPRST at exactly the sequence the peer expects. The dead daemon may
+        also have had subflows of its own on the connection, idle ones the peer sends
+        nothing on (so they never come here): a REMOVE_ADDR for every address ID it can
+        have used (it numbers its interfaces from 1) goes first, so that the peer closes
+        them too instead of keeping the connection half alive (RFC 8684 §3.4.2)."""
         if e.peer_ack is None:
             return
         la, lp, ra, rp = key
+        if e.state == ORPHAN and not e.removed:
+            e.removed = True
+            self.proxy.send(build_segment(la, ra, lp, rp, e.peer_ack, e.peer_seq, TCP_ACK, 0,
+                                          _RM_ALL_OPT))
         self.proxy.send(build_segment(la, ra, lp, rp, e.peer_ack, 0, TCP_RST, 0, _RST_OPT))
         self.proxy.counters.inc("OrphanRstPeer")
 

@@ -166,6 +166,7 @@ def test_sigkill_mid_transfer_then_restart(strict_bed: Topology, run_proxy) -> N
             cli_up = _record(up, timeout=45)
             ended_s = time.monotonic() - t0
             recs = srv.wait(2, timeout=45)
+            assert len(recs) == 2, recs  # both server sockets ended (an idle join included)
             pd = px2.stats()
             age = [ln for ln in px2.log if "after the process started" in ln]
             print(f"restart to ready {ready_s:.2f} s seen by the test ({age}); both "

@@ -9,7 +9,7 @@ import os
 from mptcp_proxy.core import orphans as orphans_mod
 from mptcp_proxy.core.constants import TCP_ACK, TCP_RST, TCP_SYN
 from mptcp_proxy.core.forge import build_segment
-from mptcp_proxy.core.options import Dss, MpTcpRst, pull_option, push_option
+from mptcp_proxy.core.options import Dss, MpTcpRst, RemoveAddr, pull_option, push_option
 from mptcp_proxy.core.proxy import ACCEPT, DROP, Proxy
 from mptcp_proxy.core.tcp import pad_options, parse_packet
 
@@ -46,9 +46,13 @@ def test_orphan_reset_both_ways_at_exact_sequences() -> None:
     assert (5000 - probe.seq) & 0xFFFFFFFF == orphans_mod.PROBE_OFFSET  # far below: dup ACK
     # the local stack answers the probe: a plain ACK showing its RCV.NXT = 5100
     assert p.outbound(from_local(seq=9000, ack=5100), 1.01) is DROP
-    rst_local, rst_peer = sent(p)
+    rst_local, rm_addr, rst_peer = sent(p)
     assert (rst_local.src, rst_local.dst, rst_local.flags) == (PEER, LOCAL, TCP_RST)
     assert rst_local.seq == 5100
+    # first a REMOVE_ADDR of every address ID the dead daemon can have used: its own idle
+    # subflows (which never come here) are closed by the peer too
+    assert (rm_addr.dst, rm_addr.flags, rm_addr.seq) == (PEER, TCP_ACK, 9000)
+    assert mptcp_opts(rm_addr) == [RemoveAddr(tuple(range(1, 9)))]
     assert (rst_peer.src, rst_peer.dst, rst_peer.flags) == (LOCAL, PEER, TCP_RST)
     assert rst_peer.seq == 9000  # what the peer's segment acknowledged
     assert mptcp_opts(rst_peer) == [MpTcpRst(0, 0)]
@@ -67,7 +71,7 @@ def test_no_local_socket_answers_with_rst() -> None:
     p.inbound(from_peer(sport=RP, ack=777), 1.0)
     sent(p)
     assert p.outbound(from_local(seq=5100, flags=TCP_RST), 1.01) is DROP
-    (rst_peer,) = sent(p)
+    _rm_addr, rst_peer = sent(p)
     assert (rst_peer.dst, rst_peer.flags, rst_peer.seq) == (PEER, TCP_RST, 777)
     assert p.counters["OrphanRstLocal"] == 0
 
@@ -132,5 +136,5 @@ def test_ipv6_orphan_reset() -> None:
     (probe,) = sent(p)
     assert probe.v6 and probe.dst == l6
     assert p.outbound(build_segment(l6, p6, LP, RP, 3000, 7050, TCP_ACK, 500), 1.01) is DROP
-    rst_local, rst_peer = sent(p)
+    rst_local, _rm_addr, rst_peer = sent(p)
     assert (rst_local.dst, rst_local.seq, rst_peer.dst, rst_peer.seq) == (l6, 7050, p6, 3000)
