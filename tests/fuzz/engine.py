@@ -62,7 +62,8 @@ class Stats:
     timers: int = 0
     episodes: int = 0
     branches: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # fuzzing time (the slowest job), trace recording excluded
+    wall: float = 0.0  # whole run, recording and process start included
     labels: Counter = field(default_factory=Counter)
     counts: Counter = field(default_factory=Counter)  # violation class -> occurrences
     first: dict = field(default_factory=dict)  # class -> reproducer dict
@@ -275,7 +276,7 @@ def run_jobs(packets: int, seed: int, jobs: int = 1, names=None, seeds=(1, 2, 3)
     total = Stats()
     for r in results:
         total.merge(r)
-    total.seconds = time.monotonic() - t0
+    total.wall = time.monotonic() - t0
     return total
 
 

@@ -693,7 +693,7 @@ def m_flood(rng, ctx, d, buf, csum):
             ssn_rel = sv.rcv_high_rel + 2 + 2 * i
             dss = bytes((30, 18, 0x20, 0x0C)) + struct.pack(
                 "!QIH", (cv.peer_dsn + 7 * i + 3) & M64, (ssn_rel + 1) & M32, 1)
-            p = wire.build(ra, la, rp, lp, (sv.rcv_nxt + 1 + 2 * i) & M32, sv.snd_nxt,
+            p = wire.build(ra, la, rp, lp, (sv.rcv_nxt + 2 + 2 * i) & M32, sv.snd_nxt,
                            ACK, 1024, _ts_opt(sv) + b"\x01\x01" + dss, b"x")
         elif kind == "add_addr":
             aid = i % 256
