@@ -128,9 +128,9 @@ def flip_bit(pkt: bytes, offset: int, bit: int = 0) -> bytes:
 @pytest.mark.xfail(strict=True, reason="issue 8 item 1: the SYN/ACK is taken before its "
                    "checksum is verified (Connection.in_synack)")
 def test_synack_with_a_flipped_key_bit_is_ignored():
-    """RFC 9293 §3.1 (MUST-2/MUST-3): the receiver checks the TCP checksum, and a segment
-    that fails it is discarded. A SYN/ACK with one bit of the key flipped (checksum not
-    fixed: corrupted on the way) must change nothing; the genuine SYN/ACK then
+    """RFC 1122 §4.2.2.7 on the TCP checksum: "The sender MUST generate it and the receiver MUST
+    check it"; a segment that fails is discarded. A SYN/ACK with one bit of the key flipped
+    (checksum not fixed: corrupted on the way) must change nothing; the genuine SYN/ACK then
     establishes the connection with the peer's real key."""
     pair = with_pm(ProxyPair(seed=2))
     pair.hold("from_peer", lambda s: s.syn, count=1)
@@ -149,7 +149,8 @@ def test_synack_with_a_flipped_key_bit_is_ignored():
 @pytest.mark.xfail(strict=True, reason="issue 8 item 1: an RST in SYN_SENT closes the "
                    "connection unverified (Connection.on_inbound)")
 def test_rst_with_a_bad_checksum_in_syn_sent_is_ignored():
-    """RFC 9293 §3.1 (MUST-3): a segment failing the checksum is discarded. An RST that
+    """RFC 1122 §4.2.2.7: the receiver MUST check the TCP checksum; a segment failing it is
+    discarded. An RST that
     acknowledges our SYN but is corrupted must not close the proxy's connection: the
     SYN/ACK that follows establishes it as MPTCP."""
     pair = with_pm(ProxyPair(seed=3))
@@ -169,10 +170,10 @@ def test_rst_with_a_bad_checksum_in_syn_sent_is_ignored():
 @pytest.mark.xfail(strict=True, reason="issue 8 item 1: the DSS checksum-presence check "
                    "resets before the TCP checksum is verified (InboundPath._in_established)")
 def test_bad_checksum_copy_with_a_dss_checksum_does_not_reset():
-    """RFC 8684 §3.3: a DSS checksum present although not negotiated makes the receiver
-    close the subflow — but only for a segment that is itself valid: RFC 9293 §3.1
-    discards a segment failing the TCP checksum before anything else. A corrupted copy
-    of a data segment must leave the connection as it was."""
+    """RFC 8684 §3.3: a DSS checksum present although not negotiated makes the receiver close
+    the subflow — but only for a segment that is itself valid: RFC 1122 §4.2.2.7 (the receiver
+    MUST check the TCP checksum) discards a segment failing the TCP checksum before anything
+    else. A corrupted copy of a data segment must leave the connection as it was."""
     pair = ready(4)
     mp = dss_opt(data_ack=peer_dack(pair), dsn=peer_dsn(pair), ssn=pair.peer.s_alloc + 1,
                  dll=100, csum=0x1234)
@@ -184,7 +185,7 @@ def test_bad_checksum_copy_with_a_dss_checksum_does_not_reset():
 @pytest.mark.xfail(strict=True, reason="issue 8 item 1: DLL 0 is taken for an infinite "
                    "mapping before the TCP checksum is verified")
 def test_bad_checksum_copy_with_data_level_length_0_does_not_fall_back():
-    """RFC 9293 §3.1: a segment failing the TCP checksum is discarded; a corrupted DSS
+    """RFC 1122 §4.2.2.7: a segment failing the TCP checksum is discarded; a corrupted DSS
     with data-level length 0 (an infinite mapping, RFC 8684 §3.7) must not make the
     proxy fall back or reset."""
     pair = ready(5)
@@ -207,11 +208,11 @@ def test_bad_checksum_copy_with_data_level_length_0_does_not_fall_back():
         "issue 8 item 1: timestamps and liveness are updated before the checksum is "
         "verified (Connection.on_inbound, InboundPath._in_established)")))])
 def test_bad_checksum_copy_of_a_real_segment_changes_no_state(which):
-    """RFC 9293 §3.1 (MUST-3): the checksum is checked on every incoming segment, and one
-    that fails is discarded. A corrupted copy of the peer's next real segment (data under
-    the current mapping; a pure ACK acknowledging our data; a zero-length probe) changes
-    no state of the proxy (every public attribute of every connection and subflow), and
-    the proxy sends nothing for it."""
+    """RFC 1122 §4.2.2.7: "the receiver MUST check" the TCP checksum of every incoming segment,
+    and one that fails is discarded. A corrupted copy of the peer's next real segment (data
+    under the current mapping; a pure ACK acknowledging our data; a zero-length probe) changes
+    no state of the proxy (every public attribute of every connection and subflow), and the
+    proxy sends nothing for it."""
     pair = ready(6)
     old_dack = peer_dack(pair)
     if which == "data":  # the second segment of a mapping learned from the first (GSO)
@@ -241,7 +242,7 @@ def test_bad_checksum_copy_of_a_real_segment_changes_no_state(which):
 def test_bad_checksum_copies_on_the_multipath_model_kill_no_transfer():
     """Fault injection on the timed multipath model: 2 % of the peer's segments also
     arrive as a copy with one flipped bit (checksum not fixed: what a NIC that did not
-    verify hands the queue). RFC 9293 §3.1: such segments are discarded; every transfer
+    verify hands the queue). RFC 1122 §4.2.2.7: such segments are discarded; every transfer
     completes with identical streams. The local stack rightly refuses the copies the
     proxy passes unchanged, so its "bad checksum" complaints are set aside."""
     failures = []
@@ -318,9 +319,9 @@ def test_rst_exact_match_is_at_rcv_nxt(at):
 @pytest.mark.xfail(strict=True, reason="issue 8 item 4: challenge ACKs are not "
                    "rate-limited")
 def test_challenge_acks_are_rate_limited():
-    """RFC 5961 §7: "An implementation SHOULD include an ACK throttling mechanism to be
-    conservative." Linux allows one challenge ACK per 500 ms per socket
-    (``net.ipv4.tcp_invalid_ratelimit``); 1000 in-window RSTs within one second must
+    """RFC 5961 §7: "In order to alleviate multiple RSTs/SYNs from triggering multiple challenge
+    ACKs, an ACK throttling mechanism is suggested." Linux allows one challenge ACK per 500 ms
+    per socket (``net.ipv4.tcp_invalid_ratelimit``); 1000 in-window RSTs within one second must
     not draw more than a handful."""
     pair = ready(11)
     m = pair.mark()
@@ -424,13 +425,11 @@ def test_mp_fail_on_the_only_subflow_falls_back_without_reset():
 @pytest.mark.xfail(strict=True, reason="issue 8 item 4: REMOVE_ADDR of the last path closes "
                    "it without the probe RFC 8684 §3.4.2 asks for (PathManager.handle_options)")
 def test_remove_addr_of_the_only_path_is_probed_first():
-    """RFC 8684 §3.4.2: "For security purposes, if a host receives a REMOVE_ADDR option,
-    it must ensure the affected path(s) are no longer in use before it instigates
-    closure. The receipt of REMOVE_ADDR SHOULD first trigger the sending of a TCP
-    keepalive on the path, and if a response is received, the path SHOULD NOT be
-    removed." A REMOVE_ADDR for the only path (valid sequence and ACK numbers) while
-    the path works: the proxy keeps the subflow, opens no join, and the transfer goes
-    on there."""
+    """RFC 8684 §3.4.2: REMOVE_ADDR is not authenticated, so before closing a path on it a host
+    makes sure the path is really out of use — it SHOULD first send a TCP keepalive there and,
+    if an answer comes, SHOULD NOT remove the path. A REMOVE_ADDR for the only path (valid
+    sequence and ACK numbers) while the path works: the proxy keeps the subflow, opens no join,
+    and the transfer goes on there."""
     from mptcp_proxy.core.subflow import SubflowState
     net = MpNet(40, subflows="manual")
     net.connect()
@@ -878,7 +877,7 @@ def test_local_syn_already_carrying_mp_capable_goes_out_with_one():
 
 def test_blind_rst_out_of_window_and_bad_checksum_pure_ack_change_nothing():
     """Controls that hold today (RFC 5961 §3.2: an RST outside the window is silently
-    dropped; RFC 9293 §3.1: a pure ACK failing the checksum that would advance the
+    dropped; RFC 1122 §4.2.2.7: a pure ACK failing the checksum that would advance the
     DATA_ACK is discarded): neither moves the connection."""
     pair = ready(59)
     inject(pair, *pair.peer.rst(fastclose=True, seq_rel=pair.peer.snd_nxt + (1 << 30),

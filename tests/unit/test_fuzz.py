@@ -266,7 +266,8 @@ def test_crafted_mptcp_options_on_a_valid_segment_break_no_invariant(opts, flags
 @given(pos=st.integers(0, 10 ** 6), bit=st.integers(0, 7),
        what=st.sampled_from(["data", "ack", "dss_csum", "dll0"]))
 def test_a_corrupted_copy_of_a_peer_segment_changes_nothing(pos, bit, what):
-    """RFC 9293 §3.1: a segment failing the TCP checksum is discarded. A copy of a peer
+    """RFC 1122 §4.2.2.7: the receiver MUST check the TCP checksum; a failing segment is
+    discarded. A copy of a peer
     segment (data, pure ACK, one with a DSS checksum, one with DLL 0) with one bit
     flipped anywhere in the TCP segment leaves every public attribute of the proxy's
     state as it was, and the proxy sends nothing for it."""
