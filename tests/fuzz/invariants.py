@@ -150,6 +150,8 @@ def _seg_kind(data: bytes, detail: bool = True) -> str:
             else:
                 subs.append(names.get(sub, "DSS" if sub == 2 else "unknown subtype"))
         i += n
+    if not detail:  # (the option names are in the message; classes group by kind)
+        return kind + (" +MPTCP" if subs else "")
     return kind + (" +" + "+".join(sorted(set(subs))) if subs else "")
 
 
@@ -304,12 +306,14 @@ class Checker:
             if self.forged or self.events:
                 kinds = sorted({str(getattr(getattr(e, "kind", "?"), "name", "?"))
                                 for e in self.events})
+                top = next((k for k in ("CLOSED", "FALLBACK", "SF_CLOSED", "ESTABLISHED",
+                                        "SF_ESTABLISHED", "HANDOVER") if k in kinds), None)
                 what = ("forged packets" if self.forged else "") + \
-                    (f" events {'/'.join(kinds)}" if kinds else "")
+                    (f" event {top or kinds[0]}" if kinds else "")
                 self._v("bad_csum_output",
                         f"{what.strip()} <- {_seg_kind(data, False)}{where}",
                         f"{len(self.forged)} packets forged, events {kinds}, on a segment "
-                        "with a bad TCP checksum")
+                        f"with a bad TCP checksum ({_seg_kind(data)})")
         if self.calls % self.bound_every == 0:
             self._check_bounds()
         return v
