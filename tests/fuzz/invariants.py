@@ -31,8 +31,9 @@ a verdict per packet, then the forged packets and events are pulled — and chec
     a packet of an MPTCP connection the proxy carries (IPv4 fragment, IPv6 extension
     headers, BIG TCP length 0, ...) is not passed on unconverted.
 ``forged_unknown_tuple`` / ``forged_oversize``
-    forged packets belong to a known subflow or go to the local socket, and carry no
-    more payload than the local stack's MSS (what its link can carry).
+    forged packets belong to a known subflow or go to the local socket (or answer the
+    packet just fed, on its 4-tuple or the reverse), and carry no more payload than the
+    local stack's MSS (what its link can carry).
 ``timer_stuck``
     after ``handle_timer(now)``, ``get_timer()`` is None or later than ``now`` (a
     driver would spin otherwise).
@@ -51,6 +52,7 @@ from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_OK, parse_packet
 
 from . import snapshot as snap
 from . import wire
+from .build import verdict_of
 
 ESTABLISHED = "ESTABLISHED"
 
@@ -80,8 +82,8 @@ def _core_frame(tb) -> str:
 
 
 # What a changed attribute means, most severe first (bad_csum_state_change classes).
-# Unlisted attributes fall in "other"; names are today's core names, the grouping
-# degrades to "other" (still reported) if they change.
+# Unlisted attributes fall in "other"; names are the core's (before and after the
+# restructuring); the grouping degrades to "other" (still reported) if they change.
 _CATEGORIES = (
     ("connection or subflow closed/reset", {
         "Connection.state", "Connection.closed_at", "Connection.closed_by_reset",
@@ -89,6 +91,7 @@ _CATEGORIES = (
         "Proxy.tokens"}),
     ("handshake: key/ISN taken", {
         "Connection.remote_key", "Connection.remote_token", "Connection.idsn_remote",
+        "Connection.remote_idsn",
         "Connection.tcp_rcv_isn", "Connection.tcp_rcv_base", "Subflow.rcv_isn",
         "Subflow.rcv_base", "Connection.csum", "Connection.deny_join0"}),
     ("receive: data or mapping accepted", {
@@ -98,14 +101,18 @@ _CATEGORIES = (
     ("send: DATA_ACK taken", {
         "Connection.d_una", "Connection.data_fin_acked", "Connection.fully_established",
         "Subflow.send_map"}),
-    ("subflow ACK taken", {"Subflow.snd_una", "Subflow.maps", "Subflow.fin_acked"}),
+    ("subflow ACK taken", {"Subflow.snd_una", "Subflow.maps", "Subflow.sent",
+                           "Subflow.fin_acked", "Subflow.max_snd_wnd"}),
     ("paths/signalling", {
         "Connection.subflows", "Connection.active", "Connection.handovers",
         "Connection.remote_addrs", "Connection.pending_signals", "Subflow.peer_backup",
         "Subflow.backup", "Connection.handover_at", "Connection.pending_handover"}),
     ("timer", {"Connection.timer", "Subflow.timer", "timer"}),
-    ("timestamps", {"Subflow.ts_recent", "Connection.ts_shown", "Subflow.ts_off"}),
-    ("window/SACK shown", {"Connection.win_shown", "Connection.sacks_shown"}),
+    ("timestamps", {"Subflow.ts_recent", "Connection.ts_shown", "Connection.shown_tsval",
+                    "Subflow.ts_off"}),
+    ("window/SACK shown", {"Connection.win_shown", "Connection.sacks_shown",
+                           "Connection.shown_win", "Connection.shown_sacks",
+                           "Subflow.rcv_wnd_edge"}),
     ("liveness only", {"Connection.last_activity", "Subflow.last_rx",
                        "Connection.last_rx_sf"}),
 )
@@ -223,8 +230,11 @@ class Checker:
                 f"{where}: {type(exc).__name__}: {exc}\n"
                 + "".join(traceback.format_exception(exc)[-6:]))
 
-    def _pull(self) -> None:
-        """Take the forged packets and events (as the driver does) and check them."""
+    def _pull(self, answered: tuple | None = None) -> None:
+        """Take the forged packets and events (as the driver does) and check them.
+        ``answered``: the 4-tuple of the packet just fed; a packet on it or its reverse
+        answers that packet (an RST as a closed port sends, a probe of the local socket)
+        and needs no connection."""
         try:
             out = self.proxy.packets_to_send()
             self.events = list(self.proxy.events())
@@ -246,7 +256,11 @@ class Checker:
             if seg is None:
                 continue
             if seg.tuple not in known:
-                self._v("forged_unknown_tuple", "forged", f"forged packet for {seg.tuple}")
+                t = seg.tuple
+                answer = answered is not None and (
+                    t == answered or t == (answered[2], answered[3], answered[0], answered[1]))
+                if not answer:
+                    self._v("forged_unknown_tuple", "forged", f"forged packet for {t}")
             lim = self.local_mss or 1460
             if seg.plen > lim:
                 self._v("forged_oversize", "payload above the local MSS",
@@ -282,16 +296,16 @@ class Checker:
         where = self._where(lo, data) if bad_in else ""
         try:
             if direction == "out":
-                v = self.proxy.outbound(buf, now, csum)
+                v = verdict_of(self.proxy.outbound(buf, now, csum), buf)
             else:
-                v = self.proxy.inbound(buf, now, csum)
+                v = verdict_of(self.proxy.inbound(buf, now, csum), buf)
         except Exception as exc:  # noqa: BLE001
             self._exception(f"{direction}bound", exc)
             self._pull()
             return "raised"
         self._check_verdict(direction, data, buf, v, csum, tcp_ok, ip_ok)
         self._passthrough(direction, data, lo, v)
-        self._pull()
+        self._pull(wire.four_tuple(data))
         if bad_in:
             after = snap.snapshot(self.proxy)
             if after != before:

@@ -60,6 +60,14 @@ class SfView:
         self.index = _g(sf, "index")
 
 
+def _g2(obj, *names, default=0):
+    """The first of ``names`` the object has (attributes renamed by the restructuring)."""
+    for n in names:
+        if hasattr(obj, n):
+            return getattr(obj, n)
+    return default
+
+
 class ConnView:
     def __init__(self, conn) -> None:
         self.key = _g(conn, "key", None)
@@ -68,14 +76,14 @@ class ConnView:
         self.state = getattr(st, "name", str(st))
         self.local_key = _g(conn, "local_key")
         self.remote_key = _g(conn, "remote_key")
-        self.idsn_local = _g(conn, "idsn_local")
-        self.idsn_remote = _g(conn, "idsn_remote")
+        self.idsn_local = _g2(conn, "local_idsn", "idsn_local")
+        self.idsn_remote = _g2(conn, "remote_idsn", "idsn_remote")
         self.d_nxt, self.d_una = _g(conn, "d_nxt"), _g(conn, "d_una")
         self.r_high, self.r_ack = _g(conn, "r_high"), _g(conn, "r_ack")
         self.tcp_snd_base, self.tcp_rcv_base = _g(conn, "tcp_snd_base"), _g(conn, "tcp_rcv_base")
         self.local_token = _g(conn, "local_token")
         self.remote_token = _g(conn, "remote_token")
-        self.ts_local = _g(conn, "ts_local")
+        self.ts_local = _g2(conn, "tcp_tsval", "ts_local")
         self.subflows = [SfView(s) for s in _g(conn, "subflows", [])]
 
     @property

@@ -22,7 +22,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from .build import config_dict
+from .build import config_dict, verdict_of
 
 PM_OPS = ("link_down", "link_up", "handover", "remove_subflow", "set_prio", "abort_all")
 
@@ -96,7 +96,7 @@ class Recorder:
     def _packet(self, kind, real, buf, now, csum):
         self.trace.ops.append((kind, now, bytes(buf), csum))
         v = real(buf, now, csum)
-        self.trace.digests.append(digest_verdict(v))
+        self.trace.digests.append(digest_verdict(verdict_of(v, buf)))
         return v
 
     def _pm_op(self, name, real, now, args, call_args, kw=None):

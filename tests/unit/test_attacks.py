@@ -42,6 +42,7 @@ from mptcp_proxy.core.connection import ConnState
 from mptcp_proxy.core.forge import build_segment
 from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_OK
 from tests.fuzz import snapshot, wire
+from tests.fuzz.build import verdict_of
 
 
 def blob(n: int, seed: int) -> bytes:
@@ -52,11 +53,11 @@ def blob(n: int, seed: int) -> bytes:
 def with_pm(pair: ProxyPair) -> ProxyPair:
     """Give the pair's proxy a path manager, as the daemon does (one interface, joins
     only on command): MPTCP signals (MP_FAIL, REMOVE_ADDR, ADD_ADDR) are handled there."""
-    from mptcp_proxy.core.pm import LocalIface, PathManager, PmConfig
+    from tests.fuzz.build import LocalIface, PmConfig, attach_pm
     la = pair.local.addr
     iface = LocalIface("c0", 1, v4=[la] if len(la) == 4 else [], v6=[la] if len(la) == 16
                        else [])
-    PathManager(pair.proxy, [iface], PmConfig(subflows="manual", rejoin=False))
+    attach_pm(pair.proxy, [iface], PmConfig(subflows="manual", rejoin=False))
     return pair
 
 
@@ -528,7 +529,8 @@ def test_forged_mp_join_syn_towards_the_proxy_is_not_accepted():
     syn = bytes(build_segment(pair.peer.addr, pair.local.addr, 9999, pair.local.port, 1, 0,
                               SYN, 0xFFFF, opt))
     before = len(pair.proxy.conns), len(pair.conn.subflows)
-    v = pair.proxy.inbound(bytearray(syn), pair.now)
+    buf = bytearray(syn)
+    v = verdict_of(pair.proxy.inbound(buf, pair.now), buf)
     assert v is None or v is False
     assert (len(pair.proxy.conns), len(pair.conn.subflows)) == before
     assert not pair.proxy.packets_to_send()
@@ -677,12 +679,14 @@ def test_mapping_flood_keeps_the_recv_table_bounded():
 def test_local_syn_flood_keeps_the_connection_table_bounded():
     """Issue 8 item 5 (Deliver 5: ``--max-connections`` and a SYN_SENT share of it):
     20,000 local SYNs to distinct ports within one second leave at most the configured
-    number of connections (``ProxyConfig.max_connections``)."""
+    number of connections (``ProxyConfig.max_connections``, here 1000)."""
+    import dataclasses
+
     from mptcp_proxy.core.proxy import Proxy, ProxyConfig
-    cfg = ProxyConfig()
-    limit = getattr(cfg, "max_connections", None)
-    assert limit is not None, "ProxyConfig has no max_connections"
-    proxy = Proxy(cfg, random.Random(1).randbytes)
+    assert "max_connections" in {f.name for f in dataclasses.fields(ProxyConfig)}, \
+        "ProxyConfig has no max_connections"
+    limit = 1000
+    proxy = Proxy(ProxyConfig(max_connections=limit), random.Random(1).randbytes)
     la, ra = bytes((10, 0, 0, 1)), bytes((10, 0, 1, 2))
     for i in range(20_000):
         syn = build_segment(la, ra, 1024 + i % 60000, 8080, i * 7919, 0, SYN, 0xFFFF,
@@ -726,7 +730,7 @@ def test_payload_beyond_its_mapping_never_reaches_the_local_stack():
                  dll=300)
     pkt = crafted(pair, mp, payload)
     buf = bytearray(pkt)
-    v = pair.proxy.inbound(buf, pair.now)
+    v = verdict_of(pair.proxy.inbound(buf, pair.now), buf)
     if v is None:
         assert bytes(buf) == pkt, "ACCEPT, but the core changed the packet"
         handed = parse_seg(pkt).plen
@@ -745,7 +749,7 @@ def _gso(pair: ProxyPair, payload_len: int, flags: int = ACK | PSH) -> bytearray
 
 def _outbound_ok(pair: ProxyPair, pkt: bytearray, csum: int):
     """Feed a local packet; it must not raise, and what comes out is well-formed."""
-    v = pair.proxy.outbound(pkt, pair.now, csum)
+    v = verdict_of(pair.proxy.outbound(pkt, pair.now, csum), pkt)
     out = [bytes(p) for p in pair.proxy.packets_to_send()]
     if isinstance(v, bytearray):
         _seg, bad = wire.decode(v, require_tcp_csum=csum != CSUM_GSO)
@@ -792,7 +796,7 @@ def test_local_syn_with_data_near_64k_does_not_overflow():
     la, ra = bytes((10, 0, 0, 1)), bytes((10, 0, 1, 2))
     opts = struct.pack("!BBH", 2, 4, 1460) + b"\x04\x02\x01\x01"
     syn = build_segment(la, ra, 40000, 8080, 1, 0, SYN, 0xFFFF, opts, blob(65535 - 48, 1))
-    v = proxy.outbound(syn, 0.0, CSUM_OK)
+    v = verdict_of(proxy.outbound(syn, 0.0, CSUM_OK), syn)
     if isinstance(v, bytearray):
         assert not wire.decode(v)[1]
 
@@ -839,7 +843,7 @@ def test_packets_of_a_converted_connection_never_pass_unconverted(shape):
     if shape.endswith("_out"):
         pkt = _gso(pair, 30_000)  # (BIG TCP's are larger; the length field is what counts)
         pkt[2:4] = b"\x00\x00"
-        v = pair.proxy.outbound(pkt, pair.now, CSUM_GSO)
+        v = verdict_of(pair.proxy.outbound(pkt, pair.now, CSUM_GSO), pkt)
     else:
         pair.peer.write(blob(1400, 58))
         b = bytearray(pair.peer.push()[0])
@@ -853,7 +857,7 @@ def test_packets_of_a_converted_connection_never_pass_unconverted(shape):
             b[6] = 0
             struct.pack_into("!H", b, 4, len(b) - 40)
         wire.fix_checksums(b)
-        v = pair.proxy.inbound(b, pair.now, CSUM_OK)
+        v = verdict_of(pair.proxy.inbound(b, pair.now, CSUM_OK), b)
     assert v is not None, "passed unconverted"
 
 
@@ -869,7 +873,7 @@ def test_local_syn_already_carrying_mp_capable_goes_out_with_one():
         b"\x01\x03\x03\x07"
     syn = build_segment(bytes((10, 0, 0, 1)), bytes((10, 0, 1, 2)), 40000, 8080, 1, 0, SYN,
                         0xFFFF, opts)
-    v = proxy.outbound(syn, 0.0)
+    v = verdict_of(proxy.outbound(syn, 0.0), syn)
     out = parse_seg(bytes(v) if isinstance(v, bytearray) else bytes(syn))
     mpcs = [o for o in mptcp_raw(out) if o[2] >> 4 == 0]
     assert len(mpcs) == 1, mpcs
@@ -916,7 +920,8 @@ def test_flood_of_out_of_window_segments_draws_nothing():
         else:
             mp = struct.pack("!BBBBQ", 30, 12, 0x60, 0, peer_dsn(pair))
             pkt = crafted(pair, mp, seq_off=off)
-        assert pair.proxy.inbound(bytearray(pkt), pair.now) is False
+        buf = bytearray(pkt)
+        assert verdict_of(pair.proxy.inbound(buf, pair.now), buf) is False
         answers += len(pair.proxy.packets_to_send())
     assert answers <= 10, f"{answers} packets sent in answer (RFC 5961 §7: throttled)"
     assert (pair.conn.r_high, pair.conn.d_una, pair.conn.rcv_data_fin) == before
