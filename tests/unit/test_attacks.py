@@ -626,7 +626,9 @@ def test_authentic_add_addr_to_a_non_global_address_is_not_joined(addr, port):
     policy the proxy opens no subflow to a loopback, private (RFC 1918), link-local,
     multicast or unspecified address a peer announces — Linux's own path manager
     accepts no announced address by default. The announcement is still echoed."""
-    net = MpNet(45, subflows="manual")
+    from tests.fuzz.build import PmConfig
+    # the core's default policy (the model itself may allow more for its 10/8 addresses)
+    net = MpNet(45, subflows="manual", pm_kw={"join_announced": PmConfig().join_announced})
     net.connect()
     net.local.write(blob(3000, 45))
     net.run(net.now + 0.05)
