@@ -24,6 +24,7 @@ import inspect
 import random
 from dataclasses import fields
 
+from mptcp_proxy.core import tcp as _tcp
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
 
 try:  # the path manager's module (core/pm.py before the restructuring, core/policy.py after)
@@ -34,6 +35,16 @@ except ImportError:  # pragma: no cover - the layout before the restructuring
 # After the restructuring the path manager is given to the proxy (Proxy(..., pm=...));
 # before it, PathManager(proxy, ...) attached itself.
 PM_GIVEN_TO_PROXY = "pm" in inspect.signature(Proxy.__init__).parameters
+
+# Checksum states. After the restructuring CSUM_OK means "complete and verified by the
+# kernel or NIC" and a received segment nobody verified is CSUM_UNVERIFIED (the core
+# checks it); before it, CSUM_OK meant "complete" and the core checked such segments.
+CSUM_OK = _tcp.CSUM_OK
+CSUM_UNVERIFIED = getattr(_tcp, "CSUM_UNVERIFIED", None)
+CSUM_RECEIVED = CSUM_UNVERIFIED if CSUM_UNVERIFIED is not None else CSUM_OK
+FULL_CSUM = frozenset(x for x in (CSUM_OK, CSUM_UNVERIFIED) if x is not None)
+IN_CSUM_DEFAULT = inspect.signature(Proxy.inbound).parameters["csum"].default
+OUT_CSUM_DEFAULT = inspect.signature(Proxy.outbound).parameters["csum"].default
 
 
 class SeededBytes:

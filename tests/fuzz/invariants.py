@@ -24,9 +24,10 @@ a verdict per packet, then the forged packets and events are pulled — and chec
     ACCEPT means the driver passes the original bytes: the core must not have changed
     the buffer (beyond trimming bytes past the IP length).
 ``bad_csum_state_change`` / ``bad_csum_output``
-    an inbound segment with a bad TCP checksum, in state ``CSUM_OK`` (nothing verified
-    it before the queue), changes no state (:mod:`.snapshot`) and makes the proxy send
-    nothing and report no event.
+    an inbound segment with a bad TCP checksum that nothing verified before the queue
+    (``CSUM_OK`` before the restructuring, ``CSUM_UNVERIFIED`` after it; the checker
+    feeds a corrupt segment in that state) changes no state (:mod:`.snapshot`) and makes
+    the proxy send nothing and report no event.
 ``unconverted_passthrough``
     a packet of an MPTCP connection the proxy carries (IPv4 fragment, IPv6 extension
     headers, BIG TCP length 0, ...) is not passed on unconverted.
@@ -48,11 +49,11 @@ import re
 import traceback
 from dataclasses import dataclass
 
-from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_OK, parse_packet
+from mptcp_proxy.core.tcp import CSUM_GSO, parse_packet
 
 from . import snapshot as snap
 from . import wire
-from .build import verdict_of
+from .build import CSUM_UNVERIFIED, FULL_CSUM, IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, verdict_of
 
 ESTABLISHED = "ESTABLISHED"
 
@@ -275,23 +276,28 @@ class Checker:
             self._v("unbounded_state", name, f"{name} holds {size} entries")
 
     # ------------------------------------------------------------------ inputs
-    def packet(self, direction: str, data: bytes, now: float, csum: int = CSUM_OK):
-        """Feed one packet (``direction`` "out" or "in"); returns the verdict, or the
+    def packet(self, direction: str, data: bytes, now: float, csum: int | None = None):
+        """Feed one packet (``direction`` "out" or "in") in checksum state ``csum`` (by
+        default the core's own default for that direction); returns the verdict, or the
         string "raised" if the core raised."""
+        if csum is None:
+            csum = IN_CSUM_DEFAULT if direction == "in" else OUT_CSUM_DEFAULT
         self.calls += 1
         data = bytes(data)
         buf = bytearray(data)
         lo = wire.layout(data)
         tcp_ok = ip_ok = True
-        if lo is not None and lo.th >= 0 and csum == CSUM_OK:
+        if lo is not None and lo.th >= 0 and csum in FULL_CSUM:
             ip_ok = lo.v6 or wire.ipv4_hdr_ok(data)
             tcp_ok = (not lo.frag and lo.end - lo.th >= 20
                       and wire.tcp_csum_ok(lo.src, lo.dst, data[lo.th:lo.end]))
         if direction == "out" and lo is not None and lo.th >= 0 and data[lo.th + 13] & 0x12 \
                 == 0x02:
             self._note_local_syn(data, lo.th, lo.end)
-        bad_in = (direction == "in" and self.check_bad_csum and csum == CSUM_OK
+        bad_in = (direction == "in" and self.check_bad_csum and csum in FULL_CSUM
                   and lo is not None and lo.th >= 0 and not tcp_ok)
+        if bad_in and CSUM_UNVERIFIED is not None:
+            csum = CSUM_UNVERIFIED  # (a corrupt segment cannot come marked as verified)
         before = snap.snapshot(self.proxy) if bad_in else None
         where = self._where(lo, data) if bad_in else ""
         try:
@@ -424,7 +430,7 @@ class Checker:
             if leaked:
                 self._v("verdict_malformed", "in: MPTCP option other than DSS to the local stack",
                         f"subtypes {leaked} in a rewritten segment: {wire.hexdump(v)}")
-        if direction == "in" and not tcp_ok and csum == CSUM_OK and seg is not None:
+        if direction == "in" and not tcp_ok and csum in FULL_CSUM and seg is not None:
             if wire.tcp_csum_ok(seg.src, seg.dst, bytes(v[seg.th:])):
                 self._v("csum_laundered", direction,
                         "a segment with a bad TCP checksum was rewritten with a valid one")

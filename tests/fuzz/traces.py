@@ -22,7 +22,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from .build import config_dict, verdict_of
+from .build import IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, config_dict, verdict_of
 
 PM_OPS = ("link_down", "link_up", "handover", "remove_subflow", "set_prio", "abort_all")
 
@@ -66,10 +66,10 @@ class Recorder:
         real_out, real_in = proxy.outbound, proxy.inbound
         real_timer, real_pull = proxy.handle_timer, proxy.packets_to_send
 
-        def outbound(buf, now, csum=0):
+        def outbound(buf, now, csum=OUT_CSUM_DEFAULT):
             return self._packet("out", real_out, buf, now, csum)
 
-        def inbound(buf, now, csum=0):
+        def inbound(buf, now, csum=IN_CSUM_DEFAULT):  # (the models leave it to the core)
             return self._packet("in", real_in, buf, now, csum)
 
         def handle_timer(now):
