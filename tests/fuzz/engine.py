@@ -26,7 +26,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import mutate, wire
+from . import craft, mutate, wire
 from .build import make_proxy
 from .fork import fork
 from .invariants import Checker, Violation
@@ -162,7 +162,7 @@ class Fuzzer:
 
     def _mutants(self, ctx, d, data, csum, inline: bool = False) -> list:
         rng = self.rng
-        syn = len(data) > 40 and mutate._flags(data) & 0x02
+        syn = len(data) > 40 and craft.tcp_flags(data) & 0x02
         for attempt in range(4):
             # handshake packets are rare in a trace: their options get a better chance
             fn = mutate.m_syn_opts if syn and attempt == 0 and rng.random() < 0.4 else \
@@ -185,7 +185,7 @@ class Fuzzer:
         proxy, pm = make_proxy(trace.setup)
         main = _Run(self, proxy, pm, Checker(proxy, pm), [])
         hist = {"out": deque(maxlen=48), "in": deque(maxlen=48)}
-        ctx = mutate.Ctx(proxy, hist)
+        ctx = craft.Ctx(proxy, hist)
         mode = rng.choice(("branch", "branch", "inline"))
         rate = rng.choice((0.02, 0.1, 0.3, 1.0))
         exact = True
@@ -219,7 +219,7 @@ class Fuzzer:
         chk = Checker(bproxy, bpm)
         chk.local_mss = main.chk.local_mss
         run = _Run(self, bproxy, bpm, chk, main.ops)
-        ctx = mutate.Ctx(bproxy, {})
+        ctx = craft.Ctx(bproxy, {})
         j = i
         for group in range(self.rng.choice((1, 1, 1, 2, 3))):
             if group:  # a further mutation, of a later packet, on the branch's own state
@@ -351,7 +351,7 @@ def describe(raw) -> str:
     ack = int.from_bytes(data[th + 8:th + 12], "big") if th + 12 <= len(data) else 0
     hl = (data[th + 12] >> 4) * 4 if th + 13 <= len(data) else 20
     opts = []
-    for k, off, n in mutate._options(data):
+    for k, off, n in craft.option_list(data):
         o = data[off:off + n]
         opts.append(f"mptcp{o[2] >> 4}/{n}:{o[2:].hex()}" if k == 30 and n > 2 else f"{k}/{n}")
     extra = [x for x, on in (("frag", lo.frag), ("ext", lo.ext), ("len0", lo.jumbo)) if on]

@@ -16,8 +16,8 @@ window scale above 14; the checksum metadata states (``CSUM_OK``/``CSUM_PARTIAL`
 (valid HMACs and keys included, computed with the unit-test models' own helpers);
 floods.
 
-The proxy's state is read only through :class:`Ctx` (public attributes, with
-defaults), so a renamed attribute makes crafting less sharp, never crash.
+The proxy's state is read only through :class:`.craft.Ctx`; option edits and the MPTCP
+option generators live in :mod:`.craft`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ from dataclasses import dataclass
 from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL
 
 from . import wire
+from .craft import (
+    ConnView,
+    Ctx,
+    SfView,
+    gen_dss,
+    gen_mptcp,
+    offsets,
+    option_list,
+    options_with,
+    payload_len,
+    rebuild,
+    tcp_flags,
+    ts_option,
+)
 from .wire import ACK, FIN, M32, M64, PSH, RST, SYN
 
 
@@ -39,266 +53,13 @@ class Input:
     label: str
 
 
-# ------------------------------------------------------------------- live state
-def _g(obj, name, default=0):
-    return getattr(obj, name, default)
-
-
-class SfView:
-    """What a crafter needs of one subflow (wire values, 32-bit)."""
-
-    def __init__(self, sf) -> None:
-        self.key = _g(sf, "key", None)
-        rcv_base, snd_base = _g(sf, "rcv_base"), _g(sf, "snd_base")
-        self.rcv_nxt = (rcv_base + _g(sf, "rcv_high")) & M32  # next peer byte expected
-        self.snd_nxt = (snd_base + _g(sf, "snd_nxt")) & M32
-        self.snd_una = (snd_base + _g(sf, "snd_una")) & M32
-        self.rcv_high_rel = _g(sf, "rcv_high")
-        self.ts_ok = bool(_g(sf, "ts_ok", False))
-        self.ts_recent = _g(sf, "ts_recent")
-        self.remote_id = _g(sf, "remote_id")
-        self.index = _g(sf, "index")
-
-
-def _g2(obj, *names, default=0):
-    """The first of ``names`` the object has (attributes renamed by the restructuring)."""
-    for n in names:
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
-
-
-class ConnView:
-    def __init__(self, conn) -> None:
-        self.key = _g(conn, "key", None)
-        self.v6 = bool(_g(conn, "v6", False))
-        st = _g(conn, "state", None)
-        self.state = getattr(st, "name", str(st))
-        self.local_key = _g(conn, "local_key")
-        self.remote_key = _g(conn, "remote_key")
-        self.idsn_local = _g2(conn, "local_idsn", "idsn_local")
-        self.idsn_remote = _g2(conn, "remote_idsn", "idsn_remote")
-        self.d_nxt, self.d_una = _g(conn, "d_nxt"), _g(conn, "d_una")
-        self.r_high, self.r_ack = _g(conn, "r_high"), _g(conn, "r_ack")
-        self.tcp_snd_base, self.tcp_rcv_base = _g(conn, "tcp_snd_base"), _g(conn, "tcp_rcv_base")
-        self.local_token = _g(conn, "local_token")
-        self.remote_token = _g(conn, "remote_token")
-        self.ts_local = _g2(conn, "tcp_tsval", "ts_local")
-        self.subflows = [SfView(s) for s in _g(conn, "subflows", [])]
-
-    @property
-    def data_ack(self) -> int:
-        """A DATA_ACK the peer would send: everything we sent (64-bit)."""
-        return (self.idsn_local + 1 + self.d_nxt) & M64
-
-    @property
-    def peer_dsn(self) -> int:
-        """The peer's next DSN (64-bit)."""
-        return (self.idsn_remote + 1 + self.r_high) & M64
-
-
-class Ctx:
-    """The live state of one proxy, as the crafters see it, and recent packets."""
-
-    def __init__(self, proxy, history: dict) -> None:
-        self.proxy = proxy
-        self.history = history
-
-    def conns(self) -> list[ConnView]:
-        try:
-            return [ConnView(c) for c in list(self.proxy.connections.values())]
-        except Exception:  # noqa: BLE001 - crafting must not fail on odd state
-            return []
-
-
-# ------------------------------------------------------------------ packet edits
-def _offsets(buf):
-    lo = wire.layout(buf)
-    if lo is None or lo.th < 0 or lo.th + 20 > len(buf):
-        return None
-    hl = (buf[lo.th + 12] >> 4) * 4
-    return lo, lo.th, max(20, min(hl, len(buf) - lo.th))
-
-
-def rebuild(buf, *, opts: bytes | None = None, payload: bytes | None = None,
-            fix: bool = True) -> bytearray | None:
-    """``buf`` with a new option block and/or payload (data offset and IP length set,
-    checksums recomputed when ``fix``). Options longer than 40 bytes are cut at an
-    option boundary."""
-    o = _offsets(buf)
-    if o is None:
-        return None
-    lo, th, hl = o
-    old_opts = bytes(buf[th + 20:th + hl])
-    old_pay = bytes(buf[th + hl:lo.end])
-    opts = old_opts if opts is None else opts
-    payload = old_pay if payload is None else payload
-    if len(opts) > 40:
-        opts = opts[:40]
-    if len(opts) % 4:
-        opts += b"\x00" * (4 - len(opts) % 4)
-    out = bytearray(buf[:th + 20]) + opts + payload
-    out[th + 12] = ((20 + len(opts)) // 4) << 4 | (out[th + 12] & 0x0F)
-    wire.set_ip_length(out)
-    return wire.fix_checksums(out) if fix else out
-
-
-def _options(buf) -> list[tuple[int, int, int]]:
-    """(kind, offset, length) of the options of ``buf`` (tolerant walk)."""
-    o = _offsets(buf)
-    if o is None:
-        return []
-    _lo, th, hl = o
-    out = []
-    i, end = th + 20, th + hl
-    while i < end:
-        k = buf[i]
-        if k == 0:
-            break
-        if k == 1:
-            i += 1
-            continue
-        if i + 1 >= end or buf[i + 1] < 2 or i + buf[i + 1] > end:
-            break
-        out.append((k, i, buf[i + 1]))
-        i += buf[i + 1]
-    return out
-
-
-def _flags(buf) -> int:
-    o = _offsets(buf)
-    return buf[o[1] + 13] if o else 0
-
-
-def _payload_len(buf) -> int:
-    o = _offsets(buf)
-    if o is None:
-        return 0
-    lo, th, hl = o
-    return max(0, lo.end - th - hl)
-
-
-# -------------------------------------------------------------- MPTCP options
-def _ts_opt(sfv: SfView | None) -> bytes:
-    if sfv is None or not sfv.ts_ok:
-        return b""
-    return b"\x01\x01" + struct.pack("!BBII", 8, 10, (sfv.ts_recent + 1) & M32, 0)
-
-
-def gen_mptcp(rng, cv: ConnView | None, *, plen: int = 0, flags: int = ACK) -> bytes:
-    """One MPTCP option of a random subtype and shape: mostly well-formed with fields
-    near the connection's live values (valid keys and HMACs half of the time), some
-    with wrong lengths or garbage."""
-    from mp_model import add_addr_hmac8, join_synack_thmac
-    r = rng.random
-    ck = cv is not None and r() < 0.6  # use the real keys/values
-    lk = cv.local_key if ck else rng.getrandbits(64)
-    rk = cv.remote_key if ck else rng.getrandbits(64)
-    sub = rng.choice((0, 1, 2, 2, 2, 2, 3, 3, 4, 5, 6, 7, 8, 9, 15))
-    if r() < 0.08:  # a random length with random content
-        n = rng.randint(3, 38)
-        return bytes((30, n, (sub << 4) | rng.getrandbits(4))) + rng.randbytes(n - 3)
-    if sub == 0:
-        n = rng.choice((4, 12, 20, 22, 24, 5, 16))
-        ver = rng.choice((1, 1, 1, 0, 2, 15))
-        fl = rng.choice((0x01, 0x81, 0x21, 0x41, 0x00, rng.getrandbits(8)))
-        body = struct.pack("!QQHH", rk, lk, plen & 0xFFFF, rng.getrandbits(16))
-        return bytes((30, n, ver, fl)) + body[:n - 4] + bytes(max(0, n - 4 - len(body)))
-    if sub == 1:
-        n = rng.choice((12, 16, 24, 13))
-        b = 0x10 | rng.getrandbits(1)
-        tok = cv.remote_token if ck else rng.getrandbits(32)
-        if n == 12:
-            return struct.pack("!BBBBII", 30, 12, b, rng.getrandbits(8), tok, rng.getrandbits(32))
-        if n == 16:
-            thmac = join_synack_thmac(rk, lk, 1, 2) if ck else rng.randbytes(8)
-            return bytes((30, 16, b, rng.getrandbits(8))) + thmac + rng.randbytes(4)
-        return bytes((30, n, 0x10, 0)) + rng.randbytes(n - 4)
-    if sub == 2:
-        return gen_dss(rng, cv, plen=plen)
-    if sub == 3:
-        echo = r() < 0.3
-        v6 = r() < 0.3
-        addr = rng.choice((
-            bytes((10, 9, 1, 2)), bytes((127, 0, 0, 1)), bytes((192, 168, 1, 1)),
-            bytes((224, 0, 0, 1)), bytes(4), b"\xff" * 4, bytes((8, 8, 8, 8)),
-            rng.randbytes(4))) if not v6 else rng.choice((
-                bytes(15) + b"\x01", bytes.fromhex("fe80000000000000") + rng.randbytes(8),
-                rng.randbytes(16)))
-        port = rng.choice((None, None, 22, 8080, 0, rng.getrandbits(16)))
-        aid = rng.choice((0, 1, 2, 3, 255, rng.getrandbits(8)))
-        body = bytes(addr) + (struct.pack("!H", port) if port is not None else b"")
-        if not echo:
-            body += add_addr_hmac8(rk, lk, aid, addr, port) if ck else rng.randbytes(8)
-        return bytes((30, 4 + len(body), 0x30 | (1 if echo else 0), aid)) + body
-    if sub == 4:
-        k = rng.choice((1, 1, 2, 8, 9, 0))
-        ids = bytes(rng.choice((0, 1, 2, rng.getrandbits(8))) for _ in range(k))
-        return bytes((30, 3 + k, 0x40)) + ids
-    if sub == 5:
-        return bytes((30, 3, 0x50 | rng.getrandbits(1))) if r() < 0.8 else \
-            bytes((30, 4, 0x50 | rng.getrandbits(1), rng.getrandbits(8)))
-    if sub == 6:
-        dsn = cv.peer_dsn if ck else rng.getrandbits(64)
-        return struct.pack("!BBBBQ", 30, 12, 0x60, 0, dsn)
-    if sub == 7:
-        key = lk if ck else rng.getrandbits(64)
-        return struct.pack("!BBBBQ", 30, 12, 0x70, 0, key)
-    if sub == 8:
-        return bytes((30, 4, 0x80 | rng.getrandbits(4), rng.randint(0, 8)))
-    return bytes((30, 4, sub << 4, 0))
-
-
-def gen_dss(rng, cv: ConnView | None, *, plen: int = 0, ssn_rel: int | None = None,
-            fin: bool | None = None) -> bytes:
-    """A DSS with random flags, fields near the live values (and boundary values)."""
-    r = rng.random
-    fl = rng.getrandbits(5)
-    if fin is not None:
-        fl = (fl & ~0x10) | (0x10 if fin else 0)
-    body = b""
-    if fl & 0x01:
-        a = cv.data_ack if cv is not None and r() < 0.7 else rng.getrandbits(64)
-        a = (a + rng.choice((0, 0, 0, 1, -1, 1000, -1000, 1 << 31, rng.getrandbits(32)))) & M64
-        body += struct.pack("!Q", a) if fl & 0x02 else struct.pack("!I", a & M32)
-    if fl & 0x04:
-        d = cv.peer_dsn if cv is not None and r() < 0.7 else rng.getrandbits(64)
-        d = (d + rng.choice((0, 0, 1, -1, 1400, -1400, 1 << 31, rng.getrandbits(40)))) & M64
-        body += struct.pack("!Q", d) if fl & 0x08 else struct.pack("!I", d & M32)
-        if ssn_rel is None:
-            base = cv.subflows[0].rcv_high_rel if cv is not None and cv.subflows else 0
-            ssn_rel = base + rng.choice((0, 0, 1, -1, 1400, 100000, rng.getrandbits(31)))
-        dll = rng.choice((plen, plen, plen + 1, 0, 1, 0xFFFF, max(plen - 1, 0),
-                          rng.getrandbits(16)))
-        body += struct.pack("!IH", (ssn_rel + 1) & M32, dll)
-        if r() < 0.3:
-            body += struct.pack("!H", rng.getrandbits(16))
-    return bytes((30, 4 + len(body), 0x20, fl)) + body
-
-
-def _opts_with(buf, mp: bytes, replace: bool) -> bytes:
-    """The option block of ``buf`` with MPTCP option ``mp`` added (or replacing the
-    MPTCP options), NOP-padded; other options are dropped last-first to fit 40."""
-    keep = []
-    for k, off, n in _options(buf):
-        if replace and k == 30:
-            continue
-        keep.append(bytes(buf[off:off + n]))
-    pad = lambda b: (b"\x01" * (-len(b) % 4)) + b  # noqa: E731
-    parts = [pad(x) for x in keep]
-    block = pad(mp)
-    while parts and len(block) + sum(len(p) for p in parts) > 40:
-        parts.pop()
-    return b"".join(parts) + block
-
-
 # ---------------------------------------------------------------------- mutators
 def _fixp(rng, buf, p: float) -> bytearray:
     return wire.fix_checksums(bytearray(buf)) if rng.random() < p else bytearray(buf)
 
 
 def m_flip_header(rng, ctx, d, buf, csum):
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     b = bytearray(buf)
@@ -311,7 +72,7 @@ def m_flip_header(rng, ctx, d, buf, csum):
 
 
 def m_flip_options(rng, ctx, d, buf, csum):
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None or o[2] == 20:
         return []
     _lo, th, hl = o
@@ -327,7 +88,7 @@ def m_flip_options(rng, ctx, d, buf, csum):
 def m_bad_csum_copy(rng, ctx, d, buf, csum):
     """One flipped bit anywhere in the TCP segment, checksum left as it was: what a
     corrupted frame the hardware did not verify looks like (CSUM_OK)."""
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     lo, th, _hl = o
@@ -338,7 +99,7 @@ def m_bad_csum_copy(rng, ctx, d, buf, csum):
 
 
 def m_opt_len(rng, ctx, d, buf, csum):
-    opts = _options(buf)
+    opts = option_list(buf)
     if not opts:
         return []
     k, off, n = rng.choice(opts)
@@ -348,7 +109,7 @@ def m_opt_len(rng, ctx, d, buf, csum):
 
 
 def _mptcp_opts(buf):
-    return [(off, n) for k, off, n in _options(buf) if k == 30 and n >= 3]
+    return [(off, n) for k, off, n in option_list(buf) if k == 30 and n >= 3]
 
 
 def m_mptcp_shape(rng, ctx, d, buf, csum):
@@ -373,7 +134,7 @@ def m_mptcp_shape(rng, ctx, d, buf, csum):
         new = o + rng.randbytes(delta)
     new = bytes((30, len(new))) + new[2:]
     sub = o[2] >> 4
-    out = rebuild(buf, opts=_opts_with(buf, new, replace=True), fix=rng.random() < 0.9)
+    out = rebuild(buf, opts=options_with(buf, new, replace=True), fix=rng.random() < 0.9)
     return [Input(d, bytes(out), csum, f"mptcp_resize_{sub}")] if out else []
 
 
@@ -393,9 +154,9 @@ def _conn_for(ctx: Ctx, buf, d: str) -> tuple[ConnView | None, SfView | None]:
 
 def m_mptcp_insert(rng, ctx, d, buf, csum):
     cv, _sv = _conn_for(ctx, buf, d)
-    mp = gen_mptcp(rng, cv, plen=_payload_len(buf), flags=_flags(buf))
+    mp = gen_mptcp(rng, cv, plen=payload_len(buf), flags=tcp_flags(buf))
     replace = rng.random() < 0.6
-    out = rebuild(buf, opts=_opts_with(buf, mp, replace), fix=rng.random() < 0.9)
+    out = rebuild(buf, opts=options_with(buf, mp, replace), fix=rng.random() < 0.9)
     return [Input(d, bytes(out), csum, f"mptcp_insert_{mp[2] >> 4}")] if out else []
 
 
@@ -403,14 +164,14 @@ def m_dss_fields(rng, ctx, d, buf, csum):
     """A new DSS in place of the packet's MPTCP option(s): jumps of DATA_ACK, DSN and
     SSN, DLL 0 (infinite mapping), DLL past the payload, DATA_FIN, checksum presence."""
     cv, _sv = _conn_for(ctx, buf, d)
-    plen = _payload_len(buf)
+    plen = payload_len(buf)
     dss = gen_dss(rng, cv, plen=plen)
-    out = rebuild(buf, opts=_opts_with(buf, dss, replace=True), fix=rng.random() < 0.9)
+    out = rebuild(buf, opts=options_with(buf, dss, replace=True), fix=rng.random() < 0.9)
     return [Input(d, bytes(out), csum, "dss_fields")] if out else []
 
 
 def m_seq_ack(rng, ctx, d, buf, csum):
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     th = o[1]
@@ -424,7 +185,7 @@ def m_seq_ack(rng, ctx, d, buf, csum):
 
 
 def m_flags(rng, ctx, d, buf, csum):
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     th = o[1]
@@ -438,7 +199,7 @@ def m_flags(rng, ctx, d, buf, csum):
 
 def m_rst_syn_data(rng, ctx, d, buf, csum):
     """RST or SYN carrying data, up to near 64 KB (a local RST/SYN grows with options)."""
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     lo, th, hl = o
@@ -479,7 +240,7 @@ def m_truncate(rng, ctx, d, buf, csum):
 
 def m_oversize(rng, ctx, d, buf, csum):
     """A payload near 64 KB (a GSO/GRO super-packet), or exactly at the IP limit."""
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     lo, th, hl = o
@@ -506,7 +267,7 @@ def m_oversize(rng, ctx, d, buf, csum):
 def m_big_tcp(rng, ctx, d, buf, csum):
     """IP length 0 (BIG TCP): IPv4 total length 0, IPv6 payload length 0 with or
     without a hop-by-hop jumbo option (RFC 2675)."""
-    o = _offsets(buf)
+    o = offsets(buf)
     if o is None:
         return []
     lo, th, hl = o
@@ -590,9 +351,9 @@ def m_syn_opts(rng, ctx, d, buf, csum):
     """SYN and SYN/ACK options: MSS 0/1/65535, window scale above 14, missing or
     duplicated options, a local SYN that already carries MP_CAPABLE, a full option
     space."""
-    if not _flags(buf) & SYN:
+    if not tcp_flags(buf) & SYN:
         return []
-    opts = _options(buf)
+    opts = option_list(buf)
     parts = []
     for k, off, n in opts:
         o = bytearray(buf[off:off + n])
@@ -641,7 +402,7 @@ def m_craft(rng, ctx, d, buf, csum):
         seq = (sv.rcv_nxt + rng.choice((0, 0, 0, 1, -1, 1000, 60000, 200000, 1 << 30,
                                         rng.getrandbits(32)))) & M32
         ack = (sv.snd_nxt + rng.choice((0, 0, 0, -1, 1, 1 << 30, rng.getrandbits(32)))) & M32
-        opts = _ts_opt(sv)
+        opts = ts_option(sv)
         if flags & SYN:
             opts = b""
         k = rng.choice((0, 1, 1, 1, 2))
@@ -702,19 +463,19 @@ def m_flood(rng, ctx, d, buf, csum):
             dss = bytes((30, 18, 0x20, 0x0C)) + struct.pack(
                 "!QIH", (cv.peer_dsn + 7 * i + 3) & M64, (ssn_rel + 1) & M32, 1)
             p = wire.build(ra, la, rp, lp, (sv.rcv_nxt + 2 + 2 * i) & M32, sv.snd_nxt,
-                           ACK, 1024, _ts_opt(sv) + b"\x01\x01" + dss, b"x")
+                           ACK, 1024, ts_option(sv) + b"\x01\x01" + dss, b"x")
         elif kind == "add_addr":
             aid = i % 256
             addr = struct.pack("!I", 0x0A090000 + i)
             h = add_addr_hmac8(cv.remote_key, cv.local_key, aid, addr, None)
             opt = bytes((30, 16, 0x30, aid)) + addr + h
             p = wire.build(ra, la, rp, lp, sv.rcv_nxt, sv.snd_nxt, ACK, 1024,
-                           _ts_opt(sv) + opt)
+                           ts_option(sv) + opt)
         else:
             dack = (cv.data_ack + rng.choice((0, -1, 1, -100))) & M64
             dss = bytes((30, 12, 0x20, 0x03)) + struct.pack("!Q", dack)
             p = wire.build(ra, la, rp, lp, sv.rcv_nxt, (sv.snd_una + (i % 3)) & M32, ACK,
-                           rng.choice((1024, 0, 1)), _ts_opt(sv) + dss)
+                           rng.choice((1024, 0, 1)), ts_option(sv) + dss)
         out.append(Input("in", bytes(p), CSUM_OK, f"flood_{kind}"))
     return out
 

@@ -80,7 +80,7 @@ def _plain(v, pending: list):
     return repr(v)
 
 
-def _public(v) -> dict:
+def public_attributes(v) -> dict:
     cls = type(v)
     names = _NAMES.get(cls)
     if names is None:
@@ -114,7 +114,7 @@ def snapshot(proxy) -> dict:
             continue
         rec = {"__class__": _label(v)}
         objects[id(v)] = rec
-        for n, x in _public(v).items():
+        for n, x in public_attributes(v).items():
             rec[n] = _plain(x, pending)
     return {"root": id(proxy), "objects": objects, "timer": proxy.get_timer()}
 

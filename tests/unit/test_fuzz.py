@@ -82,7 +82,7 @@ def _plant(proxy, which: str) -> None:
             return out
         if which == "state_change":  # (any public integer of the connection)
             conn = next(iter(proxy.connections.values()))
-            name = next(n for n, x in snapshot._public(conn).items()
+            name = next(n for n, x in snapshot.public_attributes(conn).items()
                         if type(x) is int and n != "id")
             setattr(conn, name, getattr(conn, name) + 1)
         if which == "forged_output":
