@@ -26,8 +26,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_PARTIAL
+
 from . import craft, mutate, wire
-from .build import make_proxy
+from .build import CSUM_UNVERIFIED, FULL_CSUM, make_proxy
 from .fork import fork
 from .invariants import Checker, Violation
 from .traces import SCENARIOS, Trace, apply_pm_op, digest_verdict, record
@@ -355,8 +357,10 @@ def describe(raw) -> str:
         o = data[off:off + n]
         opts.append(f"mptcp{o[2] >> 4}/{n}:{o[2:].hex()}" if k == 30 and n > 2 else f"{k}/{n}")
     extra = [x for x, on in (("frag", lo.frag), ("ext", lo.ext), ("len0", lo.jumbo)) if on]
-    sums = ("ok" if wire.csum_valid(data) else "BAD-CHECKSUM") if csum == 0 else \
-        {1: "partial", 2: "gso"}.get(csum, "?")
+    sums = ("ok" if wire.csum_valid(data) else "BAD-CHECKSUM") if csum in FULL_CSUM else \
+        {CSUM_PARTIAL: "partial", CSUM_GSO: "gso"}.get(csum, "?")
+    if csum == CSUM_UNVERIFIED:
+        sums = "unverified " + sums
     return (f"t={now:.4f} {d} {len(data)}B {f} seq={seq} ack={ack} "
             f"plen={max(0, lo.end - th - hl)} csum={sums} {' '.join(extra)} "
             f"opts=[{', '.join(opts)}]")
