@@ -178,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics", type=_metrics_addr, default=None, metavar="[ADDR:]PORT",
         help="serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; a bare "
              "PORT listens on 127.0.0.1; [::1]:PORT for IPv6)")
-    add("--max-connections", type=_count, default=0, metavar="N",
-        help="connections tracked at once (0: no limit); beyond it new connections are "
-             "left as plain TCP")
-    add("--max-syn-sent", type=_count, default=0, metavar="N",
-        help="of them, connections still in SYN_SENT (0: no limit)")
+    add("--max-connections", type=_count, default=65536, metavar="N",
+        help="connections tracked at once (default 65536, about 4 KB each; 0: no limit); "
+             "beyond it new connections are left as plain TCP")
+    add("--max-syn-sent", type=_count, default=8192, metavar="N",
+        help="of them, connections still waiting for the server's SYN/ACK (default 8192; "
+             "0: no limit)")
     add("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
         help=f"where the state journal goes: what the daemon changed outside itself, undone "
              f"after a crash by the next start or --cleanup (default {DEFAULT_STATE_DIR}; "

@@ -178,6 +178,7 @@ def local_reset(conn: "Connection", pkt: TcpPacket, now: float):
         conn.counters.inc("MPFastcloseTx")
         if sf is conn.sf0:
             pkt.set_seq(sf.snd_wire(sf.seq_nxt))
+            pkt.truncate_payload(0)  # (an RST's payload is only diagnostic text)
             pkt.set_options(opt)
             verdict = pkt.finish()
         else:

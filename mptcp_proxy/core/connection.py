@@ -55,7 +55,7 @@ class Connection:
         # MPTCP endpoints
         "local_key", "local_token", "local_idsn", "remote_key", "remote_token",
         "remote_idsn", "csum_requested", "csum", "deny_join0", "fully_established",
-        "syn_count", "syn_mpc", "syn_time", "srtt", "fast",
+        "syn_count", "syn_mpc", "syn_time", "srtt", "fast", "infinite_pending",
         # data level (relative)
         "d_nxt", "d_una", "snd_data_fin", "data_fin_acked", "r_ack", "r_high",
         "rcv_data_fin", "r_fwd",
@@ -94,6 +94,7 @@ class Connection:
         self.syn_mpc = True
         self.srtt = 0.0
         self.fast = False  # the steady-state parsers may be tried
+        self.infinite_pending = False  # our next data goes under an infinite mapping (§3.7)
         self.d_nxt = self.d_una = 0
         self.snd_data_fin: int | None = None
         self.data_fin_acked = False
@@ -190,7 +191,6 @@ class Connection:
 
     def on_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
         """A segment from the peer on subflow ``sf`` (PREROUTING). Returns the verdict."""
-        self.last_activity = now
         st = self.state
         if st == ConnState.FALLBACK:
             return ACCEPT

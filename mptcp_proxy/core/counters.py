@@ -39,6 +39,7 @@ COUNTERS: dict[str, str] = {
     "DataCsumErr": "received DSS checksum failures",
     "DataCsumMissing": "DSS checksum missing or unexpected versus the negotiation",
     "InfiniteMapRx": "infinite mappings received (the peer falls back)",
+    "InfiniteMapTx": "infinite mappings sent after the peer's MP_FAIL (then plain TCP)",
     "InfiniteMapIgnored": "infinite mappings on segments without payload (ignored, as Linux)",
     "DssFallback": "in-order data without a mapping (options stripped): fell back to TCP",
     "DataFinTx": "DATA_FINs sent",

@@ -57,6 +57,11 @@ def mptcp_option(conn: "Connection", sf: Subflow, d: int, s: int, n: int, data_f
         dsn = data_wire(conn.local_idsn, conn.snd_data_fin)
         csum = dss_checksum(dsn, 0, 1, 0) if conn.csum else None
         return pad_options(pack_dss(dan, dsn, 0, 1, csum, True))
+    if conn.infinite_pending:  # after MP_FAIL (§3.7): data-level length 0, checksum 0
+        conn.infinite_pending = False  # (the transmit path falls back once it is out)
+        counters["InfiniteMapTx"] += 1
+        return pad_options(pack_dss(dan, data_wire(conn.local_idsn, d), (s + 1) & MASK32, 0,
+                                    0 if conn.csum else None, data_fin))
     if m is None:  # (a segment that is its own mapping)
         m = SentMapping(s, d, n, data_fin)
     dsn = (conn.local_idsn + 1 + m.d) & MASK64  # (seq.data_wire)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .subflow import Subflow
 
 __all__ = ["fallback", "can_fall_back", "infinite_mapping", "unmapped_data",
-           "checksum_failed", "mp_fail_received"]
+           "checksum_failed", "mp_fail_received", "infinite_sent"]
 
 
 def fallback(conn: "Connection", now: float) -> None:
@@ -100,11 +100,18 @@ def checksum_failed(conn: "Connection", sf: "Subflow", data_seq_rel: int, now: f
 
 
 def mp_fail_received(conn: "Connection", sf: "Subflow", now: float) -> None:
-    """MP_FAIL from the peer (§3.7): its check of our data failed. Fall back when the
-    connection can (our next data goes without DSS, which Linux takes as the signal to
-    fall back too), else reset the subflow with reason 6."""
+    """MP_FAIL from the peer (§3.7): its check of our data failed. When the connection
+    can fall back, our next data segment carries an infinite mapping (as Linux answers
+    MP_FAIL) and the connection is plain TCP from then on (:func:`infinite_sent`); else
+    the subflow is reset with reason 6."""
     conn.counters.inc("MPFailRx")
     if can_fall_back(conn, sf):
-        fallback(conn, now)
+        conn.infinite_pending = True
+        conn.fast = False  # (the steady-state guard knows no infinite mapping)
     else:
         closing.protocol_error(conn, sf, now, MPTCP_RST_EMIDDLEBOX)
+
+
+def infinite_sent(conn: "Connection", now: float) -> None:
+    """Our infinite mapping went out on a data segment: plain TCP from now on."""
+    fallback(conn, now)

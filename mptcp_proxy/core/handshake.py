@@ -77,6 +77,9 @@ def send_syn(conn: "Connection", pkt: TcpPacket, now: float):
         conn.counters.inc("MPCapableSYNTXDrop")
     if not conn.syn_mpc:
         return ACCEPT
+    if any(kind == TCPOPT_MPTCP for kind, _o, _n in pkt.options() or ()):
+        conn.counters.inc("PktAlreadyMptcp")  # the socket speaks MPTCP itself: add nothing
+        return ACCEPT
     flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if conn.csum_requested else 0)
     mpc = push_option(MpCapable(flags=flags))
     old = used_options(pkt)

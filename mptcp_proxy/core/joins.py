@@ -90,6 +90,13 @@ def join_segment(conn: "Connection", sf: Subflow, pkt: TcpPacket, now: float):
     any segment (``None`` is returned for it, so the caller goes on)."""
     flags = pkt.flags
     if flags & TCP_RST:
+        # RFC 9293 §3.10.7.3 / RFC 5961 §3: in SYN_SENT only an RST acknowledging our SYN,
+        # after it only one at exactly RCV.NXT, is taken
+        ok = (flags & TCP_ACK and pkt.ack == sf.snd_wire(0)) \
+            if sf.state == SubflowState.SYN_SENT else pkt.seq == sf.rcv_wire(0)
+        if not ok:
+            conn.counters.inc("PktAckUnacceptable")
+            return DROP
         conn.counters.inc("MPJoinRstRx")
         closing.subflow_gone(conn, sf, now, "reset by peer during join")
         return DROP

@@ -68,6 +68,12 @@ class PmConfig:
     max_subflows: int = 8
 
 
+def _global_unicast(addr: bytes) -> bool:
+    """A globally routable unicast address (``ipaddress`` counts multicast as global)."""
+    a = ipaddress.ip_address(addr)
+    return a.is_global and not a.is_multicast
+
+
 def _by_preference(sf: Subflow) -> tuple:
     """Sort key of usable subflows: not backup for the peer first, then not ours."""
     return (sf.peer_backup, sf.backup, sf.index)
@@ -356,7 +362,7 @@ class PathManager:
         if not self.ifaces or len(addr) != len(sf.raddr):
             return
         policy = self.config.join_announced
-        if policy == "off" or (policy == "global" and not ipaddress.ip_address(addr).is_global):
+        if policy == "off" or (policy == "global" and not _global_unicast(addr)):
             conn.counters.inc("AddAddrNotJoined")
             return
         iface = self.ifaces.get(sf.iface) or next(iter(self.ifaces.values()))

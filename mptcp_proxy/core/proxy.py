@@ -82,8 +82,8 @@ class ProxyConfig:
     idle_timeout: float = 600.0
     idle_probes: int = 3
     idle_interval: float = 10.0
-    max_connections: int = 0
-    max_syn_sent: int = 0
+    max_connections: int = 65536
+    max_syn_sent: int = 8192
 
 
 class Proxy:

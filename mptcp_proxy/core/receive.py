@@ -187,7 +187,7 @@ def steady(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     if pkt.csum_mode == CSUM_UNVERIFIED and not pkt.checksum_ok():
         return None  # (the stages count and drop it)
     # -- accepted: the stages' state changes
-    sf.last_rx = now
+    sf.last_rx = conn.last_activity = now
     conn.last_rx_sf = sf
     wnd = pkt.win << sf.rcv_wscale
     if wnd > sf.max_snd_wnd:
@@ -334,7 +334,7 @@ def _answer(conn: "Connection", sf: "Subflow", now: float, challenge: bool,
 def note_arrival(conn: "Connection", sf: "Subflow", seg: Segment, now: float) -> None:
     """The subflow is alive; its timestamp is recent (RFC 7323 §4.3); the peer's largest
     window (MAX.SND.WND, RFC 5961 §5)."""
-    sf.last_rx = now
+    sf.last_rx = conn.last_activity = now
     conn.last_rx_sf = sf
     wnd = seg.pkt.win << sf.rcv_wscale
     if wnd > sf.max_snd_wnd:
@@ -493,9 +493,12 @@ def delivery(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
         s = seg.s
         e = sf.rcv_map.lookup(s)
         if e is None:
-            if s == sf.rcv_contig and conn.fully_established:
-                return fallback.unmapped_data(conn, sf, now)  # options stripped on the path
-            conn.counters.inc("DSSNoMapping")  # (its mapping may come with an earlier one)
+            if conn.fully_established and (s == sf.rcv_contig or not _any_mptcp(seg)):
+                # options stripped on the path: in order with no mapping, or with no MPTCP
+                # option at all (Linux puts a DSS on every data segment; out of order, one
+                # with a DSS may have its mapping in an earlier segment still to come)
+                return fallback.unmapped_data(conn, sf, now)
+            conn.counters.inc("DSSNoMapping")
             return DROP
         r = e[1] + (s - e[0])
         avail = e[0] + e[2] - s
@@ -512,6 +515,10 @@ def delivery(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
     else:
         seg.tsn = conn.tcp_rcv_base + max(conn.r_ack, 0)
     return None
+
+
+def _any_mptcp(seg: Segment) -> bool:
+    return seg.dss is not None or seg.others is not None or seg.malformed > 0
 
 
 def take_payload(conn: "Connection", sf: "Subflow", s: int, r: int, n: int,

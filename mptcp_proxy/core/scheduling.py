@@ -184,6 +184,9 @@ def forget_acked_mappings(sf: Subflow) -> None:
 
 def segment_size(conn: "Connection", sf: Subflow) -> int:
     """Payload bytes per segment we forge on ``sf``: the path's MSS (already lowered by
-    our option overhead) minus the timestamps option."""
+    our option overhead, never above the TCP side's own MSS, which its link allows) minus
+    the timestamps option."""
     mss = sf.mss or conn.sf0.mss or 1200
+    if conn.tcp_mss:  # the TCP side's own MSS tells what the local links carry
+        mss = min(mss, conn.tcp_mss)
     return min(max(mss - (12 if sf.ts_ok else 0), MIN_SEGMENT), MAX_SEGMENT)

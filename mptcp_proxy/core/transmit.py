@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from . import closing
+from . import closing, fallback
 from .constants import TCP_ACK, TCP_FIN, TCPOPT_MPTCP, TCPOPT_SACK, TCPOPT_TIMESTAMP
 from .emission import ack_subflows, rewrite_onto, send_pieces
 from .events import EventKind
@@ -70,6 +70,7 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
         conn.counters.inc("PktMalformed")
         return DROP
     note_tcp_state(conn, seg, now)
+    infinite = conn.infinite_pending
     fin = seg.flags & TCP_FIN
     seg.d = d = unwrap(pkt.seq, conn.tcp_snd_base, conn.d_nxt)
     new_fin = bool(fin) and data_fin(conn, d + seg.plen)
@@ -84,6 +85,8 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
         conn.schedule_joins(now)
     if new_fin:
         closing.data_fin_elsewhere(conn, seg.carrier, now)
+    if infinite and not conn.infinite_pending:
+        fallback.infinite_sent(conn, now)  # (this segment carried the infinite mapping)
     if not seg.plen and conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
         closing.check_close(conn, now)
     return verdict
@@ -141,8 +144,8 @@ def parse_tcp_segment(pkt: TcpPacket) -> TcpSegment | None:
             tsval = int.from_bytes(b[off + 2:off + 6], "big")
         elif kind == TCPOPT_SACK:
             sack_wire = read_sack(b, off, olen)
-        elif kind != TCPOPT_MPTCP:
-            extra += bytes(b[off:off + olen])
+        elif kind not in (TCPOPT_MPTCP, TCPOPT_TIMESTAMP, TCPOPT_SACK):
+            extra += bytes(b[off:off + olen])  # (a malformed timestamp or SACK is left out)
     return TcpSegment(pkt, tsval, sack_wire, extra)
 
 

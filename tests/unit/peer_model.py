@@ -823,6 +823,8 @@ class LinuxPeer:
         self.fallback_reason: str | None = None
         self.subflow_fin_rcvd = False
         self.mptcp_opts_in_fallback = 0
+        self.sent_mp_fail = False  # (set by a test that has the peer send MP_FAIL)
+        self.infinite_rcvd = False
         self.sacks_seen: list[list[tuple[int, int]]] = []
         self.mptcp_syn = False
         self.syn_mpc_flags: int | None = None
@@ -1149,10 +1151,13 @@ class LinuxPeer:
                                  "first one (implied SSN 1 does not cover it)", s)
                 self.use_64bit_ack = True
             elif dss is not None and dss.flags & DSS_M:
-                if dss.dll == 0:
-                    self.violate("peer: infinite mapping from the proxy", s)
                 drel = self._expand_dsn(dss)
                 mapping = (drel, dss.ssn, dss.dll, dss.fin, dss.csum, dss.dsn64)
+                if dss.dll == 0 and not self.sent_mp_fail:
+                    self.violate("peer: infinite mapping from the proxy", s)
+                elif dss.dll == 0:  # RFC 8684 §3.7: the rest of the subflow, unchecked
+                    self.infinite_rcvd = True
+                    mapping = (drel, dss.ssn, 1 << 40, False, None, dss.dsn64)
                 self.use_64bit_ack = dss.dsn64
             if mapping is not None:
                 self.mappings.append((r,) + mapping)

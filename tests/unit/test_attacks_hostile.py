@@ -97,8 +97,6 @@ def test_forged_join_synack_with_a_wrong_ack_is_ignored():
     assert net.proxy.counters["MPJoinSynAckHMacFailure"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 4: an RST on a join in SYN_SENT is "
-                   "not validated (PathManager.handle_join_packet)")
 def test_rst_without_an_acceptable_ack_does_not_kill_a_join():
     """RFC 9293 §3.10.7.3 (SYN-SENT): "If the RST bit is set, If the ACK was acceptable
     then signal to the user 'error: connection reset', drop the segment, enter CLOSED
@@ -112,8 +110,6 @@ def test_rst_without_an_acceptable_ack_does_not_kill_a_join():
     net.wait_subflows(2, timeout=10)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 4: an RST in SYN_SENT is taken "
-                   "without checking its ACK (Connection.on_inbound)")
 def test_rst_without_an_acceptable_ack_in_syn_sent_is_ignored():
     """RFC 9293 §3.10.7.3 (SYN-SENT): an RST is acceptable only if its ACK acknowledges
     our SYN; otherwise "drop the segment and return". A blind RST (no ACK) during the
@@ -147,8 +143,6 @@ def test_add_addr_with_a_bad_hmac_is_ignored():
     streams_intact(pair)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 6: an authenticated ADD_ADDR makes the "
-                   "proxy join any address it names (PathManager._add_addr)")
 @pytest.mark.parametrize("addr,port", [
     (bytes((127, 0, 0, 1)), 8080), (bytes((192, 168, 1, 10)), 22), (bytes((169, 254, 1, 1)), 80),
     (bytes((10, 0, 0, 1)), 8080), (bytes((224, 0, 0, 1)), 8080), (bytes(4), 8080)])
@@ -191,7 +185,6 @@ def test_fastclose_with_a_wrong_key_is_ignored(on):
     streams_intact(pair)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 5: the RECV mapping table has no cap")
 def test_mapping_flood_keeps_the_recv_table_bounded():
     """Issue 8 item 5 (bounded state; RFC 8684 §3.3.1 leaves buffering of mappings to the
     receiver): 10,000 one-byte segments, each with a mapping of its own and a gap after
@@ -208,8 +201,6 @@ def test_mapping_flood_keeps_the_recv_table_bounded():
     assert len(sf0.rcv_map) <= 4096, f"{len(sf0.rcv_map)} mappings held"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 5: connections in SYN_SENT are capped "
-                   "only by the 75 s timeout (no --max-connections)")
 def test_local_syn_flood_keeps_the_connection_table_bounded():
     """Issue 8 item 5 (Deliver 5: ``--max-connections`` and a SYN_SENT share of it):
     20,000 local SYNs to distinct ports within one second leave at most the configured
@@ -251,8 +242,6 @@ def test_add_addr_flood_with_valid_hmacs_stays_within_the_subflow_limit():
 
 
 # ============================ 5. sizes, fragments, the verdict contract (items 2, 3, 7)
-@pytest.mark.xfail(strict=True, reason="issue 8 item 2: a payload cut to its mapping is "
-                   "passed uncut (_truncate_payload, then the unchanged shortcut: ACCEPT)")
 def test_payload_beyond_its_mapping_never_reaches_the_local_stack():
     """RFC 8684 §3.3.1: a mapping covers exactly data-level-length bytes of the subflow
     from its subflow sequence number; bytes outside any mapping are not part of the data
@@ -273,8 +262,6 @@ def test_payload_beyond_its_mapping_never_reaches_the_local_stack():
     assert handed <= 300, f"{handed} bytes handed to the local stack, 300 mapped"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: out_fast grows a 64 KB GSO segment "
-                   "past the 16-bit IP length (struct.error out of Proxy.outbound)")
 def test_local_gso_segment_near_64k_does_not_overflow():
     """RFC 791/8200: the IP length is a 16-bit field. A local GSO super-packet of
     65,483 bytes on an established connection gets its MPTCP options without raising;
@@ -288,8 +275,6 @@ def test_local_gso_segment_near_64k_does_not_overflow():
     assert carried == 65535 - 20 - 32 or (v is False and carried == 0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: a local RST carrying data near 64 KB "
-                   "overflows the IP length when MP_FASTCLOSE is added")
 def test_local_rst_with_data_near_64k_does_not_overflow():
     """RFC 9293 §3.5.3 allows data on an RST; the 16-bit IP length does not allow the
     MP_FASTCLOSE + MP_TCPRST the proxy adds to a 64 KB one. No exception: the reset goes
@@ -299,8 +284,6 @@ def test_local_rst_with_data_near_64k_does_not_overflow():
     assert pair.conn.state == ConnState.CLOSED
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: a local SYN with data near 64 KB "
-                   "overflows the IP length when MP_CAPABLE is added (Connection.out_syn)")
 def test_local_syn_with_data_near_64k_does_not_overflow():
     """A SYN may carry data (RFC 7413, TCP Fast Open). Adding MP_CAPABLE to a SYN of
     65,535 bytes must not raise out of the core."""
@@ -314,8 +297,6 @@ def test_local_syn_with_data_near_64k_does_not_overflow():
         assert not wire.decode(v)[1]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: forged segments are sized from the "
-                   "peer's MSS, which is never clamped (a 65535 MSS overflows build_segment)")
 def test_forged_segments_fit_a_peer_mss_of_65535():
     """RFC 9293 §3.7.1: the MSS a peer announces bounds what it can receive, not what our
     link can carry; a segment larger than the local link's MTU cannot leave. With a
@@ -331,8 +312,6 @@ def test_forged_segments_fit_a_peer_mss_of_65535():
         assert parse_seg(p).plen <= pair.local.mss
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: the peer's window scale is never "
-                   "clamped to 14")
 def test_peer_window_scale_above_14_is_taken_as_14():
     """RFC 7323 §2.3: "If a Window Scale option is received with a shift.cnt value larger
     than 14, the TCP SHOULD log the error but MUST use 14 instead of the specified
@@ -343,9 +322,6 @@ def test_peer_window_scale_above_14_is_taken_as_14():
     assert pair.conn.sf0.rcv_wscale <= 14
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 3: BIG TCP (IP length 0), IPv4 "
-                   "fragments and IPv6 extension headers of a converted connection pass "
-                   "through unconverted (parse_packet -> PktNotTcp -> ACCEPT)")
 @pytest.mark.parametrize("shape", ["ipv4_length_0_out", "ipv4_length_0_in",
                                    "ipv4_first_fragment_in", "ipv6_hop_by_hop_in"])
 def test_packets_of_a_converted_connection_never_pass_unconverted(shape):
@@ -374,8 +350,6 @@ def test_packets_of_a_converted_connection_never_pass_unconverted(shape):
     assert v is not None, "passed unconverted"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 7: a local SYN that already carries "
-                   "MP_CAPABLE goes out with two (Connection.out_syn)")
 def test_local_syn_already_carrying_mp_capable_goes_out_with_one():
     """RFC 8684 §3.1: the initiator's SYN carries one MP_CAPABLE (length 4). A native
     MPTCP application's SYN already has one: the SYN on the wire still has exactly one

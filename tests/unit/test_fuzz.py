@@ -2,9 +2,7 @@
 exact, every invariant catches a planted defect), then a bounded run of about 30,000
 packets through the core checks every invariant (``tools/fuzz`` runs millions).
 
-What today's code is known to violate (issue 8 "What was found" items 1, 2, 3, 5, 7)
-is listed in :data:`KNOWN`; a violation of any other kind fails the suite, and
-``test_bounded_run_is_clean`` (strict xfail) flips once all of them are fixed.
+Any violation of any invariant fails the suite.
 """
 
 from __future__ import annotations
@@ -157,55 +155,22 @@ def test_fork_is_independent_and_identical():
 
 
 # --------------------------------------------------------------- the bounded run
-# Known today (issue 8), as (invariant, substring of the class or message or None):
-KNOWN = [
-    ("exception", "'H' format requires"),  # item 3: 16-bit IP length overflow
-    ("unconverted_passthrough", None),  # item 3: fragments, extension headers, BIG TCP
-    ("accept_modified", None),  # item 2: payload cut to its mapping, then ACCEPT
-    ("verdict_malformed", "two MPTCP options of subtype N"),  # item 7
-    ("bad_csum_state_change", None),  # item 1
-    ("bad_csum_output", None),  # item 1
-    ("unbounded_state", None),  # item 5
-    ("input_defect_carried", None),  # (low) a bad option of the local stack carried over
-]
-
-
-def _known(v) -> bool:
-    for inv, sub in KNOWN:
-        if v.invariant == inv and (sub is None or sub in v.cls or sub in v.message):
-            return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def bounded_run():
     st_ = engine.run_jobs(PACKETS, SEED, 1, seeds=(1,), deadline=None)
     return st_
 
 
-def test_bounded_run_finds_no_new_kind_of_violation(bounded_run):
+def test_bounded_run_is_clean(bounded_run):
     """About 30,000 packets (recorded traces of every scenario, mutated and crafted
     packets, floods) through the core: every invariant of tests/fuzz/invariants.py is
-    checked after every packet, and nothing outside :data:`KNOWN` is violated — no
-    other exception, no malformed forged packet, no laundered checksum, no stuck timer,
-    no forged packet to an unknown 4-tuple or above the link's size, exact replays."""
+    checked after every packet, and none is violated -- no exception, no malformed
+    forged packet, no laundered checksum, no stuck timer, no forged packet to an unknown
+    4-tuple or above the link's size, no unbounded state, exact replays."""
     st_ = bounded_run
     assert st_.packets >= PACKETS and st_.mutants > PACKETS // 10
-    new = {cls: rep["message"].splitlines()[0] for cls, rep in st_.first.items()
-           if not _known(_as_violation(rep))}
-    assert not new, new
-
-
-def _as_violation(rep):
-    from tests.fuzz.invariants import Violation
-    return Violation(rep["invariant"], rep["class"].split(": ", 1)[1], rep["message"])
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8 items 1, 2, 3, 5, 7: the bounded fuzz run "
-                   "finds the violations of KNOWN")
-def test_bounded_run_is_clean(bounded_run):
-    """The target of issue 8: no invariant violated at all."""
-    assert not bounded_run.counts, dict(bounded_run.counts.most_common(10))
+    first = {cls: rep["message"].splitlines()[0] for cls, rep in st_.first.items()}
+    assert not st_.counts, (dict(st_.counts.most_common(10)), first)
 
 
 # -------------------------------------------------------------- hypothesis, crafted
@@ -263,8 +228,6 @@ def test_crafted_mptcp_options_on_a_valid_segment_break_no_invariant(opts, flags
     assert not bad, [(v.cls, v.message[:300]) for v in bad]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 1: segments with a bad TCP checksum "
-                   "change state (liveness, timestamps, subflow ACK, mappings, resets)")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pos=st.integers(0, 10 ** 6), bit=st.integers(0, 7),
        what=st.sampled_from(["data", "ack", "dss_csum", "dll0"]))

@@ -178,7 +178,14 @@ def test_mp_fail_on_a_one_to_one_connection_falls_back():
     pair.transfer(blob(2000, 18), blob(2000, 19))
     peer = pair.peer
     fail = bytes([30, 12, 0x60, 0]) + struct.pack("!Q", (peer.remote_idsn + 1) & M64)
+    peer.sent_mp_fail = True
     pair.emit_peer([peer._build(0, peer.s_alloc, fail)])
     pair.pump()
-    assert counters(pair)["MPFailRx"] == 1 and pair.conn.state == ConnState.FALLBACK
+    assert counters(pair)["MPFailRx"] == 1
+    # the answer is an infinite mapping on our next data, then plain TCP (Linux does so)
+    pair.local.write(blob(1500, 20))
+    pair.emit_local(pair.local.push())
+    pair.pump()
+    assert peer.infinite_rcvd and pair.conn.state == ConnState.FALLBACK
+    assert counters(pair)["InfiniteMapTx"] == 1
     assert not pair.local.reset and not pair.peer.fastclosed
