@@ -3,11 +3,17 @@ the packets the proxy forges (after aioquic's ``QuicConnection``).
 
 Three inputs, pulled outputs::
 
-    verdict = proxy.outbound(buf, now, csum)  # a segment of the TCP side (OUTPUT)
-    verdict = proxy.inbound(buf, now, csum)   # a segment from the network (PREROUTING)
+    verdict = proxy.outbound(buf, now, csum)  # from the TCP side toward the MPTCP side
+    verdict = proxy.inbound(buf, now, csum)   # from the MPTCP side (the network)
     proxy.handle_timer(now)                   # when proxy.get_timer() is due
     for pkt in proxy.packets_to_send(): ...   # forged segments, whole IP packets
     for ev in proxy.events(): ...             # events.Event records
+
+The driver says which way a packet goes. On an end host, outbound is what the local stack
+sends (mangle OUTPUT) and inbound what arrives (raw PREROUTING), whether the local socket
+is the client (client role) or a listener of ``serve`` (server role); on a router in
+anchor mode, inbound is what arrives on a managed interface (from the MPTCP clients) and
+outbound what comes from the servers.
 
 ``buf`` is a ``bytearray`` the core may rewrite in place; the verdict
 (:class:`~.verdict.Verdict`) says whether to pass it as it came, drop it, or pass it as
@@ -24,13 +30,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from . import closing
+from . import closing, handshake_server, joins_listener
 from .connection import Connection
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
+from .options import MpCapable, MpJoinSyn
 from .policy import PathManager
-from .states import ConnState
+from .states import ConnInput, ConnState
 from .subflow import Subflow
 from .tcp import CSUM_OK, CSUM_UNVERIFIED, TcpPacket, parse_packet
 from .verdict import ACCEPT, DROP, MANGLE, Verdict
@@ -38,13 +45,19 @@ from .verdict import ACCEPT, DROP, MANGLE, Verdict
 __all__ = ["Proxy", "ProxyConfig", "Verdict", "ACCEPT", "DROP", "MANGLE"]
 
 EVENT_BACKLOG = 4096  # events kept for the driver (oldest dropped first)
+PASSED_MAX = 4096  # 4-tuples of connections an anchor stepped aside for, remembered
 
 
 @dataclass
 class ProxyConfig:
     """Settings of the sans-I/O core.
 
-    ``ports``: destination ports to convert (empty = all); ``checksum``: ask the peer for
+    ``ports``: destination ports to convert (empty = all); ``client``: convert the TCP
+    side's outgoing connections (client role); ``serve``: local listening ports whose
+    incoming MPTCP connections are converted (server role, ``--serve``); ``anchor``: on a
+    router, convert every incoming MPTCP connection (to ``ports``) whose server answers
+    without MPTCP, and step aside for the others; ``passed_linger``: seconds the 4-tuple
+    of such a connection is remembered (shown, never touched); ``checksum``: ask the peer for
     DSS checksums (MP_CAPABLE flag A, RFC 8684 §3.3); ``mss_overhead``: bytes subtracted
     from the peer's MSS shown to the TCP side so that our added options fit the MTU
     (MP_CAPABLE with data-level length, or DSS with DATA_ACK and 64-bit mapping, each 24
@@ -56,6 +69,10 @@ class ProxyConfig:
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
+    client: bool = True
+    serve: frozenset[int] = field(default_factory=frozenset)
+    anchor: bool = False
+    passed_linger: float = 60.0
     checksum: bool = False
     mss_overhead: int = 24
     linger: float = 10.0
@@ -79,6 +96,7 @@ class Proxy:
         self.conns: dict[tuple, tuple[Connection, Subflow]] = {}  # wire 4-tuple -> owner
         self.connections: dict[int, Connection] = {}
         self.tokens: dict[int, Connection] = {}  # our tokens (unique, RFC 8684 §3.2)
+        self.passed: dict[tuple, float] = {}  # anchor: 4-tuples stepped aside for -> when
         self.now = 0.0
         self._tx: list[bytearray] = []
         self._timers: list[tuple[float, int, Connection]] = []
@@ -172,15 +190,37 @@ class Proxy:
             if conn.on_timer(now):
                 self.forget(conn)
 
-    def forget(self, conn: Connection) -> None:
-        """Drop every trace of ``conn``."""
+    def forget(self, conn: Connection, closed: bool = True) -> None:
+        """Drop every trace of ``conn`` (``closed``: it ran and ended, counted)."""
         for sf in conn.subflows:
             self.unregister_subflow(conn, sf)
         self.connections.pop(conn.id, None)
         if self.tokens.get(conn.local_token) is conn:
             del self.tokens[conn.local_token]
         conn.timer = None
-        self.counters.inc("ConnClosed")
+        if closed:
+            self.counters.inc("ConnClosed")
+
+    def step_aside(self, conn: Connection, now: float) -> None:
+        """Anchor: the server answered with MP_CAPABLE itself, so the connection is MPTCP
+        end to end with both ends' keys; nothing of it is kept but its 4-tuple, for a
+        while (``passed_linger``), to show it."""
+        conn.transition(ConnInput.STEP_ASIDE)
+        self.counters.inc("AnchorStepAside")
+        self.emit_event(EventKind.PASSED, conn)
+        self.forget(conn, closed=False)
+        passed = self.passed
+        passed.pop(conn.key, None)
+        passed[conn.key] = now
+        while passed and (len(passed) > PASSED_MAX or
+                          now - next(iter(passed.values())) > self.config.passed_linger):
+            del passed[next(iter(passed))]
+
+    def passed_through(self, now: float) -> list[tuple[tuple, float]]:
+        """The 4-tuples (as the server sends) an anchor stepped aside for within
+        ``passed_linger`` seconds, with the time it did."""
+        return [(k, t) for k, t in self.passed.items()
+                if now - t <= self.config.passed_linger]
 
     # -- dispatch ---------------------------------------------------------------------------
     def outbound(self, buf: bytearray, now: float, csum: int = CSUM_OK) -> Verdict:
@@ -201,7 +241,7 @@ class Proxy:
         flags = pkt.flags
         if entry is None or (entry[0].state in (ConnState.CLOSED, ConnState.FALLBACK)
                              and flags & (TCP_SYN | TCP_ACK) == TCP_SYN):
-            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN or not self.config.client:
                 self.counters.inc("PktUnknownConn")
                 return ACCEPT
             ports = self.config.ports
@@ -226,23 +266,51 @@ class Proxy:
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
-            return _checked(pkt, self.pm.unknown_inbound(pkt, now))
+            return _checked(pkt, self._unknown_inbound(pkt, now))
         conn, sf = entry
+        if pkt.flags & TCP_SYN and conn.role != "client" and sf is conn.sf0 \
+                and pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN \
+                and conn.state in (ConnState.CLOSED, ConnState.FALLBACK):
+            self.forget(conn)  # a new connection on the 4-tuple of one that ended
+            return _checked(pkt, self._unknown_inbound(pkt, now))
         v = conn.on_inbound(pkt, sf, now)
         if v is ACCEPT and pkt.modified:  # the verdict contract (see _checked)
             return pkt.finish()
         return v
 
-    def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
-        conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
-        while conn.local_token in self.tokens:  # RFC 8684 §3.1: tokens are unique
-            conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
+    def _new_connection(self, pkt: TcpPacket, now: float, role: str = "client") -> Verdict:
+        """A connection the proxy takes on: the TCP side's SYN (client role) or the peer's
+        MP_CAPABLE SYN (server role, watched by an anchor until the server answers)."""
+        anchor = role == "server" and self.config.anchor
+        conn = None
+        while conn is None or conn.local_token in self.tokens:  # RFC 8684 §3.1: unique
+            conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"),
+                              role, anchor)
         self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
         self.register_subflow(conn, conn.sf0)
         conn.set_timer(now + self.config.syn_timeout)
         self.emit_event(EventKind.CREATED, conn)
-        return conn.on_outbound(pkt, now)
+        if role == "client":
+            return conn.on_outbound(pkt, now)
+        if anchor:
+            self.counters.inc("AnchorWatched")
+        return handshake_server.accept_syn(conn, pkt)
+
+    def _unknown_inbound(self, pkt: TcpPacket, now: float) -> Verdict:
+        """A segment from the MPTCP side at no known 4-tuple: an MP_CAPABLE SYN the server
+        role takes on, an MP_JOIN SYN (the listener side of joins), or the path
+        manager's to judge."""
+        cfg = self.config
+        if pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN and \
+                (cfg.serve or cfg.anchor or self.tokens):
+            o = handshake_server.syn_option(pkt)
+            if isinstance(o, MpJoinSyn):
+                return joins_listener.join_syn(self, pkt, o, now)
+            if isinstance(o, MpCapable) and (pkt.dport in cfg.serve or cfg.anchor and (
+                    not cfg.ports or pkt.dport in cfg.ports)):
+                return self._new_connection(pkt, now, "server")
+        return self.pm.unknown_inbound(pkt, now)
 
     # -- control ----------------------------------------------------------------------------
     def abort_all(self, now: float) -> None:

@@ -60,6 +60,7 @@ class Subflow:
         "fin_acked", "last_rx", "last_tx", "rto", "retries", "timer", "nonce",
         "remote_nonce", "join_hmac", "iface", "closed_at",
         "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "sent",
+        "passive", "join_echo",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -111,9 +112,16 @@ class Subflow:
         self.fill_time = -1.0
         self.prio_at: float | None = None  # a deferred MP_PRIO (break before make)
         self.sent: deque[SentMapping] = deque()
+        self.passive = False  # opened by the peer's MP_JOIN (we are its listener)
+        self.join_echo = False  # passive, established: the peer may repeat its third ACK
 
     def __repr__(self) -> str:
         return f"<Subflow {self.index} {self.state.name} {self.iface or ''}>"
+
+    def set_snd_isn(self, isn: int) -> None:
+        """Our 32-bit ISN, once known (server role: the TCP side's SYN/ACK sets sf0's)."""
+        self.snd_isn = isn & MASK32
+        self.snd_base = (isn + 1) & MASK32
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32
