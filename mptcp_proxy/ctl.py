@@ -11,6 +11,8 @@ as in supervisorctl's ``Controller``::
     mptcpctl add-subflow CONN --iface IF [--backup]
     mptcpctl remove-subflow CONN SUBFLOW
     mptcpctl handover (CONN | --all) --to IF [--break]
+    mptcpctl handover CONN --subflow SUBFLOW [--break]
+    mptcpctl announce (CONN | --all) (--iface IF | --addr ADDR[:PORT])
     mptcpctl prio CONN SUBFLOW (--backup | --no-backup)
     mptcpctl stats [--nonzero]
 
@@ -245,7 +247,8 @@ def text(v: Any) -> str:
 Column = tuple[str, str, Callable[[Any], str], bool]
 
 CONNECTION_COLUMNS: list[Column] = [
-    ("ID", "id", str, True),
+    ("ID", "id", text, True),
+    ("ROLE", "role", text, False),
     ("STATE", "state", text, False),
     ("LOCAL", "local", text, False),
     ("REMOTE", "remote", text, False),
@@ -375,25 +378,48 @@ class Controller:
         return self.act("remove-subflow", {"conn": ns.conn, "subflow": ns.subflow}, confirm)
 
     def do_handover(self, ns: argparse.Namespace) -> int:
-        args: dict = {"to": ns.to, "break": ns.brk}
+        args: dict = {"break": ns.brk}
+        if ns.subflow is not None:
+            args["subflow"] = ns.subflow
+        else:
+            args["to"] = ns.to
         if ns.all:
             args["all"] = True
         else:
             args["conn"] = ns.conn
         kind = "break-before-make" if ns.brk else "make-before-break"
 
+        where = ns.to if ns.subflow is None else f"subflow {ns.subflow}"
+
         def confirm(moves: list) -> str:
             if not moves:
                 return "no established connections to hand over"
             return "\n".join(
-                f"connection {m.get('conn')}: handover to {ns.to} failed: {m['error']}"
+                f"connection {m.get('conn')}: handover to {where} failed: {m['error']}"
                 if m.get("error") else
-                f"connection {m.get('conn')}: handover to {ns.to} on subflow "
+                f"connection {m.get('conn')}: handover to {where} on subflow "
                 f"{m.get('subflow')} ({kind}; "
                 + ("pending until the subflow is established)" if m.get("pending")
                    else "done)")
                 for m in moves)
         return self.act("handover", args, confirm)
+
+    def do_announce(self, ns: argparse.Namespace) -> int:
+        args: dict = {"all": True} if ns.all else {"conn": ns.conn}
+        if ns.iface is not None:
+            args["iface"] = ns.iface
+        else:
+            args["addr"] = ns.addr
+
+        def confirm(done: list) -> str:
+            if not done:
+                return "no established connections to announce on"
+            return "\n".join(
+                f"connection {a.get('conn')}: announce failed: {a['error']}"
+                if a.get("error") else
+                f"connection {a.get('conn')}: ADD_ADDR {a.get('addr')} (address id "
+                f"{a.get('addr_id')}) sent until echoed" for a in done)
+        return self.act("announce", args, confirm)
 
     def do_prio(self, ns: argparse.Namespace) -> int:
         def confirm(sf: dict) -> str:
@@ -467,9 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("handover", "move connections to an interface (make-before-break by default)")
     sp.add_argument("conn", type=_id, nargs="?", metavar="CONN", help="connection id")
     sp.add_argument("--all", "-a", action="store_true", help="every established connection")
-    sp.add_argument("--to", required=True, metavar="IF", help="interface to move to")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--to", metavar="IF", help="interface to move to")
+    g.add_argument("--subflow", type=_id, metavar="SUBFLOW",
+                   help="existing subflow to move to (e.g. a subflow the peer opened)")
     sp.add_argument("--break", dest="brk", action="store_true",
                     help="break-before-make: abandon the current subflow first")
+    sp = verb("announce", "announce an address of ours to the peer (ADD_ADDR)")
+    sp.add_argument("conn", type=_id, nargs="?", metavar="CONN", help="connection id")
+    sp.add_argument("--all", "-a", action="store_true", help="every established connection")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--iface", "-i", metavar="IF", help="the address of this interface")
+    g.add_argument("--addr", metavar="ADDR[:PORT]", help="this address (and port)")
     sp = verb("prio", "mark a subflow as backup or regular (MP_PRIO)")
     sp.add_argument("conn", type=_id, metavar="CONN", help="connection id")
     sp.add_argument("subflow", type=_id, metavar="SUBFLOW", help="subflow id")
@@ -486,8 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    if ns.verb == "handover" and (ns.conn is None) == (not ns.all):
-        parser.error("handover needs either CONN or --all (not both)")
+    if ns.verb in ("handover", "announce") and (ns.conn is None) == (not ns.all):
+        parser.error(f"{ns.verb} needs either CONN or --all (not both)")
+    if ns.verb == "handover" and ns.subflow is not None and ns.all:
+        parser.error("handover --subflow needs one CONN (subflows belong to a connection)")
     return ns
 
 

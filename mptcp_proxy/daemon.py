@@ -3,9 +3,14 @@
 Runs in the foreground in the current network namespace, as root::
 
     mptcp-proxy --iface eth0 [--iface wlan0 ...] [--port 80 --port 443]
+                [--serve PORT ...] [--announce ADDR[:PORT] ...]
                 [--queue N] [--control PATH] [--log-level info] [--checksum]
+    mptcp-proxy --anchor --iface IF [--iface IF ...] [--announce ADDR[:PORT] ...]
 
-The first ``--iface`` is the primary path. It binds NFQUEUE ``N`` (outbound) and
+The first ``--iface`` is the primary path. ``--serve`` also converts incoming MPTCP
+connections to local plain listeners (server role); ``--anchor`` runs on a router, where
+the ``--iface`` are the interfaces towards the MPTCP clients, and converts forwarded MPTCP
+connections whose server answers without MPTCP. It binds NFQUEUE ``N`` (outbound) and
 ``N+1`` (inbound), installs its own netfilter chains, prints a line containing
 ``ready`` once traffic is being converted, and on SIGINT/SIGTERM resets the
 MPTCP connections it carries, removes every rule it installed and exits 0.
@@ -70,6 +75,14 @@ def _mark(text: str) -> int:
     return v
 
 
+def _endpoint(text: str) -> tuple[bytes, int | None]:
+    from .anchor import parse_endpoint
+    try:
+        return parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mptcp-proxy",
@@ -97,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback-routes", action="store_true",
                    help="do not keep the managed interfaces' addresses routable through the "
                         "other interfaces when their link is down (a table of last resort)")
+    p.add_argument("--serve", action="append", type=_port, default=[], metavar="PORT",
+                   help="also convert incoming MPTCP connections to the local plain TCP "
+                        "listener on PORT (server role; repeat)")
+    p.add_argument("--anchor", action="store_true",
+                   help="run on a router as a mobility anchor: convert forwarded MPTCP "
+                        "connections whose server answers without MPTCP (the --iface are "
+                        "the interfaces towards the MPTCP clients)")
+    p.add_argument("--announce", action="append", type=_endpoint, default=[],
+                   metavar="ADDR[:PORT]",
+                   help="announce this address of the host (ADD_ADDR) on every connection, "
+                        "and accept the peer's joins there (repeat)")
+    p.add_argument("--peer-joins", choices=["accept", "refuse"], default="accept",
+                   help="the peer's own MP_JOIN subflows to our addresses: accept them "
+                        "(default) or refuse them with a reset")
     p.add_argument("--checksum", action="store_true",
                    help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     p.add_argument("--no-rp-filter", action="store_true",
@@ -172,12 +199,15 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
 
     loop = asyncio.get_running_loop()
-    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum)
+    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,
+                         client=not args.anchor, serve=frozenset(args.serve),
+                         anchor=args.anchor)
     ports = PortReservations()
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
                     up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
-        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin),
+        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
+                 peer_joins=args.peer_joins, announce=list(args.announce)),
         alloc_port=ports.alloc, release_port=ports.release)
     proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
@@ -195,7 +225,11 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     except QueueBusyError as e:
         return fail(EXIT_QUEUE, str(e))
     params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
-                        mark=args.mark, ports=sorted(args.port))
+                        mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve))
+    accept_local = None
+    if args.anchor and args.announce:
+        from .anchor import AcceptLocal, other_interfaces
+        accept_local = AcceptLocal(other_interfaces(list(ifaces)))
     rp = RpFilter(list(ifaces))
     rules = None
     control = None
@@ -209,7 +243,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         driver.flush_outputs()
 
     fallback = None
-    if not args.no_fallback_routes:
+    if not args.no_fallback_routes and not args.anchor:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
                                   pref=FALLBACK_RULE_PREF)
     monitor = LinkMonitor(list(ifaces), on_link,
@@ -217,12 +251,14 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                           if fallback is not None else None)
     try:
         try:
-            rules = RuleSet(load_ruleset("endhost", params))
+            rules = RuleSet(load_ruleset("anchor" if args.anchor else "endhost", params))
             rules.install()
         except RulesError as e:
             return fail(EXIT_RULES, str(e))
         if not args.no_rp_filter:
             rp.apply()
+        if accept_local is not None:
+            accept_local.apply()
         if fallback is not None:
             await loop.run_in_executor(None, fallback.install)
         driver.start(loop)
@@ -237,7 +273,12 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         port_txt = ",".join(map(str, params.ports)) or "all"
-        print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={port_txt} "
+        extra = f" serve={','.join(map(str, params.serve))}" if params.serve else ""
+        if args.announce:
+            from .anchor import endpoint_text
+            extra += " announce=" + ",".join(endpoint_text(a, p) for a, p in args.announce)
+        print(f"mptcp-proxy ready: mode={'anchor' if args.anchor else 'endhost'} "
+              f"ifaces={','.join(ifaces)} ports={port_txt}{extra} "
               f"queues={args.queue},{args.queue + 1}", flush=True)
         await stop.wait()
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
@@ -250,6 +291,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
+        if accept_local is not None:
+            steps.append(accept_local.restore)
         if control is not None:
             try:
                 await control.stop()
@@ -277,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")
+    if args.anchor and args.serve:
+        return fail(EXIT_USAGE, "--serve converts local listeners of an end host; an "
+                                "--anchor converts forwarded connections (use one)")
     from .links import read_ifaces
     try:
         ifaces = read_ifaces(args.iface)
@@ -284,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_IFACE, str(e))
     except Exception as e:
         return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
+    if args.announce:
+        from .anchor import endpoint_text, local_addresses
+        local = local_addresses()
+        for addr, port in args.announce:
+            if addr not in local:
+                return fail(EXIT_USAGE, f"--announce {endpoint_text(addr, port)}: not an "
+                                        "address of this host (configure it first)")
     try:
         return asyncio.run(run(args, ifaces))
     except KeyboardInterrupt:

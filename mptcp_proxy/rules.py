@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("mptcp_proxy.rules")
@@ -24,13 +24,15 @@ class RulesError(Exception):
 
 @dataclass
 class RuleParams:
-    """Values filled into a rule set: interfaces, queues, mark, ports (empty = all)."""
+    """Values filled into a rule set: interfaces, queues, mark, ports (empty = all), and
+    the local listening ports converted in the server role (``--serve``)."""
 
     ifaces: list[str]
     queue_out: int
     queue_in: int
     mark: int
     ports: list[int]
+    serve: list[int] = field(default_factory=list)
 
 
 def _fill(obj, values: dict):
@@ -62,11 +64,14 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
                 continue
             if rule.get("all_ports") and params.ports:
                 continue
+            if rule.get("serve") and not (params.serve and params.ports):
+                continue  # (without --port every TCP segment is queued already)
             values = {
                 "queue_out": params.queue_out,
                 "queue_in": params.queue_in,
                 "mark": f"{params.mark:#x}",
                 "ports": ",".join(str(p) for p in params.ports),
+                "serve": ",".join(str(p) for p in params.serve),
             }
             for iface in (params.ifaces if rule.get("per_iface") else [None]):
                 values["iface"] = iface or ""

@@ -234,6 +234,11 @@ class ElsewhereMixin:
         if direction == "from_peer" or not self._elsewhere(buf):
             super()._wire(direction, buf)
 
+    def flush(self) -> None:
+        """Deliver what the proxy forged outside a packet (a command's signals)."""
+        self._forged()
+        self.pump()
+
     def _forged(self) -> None:
         for p in self.proxy.packets_to_send():
             s = parse_seg(p)
