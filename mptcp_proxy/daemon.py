@@ -228,8 +228,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                         mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve))
     accept_local = None
     if args.anchor and args.announce:
-        from .anchor import AcceptLocal, other_interfaces
-        accept_local = AcceptLocal(other_interfaces(list(ifaces)))
+        from .anchor import AcceptLocal
+        accept_local = AcceptLocal(args.server_ifaces)
     rp = RpFilter(list(ifaces))
     rules = None
     control = None
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             if addr not in local:
                 return fail(EXIT_USAGE, f"--announce {endpoint_text(addr, port)}: not an "
                                         "address of this host (configure it first)")
+    # (read here: pyroute2's synchronous API cannot run inside the event loop)
+    args.server_ifaces = []
+    if args.anchor and args.announce:
+        from .anchor import other_interfaces
+        args.server_ifaces = other_interfaces(args.iface)
     try:
         return asyncio.run(run(args, ifaces))
     except KeyboardInterrupt:

@@ -57,6 +57,8 @@ COUNTERS: dict[str, str] = {
     "SackBlocksDropped": "SACK blocks left out for lack of option space",
     "MssClamped": "MSS options clamped to leave room for MPTCP options",
     "AcksConsumed": "peer ACKs consumed (no new information for the local stack)",
+    "DataBeyondWindow": "peer data beyond the TCP side's receive window (not "
+                        "acknowledged for it: the peer resends it)",
     "RetransConsumed": "local re-sends of data the peer already DATA_ACKed (consumed)",
     "HoleFill": "segments forged to fill a subflow hole whose data arrived elsewhere",
     "NoUsableSubflow": "local segments dropped while no subflow could carry them",

@@ -202,6 +202,8 @@ def _negotiate(conn: "Connection", pkt: TcpPacket, tcp: dict) -> None:
     conn.tcp_win = pkt.win
     if tcp["wscale"] >= 0 and conn.peer_wscale0 >= 0:
         conn.tcp_wscale = tcp["wscale"]
+        # a SYN/ACK's window is never scaled: kept in the units of later segments
+        conn.tcp_win = (pkt.win + (1 << tcp["wscale"]) - 1) >> tcp["wscale"]
         sf.snd_wscale = tcp["wscale"]
         sf.rcv_wscale = conn.peer_wscale0
     else:  # scaling needs both (RFC 7323 §2.2)

@@ -46,8 +46,16 @@ def note_tcp_ack(conn: "Connection", ack_wire: int) -> None:
 
 def note_forwarded(conn: "Connection", lo: int, hi: int) -> None:
     """Data ``[lo, hi)`` of the peer went to the TCP side (bounded: the set keeps its
-    lowest ranges, those that move subflow ACKs forward)."""
-    if hi > conn.r_ack:
+    lowest ranges, those that move subflow ACKs forward). Only what fits the TCP side's
+    receive window counts (its right edge: its last ACK plus its last window): a TCP
+    receiver drops the rest, so no subflow ACK may cover it and the peer sends it again
+    (RFC 9293 §3.10.7.4). (A native MPTCP sender can overestimate that edge on a
+    subflow whose window updates it ignored, Linux ``tcp_may_update_window``.)"""
+    edge = conn.r_ack + (conn.tcp_win << (conn.tcp_wscale if conn.tcp_wscale > 0 else 0))
+    if hi > edge:
+        conn.counters["DataBeyondWindow"] += 1
+        hi = edge
+    if hi > conn.r_ack and hi > lo:
         conn.r_fwd.add(lo, hi)
 
 

@@ -67,6 +67,7 @@ class PlainServer(LocalStack):
         self.mpc_answer = mpc_answer
         self.syns: list[Seg] = []
         self.key = 0x5E5E5E5E12345678
+        self.beyond_window = 0  # segments dropped beyond the receive window
 
     def listen(self) -> None:
         self.state = "LISTEN"
@@ -83,8 +84,9 @@ class PlainServer(LocalStack):
             opts += b"\x01" + bytes((3, 3, self.ws))
         if self.mpc_answer and s.mpc is not None:
             opts += mpc_opt(flags=CAP_H, sndr_key=self.key)
+        win = min(self.win << (self.ws or 0), 0xFFFF)  # (a SYN/ACK's window is unscaled)
         return bytes(build_segment(self.addr, self.raddr, self.port, self.rport, self.iss,
-                                   (self.irs + 1) & M32, SYN | ACK, 0xFFFF, pad4(opts)))
+                                   (self.irs + 1) & M32, SYN | ACK, win, pad4(opts)))
 
     def receive(self, s: Seg) -> list[bytes]:
         if self.state == "LISTEN" or (self.state == "SYN_RCVD" and s.syn and not s.ackf):
@@ -98,6 +100,12 @@ class PlainServer(LocalStack):
             self.state = "ESTABLISHED"
         if s.syn and not s.ackf and self.state == "ESTABLISHED":
             return [self.ack_pkt()]  # (challenge ACK)
+        if self.state == "ESTABLISHED" and s.plen and not s.rst:
+            # tcp_data_queue: a segment starting at or beyond the right edge is dropped
+            r = (s.seq - self.irs - 1) & M32
+            if r >= self.rcv_nxt + (self.win << (self.ws or 0)):
+                self.beyond_window += 1
+                return [self.ack_pkt()]
         return super().receive(s)
 
     def _on_syn(self, s: Seg) -> list[bytes]:

@@ -87,6 +87,10 @@ def inject(pair, pkt: bytes) -> Verdict:
     return pair.verdicts[n][1]
 
 
+def blob(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+
+
 def server_pair(**kw) -> ServerPair:
     pair = ServerPair(**kw)
     pair.handshake()
@@ -158,6 +162,27 @@ def test_data_on_the_join_reaches_the_server_in_its_own_connection():
     dack = (key_sha(pair.peer.key)[1] + 1 + pair.peer.d_nxt) & M64
     assert ack.dss.data_ack == dack & (M64 if ack.dss.ack64 else M32)
     pair.assert_clean()
+
+
+def test_data_beyond_the_servers_window_is_not_acknowledged_on_the_join():
+    """A native sender may overestimate the TCP side's window on a join whose window
+    updates it ignored. What the TCP side drops (it starts beyond its right edge) must not
+    be acknowledged on the subflow (here: data above a hole, which the proxy otherwise
+    counts as held by the TCP side), or only a data-level retransmission could recover
+    it."""
+    pair = server_pair(server_kw={"win": 8})  # 8 << 7: a 1 KB window
+    j = joined(pair)
+    far = blob(1000)
+    d0 = pair.peer.d_nxt
+    pair.peer.dsnd += bytes(2000) + far
+    pair.peer.d_nxt += 3000
+    n = len(pair.elsewhere)
+    dsn = (key_sha(pair.peer.key)[1] + 1 + d0 + 2000) & M64
+    inject(pair, j.data(dsn, 1, far))  # 2000 bytes beyond the server's edge
+    assert pair.local.beyond_window == 1 and pair.proxy.counters["DataBeyondWindow"] == 1
+    acks = [s.ack for s in pair.elsewhere[n:] if s.ackf]
+    assert acks and all(a == (j.iss + 1) & M32 for a in acks)  # nothing acknowledged
+    assert not any(s.sack for s in pair.elsewhere[n:])
 
 
 def test_client_moves_the_servers_sending_with_mp_prio():
