@@ -81,6 +81,31 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
     return chains
 
 
+def encode_rule(spec: dict, ipv6: bool):
+    """python-iptables' rule object for ``spec`` (an "easy" dict), for IPv6 with its
+    interface masks fixed: python-iptables 1.0.1 writes 0x01 per byte of an IPv6 rule's
+    interface name where iptables writes 0xff, so the kernel compared only the lowest bit
+    of each character (``-i rc0`` also matched ``rs0``)."""
+    from iptc import easy
+    rule = easy.encode_iptc_rule(copy.deepcopy(spec), ipv6)
+    if ipv6:
+        ip = rule.entry.ipv6
+        for name in ("iniface_mask", "outiface_mask"):
+            n = len(getattr(ip, name))  # (bytes up to the first zero: the name's mask)
+            setattr(ip, name, b"\xff" * n + b"\x00" * (IFNAMSIZ - n))
+    return rule
+
+
+def _chain(table: str, name: str, ipv6: bool):
+    import iptc
+    t = iptc.Table6(table) if ipv6 else iptc.Table(table)
+    t.refresh()
+    return iptc.Chain(t, name)
+
+
+IFNAMSIZ = 16
+
+
 class RuleSet:
     """An installed rule set, for IPv4 and IPv6; :meth:`remove` undoes :meth:`install`."""
 
@@ -100,8 +125,9 @@ class RuleSet:
                 for ch in self.chains:
                     easy.add_chain(ch["table"], ch["name"], ipv6=v6)
                     self.installed.append((v6, ch))
+                    chain = _chain(ch["table"], ch["name"], v6)
                     for rule in ch["rules"]:
-                        easy.add_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                        chain.append_rule(encode_rule(rule, v6))
                     easy.insert_rule(ch["table"], ch["hook"], {"target": ch["name"]}, ipv6=v6)
         except Exception as e:
             self.remove()
@@ -133,7 +159,10 @@ class RuleSet:
         try:
             for rule in easy.dump_chain(table, name, ipv6=v6):
                 rule.pop("counters", None)
-                easy.delete_rule(table, name, rule, ipv6=v6)
+                try:  # as installed (IPv6 masks fixed), else as python-iptables encodes it
+                    _chain(table, name, v6).delete_rule(encode_rule(rule, v6))
+                except Exception:
+                    easy.delete_rule(table, name, rule, ipv6=v6)
             easy.delete_chain(table, name, ipv6=v6, flush=False)
         except Exception as e:
             log.error("could not remove chain %s/%s: %s", table, name, e)
