@@ -21,7 +21,7 @@ import time
 import pytest
 
 from netns import Topology, wait_until
-from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
+from netns.capture import capture, mptcp_summary, tshark, tshark_failures
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
 from netns.peer import ServerHandle, expected_sha, run_client, start_server
 from netns.proxyd import ProxyHandle, count_proxy_rules
@@ -228,12 +228,13 @@ def test_fallback_connection_is_forgotten(topo: Topology, run_proxy) -> None:
 
 _REUSE_CLIENT = r"""
 import socket, struct, sys
+from netns.peer import Request
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.settimeout(10)
 s.connect((sys.argv[3], int(sys.argv[4])))
-s.sendall(struct.pack("!QII", 1000, 0, 1))  # netns.peer header: download 1000 bytes
+s.sendall(Request(download=1000).pack())  # a netns.peer request: download 1000 bytes
 s.shutdown(socket.SHUT_WR)
 n = 0
 while True:
@@ -378,7 +379,7 @@ def test_close_semantics_match_native(topo: Topology, run_proxy, case: str) -> N
 # ------------------------------------------------------------------ 7. capture
 
 def _missing_mapping(pcap: str) -> int:
-    out = _tshark(pcap, ["-Y", "mptcp.dss.missing_mapping", "-T", "fields",
+    out = tshark(pcap, ["-Y", "mptcp.dss.missing_mapping", "-T", "fields",
                          "-e", "frame.number"])
     return len(out.split())
 
