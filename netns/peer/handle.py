@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = [
     "PeerError", "PeerProcess", "ServerHandle", "AgentHandle", "peer_argv", "start_server",
@@ -28,9 +28,11 @@ class PeerError(RuntimeError):
 class PeerProcess:
     """A running peer (or any process printing JSON lines); see the module docstring."""
 
-    def __init__(self, proc: subprocess.Popen, port: int | None = None) -> None:
+    def __init__(self, proc: subprocess.Popen, port: int | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.proc = proc
         self.port = port
+        self.on_progress = on_progress  # progress events go here (not kept) if set
         self.objects: list[dict[str, Any]] = []  # every JSON line, in order
         self.events: list[dict[str, Any]] = []
         self._records: list[dict[str, Any]] = []
@@ -49,6 +51,9 @@ class PeerProcess:
             except ValueError:
                 continue
             if not isinstance(obj, dict):
+                continue
+            if self.on_progress is not None and obj.get("event") == "progress":
+                self.on_progress(obj)
                 continue
             with self._cond:
                 self.objects.append(obj)
@@ -196,11 +201,14 @@ def _popen(topo: Any, ns: str, argv: list[str], stdin: bool = False) -> subproce
 
 def start_server(topo: Any, port: int, mptcp: bool = True, ns: str | None = None,
                  bind: str | None = None, count: int | None = None, timeout: float = 60.0,
-                 wrapper: Sequence[str] = (), extra: Sequence[Any] = ()) -> ServerHandle:
+                 wrapper: Sequence[str] = (), extra: Sequence[Any] = (),
+                 on_progress: Callable[[dict[str, Any]], None] | None = None
+                 ) -> ServerHandle:
     """Start ``netns.peer server`` in ``ns`` (default the server namespace) through
     ``topo.popen`` and wait until it listens. ``wrapper`` prefixes the argv (e.g.
     ``["mptcpize", "run"]``); ``count``: exit after that many connections; ``extra``: more
-    server options (e.g. ``["--listen", "5002:mptcp"]``)."""
+    server options (e.g. ``["--listen", "5002:mptcp"]``); ``on_progress``: receives the
+    progress events (``--progress``)."""
     args: list[Any] = ["server", "--port", port, "--timeout", timeout, *extra]
     if mptcp:
         args.append("--mptcp")
@@ -208,7 +216,8 @@ def start_server(topo: Any, port: int, mptcp: bool = True, ns: str | None = None
         args += ["--bind", bind]
     if count is not None:
         args += ["--count", count]
-    handle = ServerHandle(_popen(topo, ns or topo.server, [*wrapper, *peer_argv(*args)]), port)
+    handle = ServerHandle(_popen(topo, ns or topo.server, [*wrapper, *peer_argv(*args)]), port,
+                          on_progress)
     handle.wait_listening()
     return handle
 
@@ -225,10 +234,14 @@ def start_agent(topo: Any, ns: str | None = None, wait: float = 15.0) -> AgentHa
     return agent
 
 
-def start_client(topo: Any, args: Sequence[Any], ns: str | None = None) -> PeerProcess:
+def start_client(topo: Any, args: Sequence[Any], ns: str | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None
+                 ) -> PeerProcess:
     """Start ``netns.peer client ARGS`` in ``ns`` (default the client namespace) and
-    return at once (its records and events arrive on the handle)."""
-    return PeerProcess(_popen(topo, ns or topo.client, peer_argv("client", *args)))
+    return at once (its records and events arrive on the handle; progress events go to
+    ``on_progress`` if given)."""
+    return PeerProcess(_popen(topo, ns or topo.client, peer_argv("client", *args)),
+                       on_progress=on_progress)
 
 
 def client_args(addr: str, port: int, upload: int | None = 0, download: int | None = 0,
