@@ -78,12 +78,20 @@ class Bed:
 
     # ---------------------------------------------------------------- daemons
     def start_daemon(self, wait: bool = True) -> None:
-        self.proxies = [start_proxy(self.topo, extra=[*d.args, *self.proxy_extra],
+        self.proxies = [start_proxy(self.topo, self._ifaces(d),
+                                    extra=[*d.args, *self.proxy_extra],
                                     ns=self.topo.ns(d.ns), ready=False)
                         for d in self.daemons]
         self.pids = []
         if wait:
             self.wait_daemon()
+
+    def _ifaces(self, d: Daemon) -> list[str]:
+        if d.ifaces is not None:
+            return list(d.ifaces)
+        links = {"client": self.topo.client_ifaces, "router": self.topo.router_client_ifaces,
+                 "server": self.topo.server_ifaces}
+        return list(links[d.ns])
 
     def wait_daemon(self) -> None:
         for px in self.proxies:

@@ -25,11 +25,13 @@ BACKENDS = {
 
 @dataclass(frozen=True)
 class Daemon:
-    """An ``mptcp-proxy`` of a configuration: its arguments and the namespace it runs in
-    (``client``, ``router`` or ``server``: the bed's role names)."""
+    """An ``mptcp-proxy`` of a configuration: its arguments, the namespace it runs in
+    (``client``, ``router`` or ``server``: the bed's role names) and its ``--iface``s
+    (None: the client-side links of that namespace, c0/c1 or rc0/rc1)."""
 
     args: tuple[str, ...]
     ns: str = "client"
+    ifaces: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ class Kind:
         """The daemon's ``--subflows`` unless ``--proxy-subflows`` says otherwise."""
         return "backup"
 
+    def setup_bed(self, run: Run) -> None:
+        """Once the bed is built, before anything runs in it (e.g. a link that appears
+        only later starts down)."""
+
     def prepare(self, run: Run) -> None:
         """Once the connection runs, before the wait until ``--at``."""
 

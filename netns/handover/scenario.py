@@ -80,6 +80,7 @@ class Run:
     def execute(self) -> None:
         with self.stack:
             self._bed()
+            self.kind.setup_bed(self)
             self.client_stack.prepare(self)
             srv = start_server(self.topo, PORT, mptcp=True, bind="0.0.0.0", count=1,
                                timeout=PEER_TIMEOUT,

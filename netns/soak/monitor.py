@@ -52,7 +52,8 @@ class Progress:
 
 
 class _Loop:
-    """A daemon thread calling :meth:`step` every ``period`` s until :meth:`stop`."""
+    """A daemon thread calling :meth:`step` every ``period`` s (on a fixed schedule: a
+    slow step does not shift the next ones) until :meth:`stop`."""
 
     def __init__(self, period: float) -> None:
         self.period = period
@@ -64,8 +65,10 @@ class _Loop:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        due = time.monotonic() + self.period
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             self.step()
+            due = max(due + self.period, time.monotonic())
 
     def step(self) -> None:
         raise NotImplementedError

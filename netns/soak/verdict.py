@@ -111,7 +111,7 @@ def _rss(s: Soak, first_end: float | None) -> tuple[dict[str, Any], list[str]]:
 def _handovers(s: Soak) -> tuple[dict[str, Any], list[str]]:
     facts = s.handovers.summary()
     out = []
-    expected = int(s.seconds // s.a.handover_every) - 1
+    expected = int(s.seconds // s.a.handover_every) - 1  # (the last may find none open)
     if facts["commands"] < max(1, expected):
         out.append(f"only {facts['commands']} handovers commanded (expected ~{expected})")
     if facts["failed_commands"]:
