@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .flow import Registry, SendPlan, Side, Terminated, emit
+from .flow import Registry, SendPlan, Side, Terminated, emit, shutdown
 from .pattern import Stream
 from .protocol import CLIENT_RESET, HOLD, NO_HASH, REPORT, SERVER_CLOSE, Request, mode_name
 from .sockinfo import abort, addr_str, new_socket, socket_facts
@@ -111,6 +111,7 @@ def _transfer(sock: socket.socket, o: ClientOptions, side: Side) -> dict | None:
         side.recv_to_eof(sock)
     except OSError as exc:
         side.fail(exc)
+        shutdown(sock)  # the connection failed: the sender stops too
     th.join()
     return None
 

@@ -25,7 +25,8 @@ from .pattern import Stream
 from .protocol import UNLIMITED
 from .sockinfo import error_name
 
-__all__ = ["SendPlan", "Side", "Registry", "emit", "recv_exact", "RECV_BUF", "SEND_CHUNK"]
+__all__ = ["SendPlan", "Side", "Registry", "emit", "recv_exact", "shutdown", "RECV_BUF",
+           "SEND_CHUNK"]
 
 RECV_BUF = 262144       # bytes per recv_into
 SEND_CHUNK = 262144     # bytes per send() at full speed
@@ -195,13 +196,27 @@ class Side:
 
 
 def _writable(sock: socket.socket, deadline: float) -> bool:
-    """Wait until ``sock`` can take data or ``deadline`` (monotonic) passed."""
+    """Wait until ``sock`` can take data (True) or ``deadline`` (monotonic) passed
+    (False); raises ``TimeoutError`` when the socket's own timeout passes first."""
     left = deadline - time.monotonic()
     if left <= 0:
         return False
+    limit = sock.gettimeout()
     p = select.poll()
     p.register(sock, select.POLLOUT)
-    return bool(p.poll(left * 1000))
+    if p.poll(min(left, limit if limit is not None else left) * 1000):
+        return True
+    if limit is not None and limit < left:
+        raise TimeoutError("timed out")
+    return False
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Shut both directions down (a blocked sender or receiver returns at once)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def unlimited_if(limit: int | None, open_ended: bool) -> int:
@@ -253,7 +268,4 @@ class Registry:
         for side in sides:
             side.fail(Terminated())
             if side.sock is not None:
-                try:
-                    side.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                shutdown(side.sock)

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from .flow import Registry, SendPlan, Side, emit, recv_exact
+from .flow import Registry, SendPlan, Side, emit, recv_exact, shutdown
 from .pattern import Stream
 from .protocol import (
     HOLD,
@@ -238,6 +238,9 @@ def _both_ways(sock: socket.socket, side: Side, plan: SendPlan, hold: bool) -> N
     th.start()
     try:
         side.recv_to_eof(sock)
+    except OSError:
+        shutdown(sock)  # the connection failed: the sender stops too
+        raise
     finally:
         th.join()
 

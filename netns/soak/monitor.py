@@ -27,6 +27,7 @@ class Progress:
         self.bad: set[int] = set()
         self.events = 0
         self.received = 0     # bytes received by the live connections, last event
+        self.new_stalls: list[int] = []  # seeds that just crossed the limit (consumed)
         self._lock = threading.Lock()
 
     def __call__(self, ev: dict[str, Any]) -> None:
@@ -38,10 +39,17 @@ class Progress:
                 if idle > self.max_idle:
                     self.max_idle, self.max_idle_seed = idle, seed
                 if idle > self.limit:
+                    if seed not in self.stalled:
+                        self.new_stalls.append(seed)
                     st = self.stalled.setdefault(seed, {"first_t": ev["t"], "idle_s": 0.0})
                     st["idle_s"] = max(st["idle_s"], idle)
                 if not ok:
                     self.bad.add(seed)
+
+    def take_new_stalls(self) -> list[int]:
+        with self._lock:
+            out, self.new_stalls = self.new_stalls, []
+            return out
 
     def summary(self) -> dict[str, Any]:
         with self._lock:

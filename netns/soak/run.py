@@ -19,6 +19,7 @@ from .monitor import Handovers, Progress, RssSampler
 __all__ = ["PORT", "Soak", "log"]
 
 PORT = 5301
+MAX_SNAPSHOTS = 10  # stalled connections described in the report
 
 
 def log(msg: str) -> None:
@@ -48,6 +49,7 @@ class Soak:
         self.proxy_delta: dict[str, int] = {}
         self.daemon: dict[str, Any] = {}
         self.problems: list[str] = []   # what went wrong with the run itself
+        self.snapshots: list[dict[str, Any]] = []
         self.namespaces: list[str] = []
 
     # ------------------------------------------------------------------ the run
@@ -89,7 +91,7 @@ class Soak:
                 "--stagger", a.stagger, "--seed", 1, "--timeout", self.peer_timeout,
                 "--upload-seconds", self.seconds, "--download-seconds", self.seconds,
                 "--upload-rate", self.rate, "--download-rate", self.rate,
-                "--progress", a.progress]
+                "--progress", a.progress, "--events"]
 
     def _traffic(self, stack: contextlib.ExitStack, srv: ServerHandle) -> None:
         a = self.a
@@ -123,8 +125,39 @@ class Soak:
             if time.monotonic() >= next_log:
                 next_log += 60
                 self._log_progress()
+            self._snapshot_stalls(cli)
             time.sleep(0.5)
         cli.stop(10.0)
+
+    def _snapshot_stalls(self, cli: PeerProcess) -> None:
+        """For a connection that just went silent too long (the first few), what the
+        proxy and both stacks say about it at that moment."""
+        for p in (self.down, self.up):
+            for seed in p.take_new_stalls():
+                if len(self.snapshots) < MAX_SNAPSHOTS:
+                    self.snapshots.append(self._snapshot(cli, seed, p.direction))
+
+    def _snapshot(self, cli: PeerProcess, seed: int, direction: str) -> dict[str, Any]:
+        snap: dict[str, Any] = {"seed": seed, "direction": direction,
+                                "t_s": round(time.monotonic() - self.t_start, 1)}
+        try:
+            local = next(e["local"] for e in cli.events
+                         if e.get("event") == "connected" and e.get("seed") == seed)
+            conn = next(c for c in self.px.query("connections") if c["local"] == local)
+            snap["proxy"] = conn
+            snap["subflows"] = self.px.query("subflows", conn=conn["id"])
+            snap["client_ss"] = self._ss(self.topo.client, "src", local)
+            snap["server_ss"] = [self._ss(self.topo.server, "dst", sf["local"])
+                                 for sf in snap["subflows"]]
+        except Exception as exc:  # diagnostics only
+            snap["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"connection seed {seed}: no {direction}load byte for {self.a.stall_limit:g} s: "
+            f"{snap.get('proxy', snap.get('error'))}")
+        return snap
+
+    def _ss(self, ns: str, which: str, endpoint: str) -> str:
+        return self.topo.run(ns, ["ss", "-tinH", which, endpoint], check=False,
+                             timeout=10).stdout.strip()
 
     def _log_progress(self) -> None:
         rss = self.rss.samples[-1] if self.rss.samples else [0, 0, 0]

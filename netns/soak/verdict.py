@@ -65,7 +65,8 @@ def _integrity(s: Soak) -> tuple[dict[str, Any], list[str]]:
 
 def _progress(s: Soak, gaps: dict[str, float | None]) -> tuple[dict[str, Any], list[str]]:
     """No connection went silent longer than the limit, live or in its final record."""
-    facts = {"down": s.down.summary(), "up": s.up.summary(), "limit_s": s.a.stall_limit}
+    facts = {"down": s.down.summary(), "up": s.up.summary(), "limit_s": s.a.stall_limit,
+             "snapshots": s.snapshots}
     out = []
     for p in (s.down, s.up):
         if p.stalled:

@@ -153,3 +153,17 @@ def test_agent_request_response_and_held_connections(server: ServerHandle) -> No
     finally:
         agent.close()
         agent.stop()
+
+
+def test_a_timed_sender_times_out_when_nothing_moves() -> None:
+    """A peer that never reads: the timed upload (30 s) ends with ``timeout`` after the
+    socket timeout (1 s) once the buffers are full, not at the end of its time."""
+    with socket.create_server((ADDR, 0)) as ls:  # accepts (backlog), never reads
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "netns.peer", "client", "--addr", ADDR,
+                              "--port", str(ls.getsockname()[1]), "--upload-seconds", "30",
+                              "--timeout", "1"], capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+    (rec,) = [json.loads(x) for x in out.stdout.splitlines()]
+    assert rec["error"] == "timeout" and rec["sent"] > 0, rec
+    assert took < 15, took
