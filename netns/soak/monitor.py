@@ -105,18 +105,23 @@ class RssSampler(_Loop):
 
 
 class Handovers(_Loop):
-    """Every ``period`` s, ``mptcpctl handover --all --to IF``, alternating ``ifaces``
-    (the first move goes to the second interface). ``log`` has one entry per command:
+    """Every ``period`` s until ``until`` (monotonic), ``mptcpctl handover --all --to
+    IF``, alternating ``ifaces`` (the first move goes to the second interface); the
+    transfers end after ``until``, and a closing connection is not handed over.
+    ``log`` has one entry per command:
     time, target, seconds it took, connections moved, per-connection errors, and the
     command's failure if it failed."""
 
-    def __init__(self, px: ProxyHandle, ifaces: list[str], period: float) -> None:
+    def __init__(self, px: ProxyHandle, ifaces: list[str], period: float,
+                 until: float) -> None:
         super().__init__(period)
-        self.px, self.ifaces = px, ifaces
+        self.px, self.ifaces, self.until = px, ifaces, until
         self.log: list[dict[str, Any]] = []
         self._next = 1
 
     def step(self) -> None:
+        if time.monotonic() > self.until:  # the transfers end: no more handovers
+            return
         to = self.ifaces[self._next % len(self.ifaces)]
         self._next += 1
         t = time.monotonic()

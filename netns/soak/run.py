@@ -99,7 +99,8 @@ class Soak:
         cli = start_client(self.topo, self._client_args(), on_progress=self.down)
         stack.callback(cli.stop)
         self.rss = RssSampler(self.px, self.pid, a.rss_every).start()
-        self.handovers = Handovers(self.px, self.topo.client_ifaces, a.handover_every).start()
+        self.handovers = Handovers(self.px, self.topo.client_ifaces, a.handover_every,
+                                   until=self.t_start + self.seconds - 1.0).start()
         try:
             self._wait(cli)
         finally:

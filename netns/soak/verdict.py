@@ -80,7 +80,8 @@ def _progress(s: Soak, gaps: dict[str, float | None]) -> tuple[dict[str, Any], l
             out.append(f"no progress report on the {p.direction}load direction")
     for d, g in gaps.items():
         if g is not None and g > s.a.stall_limit:
-            out.append(f"a {d}load delivery gap of {g:.1f} s (limit {s.a.stall_limit:g} s)")
+            out.append(f"{'an' if d == 'up' else 'a'} {d}load delivery gap of {g:.1f} s "
+                       f"(limit {s.a.stall_limit:g} s)")
     return facts, out
 
 
@@ -112,8 +113,8 @@ def _rss(s: Soak, first_end: float | None) -> tuple[dict[str, Any], list[str]]:
 def _handovers(s: Soak) -> tuple[dict[str, Any], list[str]]:
     facts = s.handovers.summary()
     out = []
-    expected = int(s.seconds // s.a.handover_every) - 1  # (the last may find none open)
-    if facts["commands"] < max(1, expected):
+    expected = int((s.seconds - 1.0) // s.a.handover_every)  # until the transfers end
+    if facts["commands"] < max(1, expected - 1):
         out.append(f"only {facts['commands']} handovers commanded (expected ~{expected})")
     if facts["failed_commands"]:
         out.append(f"{len(facts['failed_commands'])} handover command(s) failed")
