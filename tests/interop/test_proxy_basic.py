@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,12 +90,14 @@ def _outcome(err: str | None) -> str:
 
 
 def _log_index(px: ProxyHandle, conn_id: int, event: str, timeout: float = 3.0) -> int:
-    """Position of the daemon's log line ``conn N event`` (stderr is read by a thread)."""
-    needle = f"conn {conn_id} {event}"
+    """Position of the daemon's event line ``[ EVENT] ... conn=N ...`` (shaped like ``ip
+    mptcp monitor``; stderr is read by a thread)."""
+    needle = f"[{event}] ... conn={conn_id}"
+    rx = re.compile(rf"\[ *{re.escape(event)}\] .*\bconn={conn_id}( |$)")
 
     def find() -> int | None:
         for i, line in enumerate(list(px.log)):
-            if line.endswith(needle):
+            if rx.search(line):
                 return i + 1  # truthy for _wait
         return None
     pos = wait_until(find, timeout, 0.05)
@@ -360,8 +363,8 @@ def test_close_semantics_match_native(topo: Topology, run_proxy, case: str) -> N
         assert pd["DataFinTx"] == 1 and pd["DataFinRx"] == 1, nonzero(pd)
         assert pd["MPFastcloseTx"] == pd["MPFastcloseRx"] == pd["RstTx"] == 0, nonzero(pd)
         conn_id = px.connections()[-1]["id"]
-        sent, received = (_log_index(px, conn_id, "data_fin_sent"),
-                          _log_index(px, conn_id, "data_fin_received"))
+        sent, received = (_log_index(px, conn_id, "DATA_FIN_TX"),
+                          _log_index(px, conn_id, "DATA_FIN_RX"))
         if case == "client-close":  # the scenario really has the client's FIN first
             assert sent < received, px.log[-6:]
         else:
