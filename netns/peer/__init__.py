@@ -53,8 +53,15 @@ from .protocol import MODES, REQUEST, Request
 from .sockinfo import brief_facts, error_name, mptcp_info, socket_facts
 
 __all__ = [
-    "MODES", "CHUNK", "PERIOD", "REQUEST", "Request", "Stream", "stream_chunks",
+    "main", "MODES", "CHUNK", "PERIOD", "REQUEST", "Request", "Stream", "stream_chunks",
     "expected_sha", "mptcp_info", "socket_facts", "brief_facts", "error_name",
     "start_server", "start_agent", "start_client", "run_client", "measure_rtt",
     "peer_argv", "PeerError", "PeerProcess", "ServerHandle", "AgentHandle",
 ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line, as ``python -m netns.peer ARGS`` runs it (for wrappers that set
+    socket options first and then call it in-process)."""
+    from .__main__ import main as run
+    return run(argv)
