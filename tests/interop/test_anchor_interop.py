@@ -26,7 +26,7 @@ from netns.anchor_bed import (
     start_anchor,
     transfer_ok,
 )
-from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
+from netns.capture import capture, mptcp_summary, tshark, tshark_failures
 from netns.emulation import Emulation
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
 from netns.peer import run_client, start_server
@@ -190,7 +190,7 @@ def test_client_moves_the_traffic(bed, run_proxy, event: str) -> None:
 # ------------------------------------------------------------------ 2. step aside
 
 def _segments(pcap: str, flt: str) -> list[tuple]:
-    out = _tshark(pcap, ["-Y", flt, "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.seq_raw",
+    out = tshark(pcap, ["-Y", flt, "-T", "fields", "-e", "tcp.srcport", "-e", "tcp.seq_raw",
                          "-e", "tcp.ack_raw", "-e", "tcp.flags", "-e", "tcp.len",
                          "-e", "tcp.options"], prefs={})
     return [tuple(line.split("\t")) for line in out.splitlines() if line.strip()]
@@ -232,7 +232,7 @@ def test_native_server_anchor_steps_aside(bed, run_proxy, tmp_path) -> None:
     assert [c["role"] for c in conns] == ["passed"], conns
     # the key the client got in the SYN/ACK is the server's: its token is the server's
     client_side = _merged(tmp_path, paths)
-    keys = _tshark(client_side, ["-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 1 && "
+    keys = tshark(client_side, ["-Y", "tcp.flags.syn == 1 && tcp.flags.ack == 1 && "
                                  "tcp.options.mptcp.sendkey", "-T", "fields",
                                  "-e", "tcp.options.mptcp.sendkey"], prefs={}).split()
     assert len(keys) == 1, keys
@@ -281,7 +281,7 @@ def test_announced_address_is_joined(bed, run_proxy, tmp_path) -> None:
     assert pd["AddAddrTx"] >= 1 and pd["EchoAddRx"] == 1 and pd["MPJoinAckRx"] == 1, nonzero(pd)
     assert phase["down"]["rc1"] > 1 * MB or phase["up"]["rc1"] > 1 * MB, phase
     assert tshark_failures(_merged(tmp_path, paths)) == []
-    addrs = set(_tshark(str(tmp_path / "rs0.pcap"), ["-T", "fields", "-e", "ip.src"],
+    addrs = set(tshark(str(tmp_path / "rs0.pcap"), ["-T", "fields", "-e", "ip.src"],
                         prefs={}).split())
     assert addrs == {topo.client_addrs[0], topo.server_addr}, addrs
 

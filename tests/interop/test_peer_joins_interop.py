@@ -12,7 +12,7 @@ import time
 import pytest
 
 from netns.anchor_bed import ENDPOINT_SUBFLOW, InThread, native_ok, plain_ok, transfer_ok
-from netns.capture import _tshark, capture, tshark_failures
+from netns.capture import capture, tshark, tshark_failures
 from netns.emulation import Emulation
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero, tcp_counters
 from netns.peer import run_client, start_server
@@ -59,7 +59,7 @@ def test_server_initiated_join(make_topology, run_proxy, tmp_path, policy: str) 
     assert_no_errors(sd)
     assert td.get("OutRsts", 0) == 0, f"the local stack answered something: {td}"
     assert pd["InternalErrors"] == 0, nonzero(pd)
-    rows = _tshark(pcap, ["-T", "fields", "-e", "ip.src", "-e", "tcp.flags.syn",
+    rows = tshark(pcap, ["-T", "fields", "-e", "ip.src", "-e", "tcp.flags.syn",
                           "-e", "tcp.flags.ack", "-e", "tcp.flags.reset",
                           "-e", "tcp.options.mptcp.subtype",
                           "-e", "tcp.options.mptcp.rst_reason"], prefs={})
