@@ -98,10 +98,20 @@ register(Config("proxy_nfq", "proxy_nfq", mptcp=False, port=MPTCP_PORT,
 register(Config("proxy_2sf", "proxy_2sf", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--subflows", "active", "--backend", FNFQ), backend=FNFQ,
                 expect="mptcp2", what="`--subflows active` (a second subflow on c1)"))
-# Hook: proxy <-> proxy (both ends plain TCP, a proxy at each: the second daemon in the
-# server namespace in front of a plain TCP server, once the daemon has a server role).
+# The server role: both ends plain TCP with a proxy at each end host (paper Fig. 2a: the
+# server's daemon converts for its local listener, --serve), and a native MPTCP client
+# through an anchor on the router to a plain TCP server (Fig. 2b).
 register(Config("proxy_proxy", "proxy_proxy", mptcp=False, port=PLAIN_PORT,
-                implemented=False, what="hook only: not implemented yet, reported as n/a"))
+                daemons=(Daemon(("--subflows", "manual", "--backend", FNFQ)),
+                         Daemon(("--serve", str(PLAIN_PORT), "--backend", FNFQ), ns="server")),
+                backend=FNFQ, expect="tcp", latency=True,
+                what="plain TCP client through `mptcp-proxy --subflows manual`\n"
+                     "<-> `mptcp-proxy --serve` <-> plain TCP server"))
+register(Config("anchor", "anchor", mptcp=True, port=PLAIN_PORT,
+                daemons=(Daemon(("--anchor", "--backend", FNFQ), ns="router"),),
+                backend=FNFQ, expect="tcp", latency=True,
+                what="IPPROTO_MPTCP client <-> `mptcp-proxy --anchor` on\n"
+                     "the router <-> plain TCP server"))
 
 ALL_CONFIGS = list(CONFIGS)
 NFQ_CONFIGS = [c.name for c in CONFIGS.values() if c.backend == NFQ]
@@ -135,11 +145,17 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     "proxy_nfq_vs_native": ("proxy_nfq", "native_mptcp", "up"),
     "proxy_vs_proxy_nfq": ("proxy", "proxy_nfq", "up"),
     "floor_vs_floor_nfq": ("nfqueue_floor", "nfqueue_floor_nfq", "up"),
+    "proxy_proxy_vs_proxy": ("proxy_proxy", "proxy", "up"),
+    "anchor_vs_native": ("anchor", "native_mptcp", "up"),
+    "anchor_vs_proxy": ("anchor", "proxy", "up"),
     "down_proxy_vs_floor": ("proxy", "nfqueue_floor", "down"),
     "down_proxy_vs_native": ("proxy", "native_mptcp", "down"),
     "down_proxy_nfq_vs_floor_nfq": ("proxy_nfq", "nfqueue_floor_nfq", "down"),
     "down_proxy_vs_proxy_nfq": ("proxy", "proxy_nfq", "down"),
     "down_floor_vs_floor_nfq": ("nfqueue_floor", "nfqueue_floor_nfq", "down"),
+    "down_proxy_proxy_vs_proxy": ("proxy_proxy", "proxy", "down"),
+    "down_anchor_vs_native": ("anchor", "native_mptcp", "down"),
+    "down_anchor_vs_proxy": ("anchor", "proxy", "down"),
 }
 
 # the targets: (description, threshold, comparison)

@@ -4,6 +4,7 @@ results, the handover kinds and trace metrics, the soak's checks."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,8 +33,13 @@ def test_bench_registry_is_consistent() -> None:
         assert num in bc.CONFIGS and den in bc.CONFIGS and direction in ("up", "down"), key
         assert key.startswith("down_") == (direction == "down"), key
     assert bc.latency_configs(bc.ALL_CONFIGS) == ["plain_tcp", "native_mptcp", "proxy",
-                                                  "proxy_nfq"]
-    assert "proxy_proxy" not in bc.cpu_configs(bc.ALL_CONFIGS)
+                                                  "proxy_nfq", "proxy_proxy", "anchor"]
+    assert {"proxy_proxy", "anchor"} <= set(bc.cpu_configs(bc.ALL_CONFIGS))
+    # the server role's rows: a daemon at each end host; an anchor in the router
+    assert [d.ns for d in bc.CONFIGS["proxy_proxy"].daemons] == ["client", "server"]
+    assert "--serve" in bc.CONFIGS["proxy_proxy"].daemons[1].args
+    (anchor,) = bc.CONFIGS["anchor"].daemons
+    assert anchor.ns == "router" and "--anchor" in anchor.args and bc.CONFIGS["anchor"].mptcp
     with pytest.raises(ValueError):
         bc.register(bc.Config("proxy", "x", mptcp=False, port=bc.PLAIN_PORT))
 
@@ -47,7 +53,10 @@ def _bench(samples: list[dict[str, Any]], configs: list[str]) -> SimpleNamespace
                            raw={"throughput": samples, "setup": [], "cps": [], "memory": []})
 
 
-def test_bench_results_are_medians_of_the_same_run() -> None:
+def test_bench_results_are_medians_of_the_same_run(monkeypatch) -> None:
+    # (a configuration registered as a hook only is reported as n/a)
+    monkeypatch.setitem(bc.CONFIGS, "proxy_proxy",
+                        dataclasses.replace(bc.CONFIGS["proxy_proxy"], implemented=False))
     samples = [{"config": c, "direction": d, "run": r, "mbps": v}
                for c, vals in (("proxy", (100, 300, 200)), ("nfqueue_floor", (400, 500, 600)))
                for d in ("up", "down") for r, v in enumerate(vals, 1)]
