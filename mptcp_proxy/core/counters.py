@@ -26,7 +26,8 @@ COUNTERS: dict[str, str] = {
     "MPFullyEstablished": "connections that received the peer's first DATA_ACK",
     "FallbackConnections": "connections handled as plain TCP (no MPTCP from the peer)",
     # -- handshake, server role (RFC 8684 §3.1, listener side)
-    "MPCapableSYNRX": "SYNs received with MP_CAPABLE and taken on (server role)",
+    "MPCapableSYNRX": "SYNs received with MP_CAPABLE and taken on (server role; an "
+                      "anchor's watched ones too)",
     "MPCapableSYNACKTX": "SYN/ACKs of the TCP side sent with our MP_CAPABLE (server role)",
     "MPCapableSYNACKTXDrop": "SYN/ACKs without room for MP_CAPABLE: connection left as "
                              "plain TCP (server role)",

@@ -186,7 +186,7 @@ class PathManager:
                      exclude_iface: str | None = None) -> None:
         """``sf`` ended: its port is free; if it carried new data, fail over (not to
         ``exclude_iface``, an interface just abandoned)."""
-        if sf is not conn.sf0:
+        if sf is not conn.sf0 and not sf.passive:  # (a peer's join uses no port of ours)
             self.release_port(sf.laddr, sf.lport)
         if conn.active is sf and conn.state == ConnState.ESTABLISHED:
             self._failover(conn, now, exclude_iface)
