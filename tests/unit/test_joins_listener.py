@@ -76,6 +76,9 @@ class JoinOpener:
                                                     dll=len(payload))
         return self._seg(ACK | PSH, self.iss + ssn, self.irs + 1, opts, payload)
 
+    def rst(self) -> bytes:
+        return self._seg(RST, self.iss + 1, 0, b"")
+
     def ack_with(self, mp: bytes, ack_rel: int = 1) -> bytes:
         return self._seg(ACK, self.iss + 1, self.irs + ack_rel, opt_ts(5003, self.ts_peer) + mp)
 
@@ -214,6 +217,17 @@ def test_third_ack_with_a_wrong_hmac_resets_the_join():
     assert pair.proxy.counters["MPJoinAckHMacFailure"] == 1
     assert pair.conn.subflows[1].gone and pair.conn.sf0.alive
     pair.transfer(b"still fine", b"both ways")
+    pair.assert_clean()
+
+
+def test_peer_reset_during_its_join_ends_the_subflow_only():
+    pair = server_pair()
+    j = opener(pair)
+    inject(pair, j.syn())
+    j.take_synack(pair.elsewhere[0])
+    assert inject(pair, j.rst()) is Verdict.DROP
+    assert pair.conn.subflows[1].gone and pair.proxy.counters["MPJoinRstRx"] == 1
+    pair.transfer(b"after", b"the reset")
     pair.assert_clean()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from peer_model import CAP_A, CAP_H, M32, M64, dss_csum_ok, key_sha, mpc_opt, opt_mss
+from peer_model import CAP_A, CAP_H, M32, M64, dss_csum_ok, key_sha, mpc_opt, opt_mss, parse_seg
 from server_model import CLIENT_PORT, SERVER_PORT, ServerPair
 
 from mptcp_proxy.core.forge import build_segment
@@ -268,6 +268,41 @@ def test_client_fastclose_resets_the_server():
     pair.pump()
     assert pair.local.reset and not pair.segs("to_local")[-1].has_mptcp
     assert pair.conn.state == ConnState.CLOSED
+
+
+@pytest.mark.parametrize("who", ["server", "client"])
+def test_reset_during_the_handshake_closes(who):
+    pair = ServerPair()
+    pair.drop("from_peer", lambda s: s.ackf and not s.syn)  # no third ACK
+    pair.handshake()
+    assert pair.conn.state == ConnState.SYN_RCVD
+    if who == "server":
+        pair.emit_local(pair.local.rst())  # the listener aborts
+        pair.pump()
+        assert pair.segs("to_peer")[-1].rst
+    else:
+        pair.emit_peer(pair.peer.rst(fastclose=False, reason=None, seq_rel=0))
+        pair.pump()
+        got = pair.segs("to_local")[-1]
+        assert got.rst and not got.has_mptcp  # (no MPTCP option reaches the server)
+    assert pair.conn.state == ConnState.CLOSED
+
+
+def test_synack_without_room_for_mp_capable_leaves_plain_tcp():
+    """A SYN/ACK whose options leave less than 12 bytes: the connection stays plain TCP
+    (the client sees no MP_CAPABLE and falls back), counted."""
+    pair = ServerPair()
+    plain_synack = pair.local.synack
+
+    def fat_synack() -> bytes:  # ten more bytes of options (an experimental kind)
+        s = parse_seg(plain_synack())
+        return bytes(build_segment(s.src, s.dst, s.sport, s.dport, s.seq, s.ack, 0x12, s.win,
+                                   s.opt_block + bytes((0xFD, 10)) + bytes(8)))
+    pair.local.synack = fat_synack
+    pair.handshake()
+    assert pair.proxy.counters["MPCapableSYNACKTXDrop"] == 1
+    assert pair.conn.state == ConnState.FALLBACK
+    assert pair.segs("to_peer")[-1].mpc is None
 
 
 def test_syn_rcvd_is_forgotten_after_the_syn_timeout():
