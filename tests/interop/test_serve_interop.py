@@ -81,3 +81,57 @@ def test_serve_announces_the_hosts_second_address(make_topology, run_proxy, tmp_
     assert second["MP_JOIN"] >= 3 and second["DSS"] > 10, second
     for p in pcaps:
         assert tshark_failures(p) == []
+
+
+def test_a_proxy_at_each_end_host(make_topology, run_proxy) -> None:
+    """Paper Fig. 2a: a plain client behind ``mptcp-proxy`` (a backup subflow on c1) and a
+    plain listener behind ``mptcp-proxy --serve``; neither host has MPTCP in its stack or
+    apps. A make-before-break handover to c1 moves both directions; the data is intact."""
+    import time
+
+    from netns import wait_until
+    from netns.anchor_bed import InThread, PhaseBytes
+    from netns.emulation import Emulation
+
+    topo = make_topology(ipv6=False)
+    emu = Emulation(topo)
+    emu.__enter__()
+    try:
+        for link in (0, 1):
+            emu.rate(link, 50)
+        srv = start_server(topo, PORT, mptcp=False)
+        server_px = run_proxy(topo, ["s0"], ["--serve", str(PORT)], ns=topo.server)
+        client_px = run_proxy(topo, extra=["--subflows", "backup"])
+        meter = PhaseBytes(topo)
+        tr = InThread(lambda: run_client(topo, topo.server_addr, PORT, upload=10 * MB,
+                                         download=15 * MB, seed=65, timeout=30))
+        cid = client_px.wait_connection("established", timeout=10)["id"]
+        assert wait_until(lambda: any(s["iface"] == "c1" and s["state"] == "established"
+                                      for s in client_px.ctl("subflows", str(cid))), 10)
+        time.sleep(1.0)
+        client_px.ctl("handover", str(cid), "--to", "c1")
+        time.sleep(0.8)
+        a = meter.read()
+        time.sleep(1.5)
+        b = meter.read()
+        (cli,) = tr.result()
+        (rec,) = srv.wait(1, timeout=15)
+    finally:
+        emu.__exit__(None, None, None)
+    sd, cd = server_px.stats(), client_px.stats()
+    roles = [c["role"] for c in server_px.connections()]
+    for px in (client_px, server_px):
+        assert px.stop() == 0 and px.rules_left == 0
+
+    transfer_ok(cli, rec, 65, 10 * MB, 15 * MB)
+    plain_ok(cli)
+    plain_ok(rec)
+    phase = PhaseBytes.between(a, b)
+    assert PhaseBytes.share(phase["down"], "rc1") > 0.95, phase
+    assert PhaseBytes.share(phase["up"], "rc1") > 0.95, phase
+    assert roles == ["server"], roles
+    assert sd["MPCapableACKRX"] == 1 and sd["MPJoinAckRx"] == 1, nonzero(sd)
+    assert sd["MPPrioRx"] == cd["MPPrioTx"] >= 1 and sd["Handovers"] >= 1, \
+        (nonzero(sd), nonzero(cd))
+    for counters in (sd, cd):
+        assert counters["InternalErrors"] == 0 and counters["DataCsumErr"] == 0
