@@ -118,10 +118,17 @@ def bool_arg(args: dict, name: str, default: bool = False) -> bool:
     return v
 
 
+def conn_role(conn) -> str:
+    """client (the local stack's outgoing connection), server (an incoming one to a local
+    listener, ``--serve``) or anchor (a forwarded one, converted on a router)."""
+    return "anchor" if conn.anchor else conn.role
+
+
 def conn_summary(conn) -> dict:
     la, lp, ra, rp = conn.key
     return {
         "id": conn.id,
+        "role": conn_role(conn),
         "state": conn.state.name.lower(),
         "local": _endpoint(la, lp),
         "remote": _endpoint(ra, rp),
@@ -204,7 +211,9 @@ def _status(srv: "ControlServer", args: dict) -> dict:
         "interfaces": interfaces(srv),
         "connections": len(p.connections),
         "packets": srv.driver.packets if srv.driver is not None else 0,
+        "mode": "anchor" if p.config.anchor else "endhost",
         "ports": sorted(p.config.ports),
+        "serve": sorted(p.config.serve),
         "checksum": p.config.checksum,
     }
     if srv.pm is not None:
@@ -214,9 +223,20 @@ def _status(srv: "ControlServer", args: dict) -> dict:
     return out
 
 
+def passed_summary(key: tuple, since: float, now: float) -> dict:
+    """A connection an anchor stepped aside for (a native MPTCP server): its 4-tuple as
+    the server sends, nothing else is known."""
+    la, lp, ra, rp = key
+    return {"id": None, "role": "passed", "state": "passed", "local": _endpoint(la, lp),
+            "remote": _endpoint(ra, rp), "age": round(now - since, 3)}
+
+
 @command("connections")
 def _connections(srv: "ControlServer", args: dict) -> list:
-    return [conn_summary(c) for c in srv.proxy.connections.values()]
+    now = time.monotonic()
+    passed = srv.proxy.passed_through(srv.proxy.now)  # (judged on the core's clock)
+    return [conn_summary(c) for c in srv.proxy.connections.values()] + \
+        [passed_summary(k, t, max(now, t)) for k, t in passed]
 
 
 @command("stats")
@@ -305,11 +325,29 @@ def _remove_subflow(srv: "ControlServer", args: dict) -> dict:
     return subflow_summary(conn, sf)
 
 
+def _move_sending(srv: "ControlServer", conn, sf, brk: bool, now: float) -> dict:
+    """A server-role connection (the peer opens its subflows): new data moves to the
+    existing subflow ``sf`` (MP_PRIO tells the peer); ``brk`` abandons the old one first."""
+    pm = _pm(srv)
+    if not sf.alive:
+        raise ControlError(Fault.NOT_POSSIBLE, f"subflow {sf.index} is not established")
+    old = conn.active
+    if brk and old is not sf:
+        pm.break_subflow(conn, old, now, reason="handover --break")
+    if conn.active is not sf or not brk:
+        pm.switch(conn, sf, now, signal=True)
+    return {"conn": conn.id, "subflow": sf.index, "pending": False}
+
+
 @command("handover")
 def _handover(srv: "ControlServer", args: dict) -> list:
     pm = _pm(srv)
     brk = bool_arg(args, "break")
     every = bool_arg(args, "all")
+    if args.get("subflow") is not None:  # to one existing subflow (any role)
+        conn = get_connection(srv, args)
+        _established(conn)
+        return [_move_sending(srv, conn, get_subflow(conn, args), brk, time.monotonic())]
     iface = _iface(srv, args.get("to"))
     if every:
         conns = [c for c in srv.proxy.connections.values() if c.state.name == "ESTABLISHED"]
@@ -320,6 +358,18 @@ def _handover(srv: "ControlServer", args: dict) -> list:
     out = []
     now = time.monotonic()
     for conn in conns:
+        if conn.role != "client":
+            target = next((x for x in conn.subflows if x.alive and x.iface == iface.name),
+                          None)
+            if target is not None:
+                out.append(_move_sending(srv, conn, target, brk, now))
+                continue
+            msg = (f"connection {conn.id}: the peer opens the subflows of a {conn_role(conn)} "
+                   f"connection, and none is on {iface.name} (use --subflow)")
+            if not every:
+                raise ControlError(Fault.NOT_POSSIBLE, msg)
+            out.append({"conn": conn.id, "subflow": None, "pending": False, "error": msg})
+            continue
         sf = pm.handover(conn, iface, now, break_=brk)
         if sf is None:
             if not every:
@@ -330,6 +380,44 @@ def _handover(srv: "ControlServer", args: dict) -> list:
                         "error": f"cannot open a subflow on {iface.name}"})
             continue
         out.append({"conn": conn.id, "subflow": sf.index, "pending": not sf.alive})
+    return out
+
+
+@command("announce")
+def _announce(srv: "ControlServer", args: dict) -> list:
+    """ADD_ADDR for an address of ours (``iface``'s, or ``addr`` "ADDR[:PORT]") on one
+    connection or ``all``; the peer may then join there."""
+    from .anchor import endpoint_text, parse_endpoint
+    pm = _pm(srv)
+    if bool_arg(args, "all"):
+        conns = [c for c in srv.proxy.connections.values() if c.state.name == "ESTABLISHED"]
+    else:
+        conn = get_connection(srv, args)
+        _established(conn)
+        conns = [conn]
+    iface = _iface(srv, args["iface"]) if args.get("iface") is not None else None
+    endpoint = None
+    if iface is None:
+        if not isinstance(args.get("addr"), str):
+            raise ControlError(Fault.BAD_ARGUMENT, "an interface or an address is required")
+        try:
+            endpoint = parse_endpoint(args["addr"])
+        except ValueError as e:
+            raise ControlError(Fault.BAD_ARGUMENT, str(e)) from None
+    out = []
+    now = time.monotonic()
+    for conn in conns:
+        addr, port = endpoint if endpoint else (iface.addr_for(conn.v6), None)
+        try:
+            if addr is None:
+                raise ValueError(f"{iface.name} has no address of the connection's family")
+            addr_id = pm.announce_addr(conn, addr, port, now)
+        except ValueError as e:
+            if len(conns) == 1:
+                raise ControlError(Fault.NOT_POSSIBLE, f"connection {conn.id}: {e}") from None
+            out.append({"conn": conn.id, "addr": None, "addr_id": None, "error": str(e)})
+            continue
+        out.append({"conn": conn.id, "addr": endpoint_text(addr, port), "addr_id": addr_id})
     return out
 
 

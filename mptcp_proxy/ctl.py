@@ -11,6 +11,8 @@ as in supervisorctl's ``Controller``::
     mptcpctl add-subflow CONN --iface IF [--backup]
     mptcpctl remove-subflow CONN SUBFLOW
     mptcpctl handover (CONN | --all) --to IF [--break]
+    mptcpctl handover CONN --subflow SUBFLOW [--break]
+    mptcpctl announce (CONN | --all) (--iface IF | --addr ADDR[:PORT])
     mptcpctl prio CONN SUBFLOW (--backup | --no-backup)
     mptcpctl stats [--nonzero | --prometheus]
     mptcpctl monitor
@@ -54,6 +56,17 @@ from collections.abc import Callable, Iterator
 
 from . import __version__
 from .ctlproto import DEFAULT_CONTROL, Fault
+from .ctltable import (
+    CONNECTION_COLUMNS,
+    CONNECTION_LEGEND,
+    SUBFLOW_COLUMNS,
+    SUBFLOW_LEGEND,
+    UNCONVERTED_HELP,
+    format_records,
+    human_duration,
+    table,
+    text,
+)
 
 TYPE_CHECKING = False  # no typing import at run time: start-up time is what counts here
 if TYPE_CHECKING:
@@ -250,132 +263,6 @@ class Client:
 
 
 # --------------------------------------------------------------------- formatting
-def human_bytes(n: Any) -> str:
-    """``532 B``, ``12.3 kB``, ``12.3 MB`` (SI units); non-numbers as they are."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return str(n)
-    if abs(n) < 1000:
-        return f"{n} B"
-    for unit in ("kB", "MB", "GB", "TB", "PB"):
-        n /= 1000
-        if abs(n) < 999.95 or unit == "PB":
-            return f"{n:.1f} {unit}"
-    return str(n)  # not reached
-
-
-def human_duration(s: Any) -> str:
-    """``4.2s``, ``5m03s``, ``2h05m``, ``3d04h``."""
-    if not isinstance(s, (int, float)) or isinstance(s, bool):
-        return str(s)
-    if s < 60:
-        return f"{s:.1f}s"
-    s = int(s)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def yes_no(v: Any) -> str:
-    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
-
-
-def text(v: Any) -> str:
-    if isinstance(v, bool):
-        return yes_no(v)
-    if isinstance(v, list):
-        return ", ".join(map(str, v)) if v else "-"
-    if v is None or v == "":
-        return "-"
-    return str(v)
-
-
-# (header, key, formatter, right-aligned)
-Column = tuple[str, str, Callable[[object], str], bool]
-
-CONNECTION_COLUMNS: list[Column] = [
-    ("CONN", "id", str, True),
-    ("STATE", "state", text, False),
-    ("LOCAL", "local", text, False),
-    ("REMOTE", "remote", text, False),
-    ("SUBFLOWS", "subflows", str, True),
-    ("ACTIVE_SF", "active", str, True),
-    ("PEER_TOKEN", "token", text, False),
-    ("DATA_SENT", "bytes_sent", human_bytes, True),
-    ("DATA_ACKED", "bytes_acked", human_bytes, True),
-    ("DATA_RCVD", "bytes_received", human_bytes, True),
-    ("AGE", "age", human_duration, True),
-]
-
-CONNECTION_LEGEND = """\
-columns:
-  CONN        connection id (for subflows, handover, prio...)
-  STATE       syn_sent, established, fallback (plain TCP, untouched), closed
-  LOCAL       the application's own socket address
-  REMOTE      the server's address
-  SUBFLOWS    subflows not closed
-  ACTIVE_SF   id of the subflow that carries new data (see: mptcpctl subflows CONN)
-  PEER_TOKEN  the server's MPTCP token (what ip mptcp monitor shows on the server)
-  DATA_SENT   bytes sent at the MPTCP data level (DATA_ACKED: acknowledged by the
-              server; DATA_RCVD: received from it)
-  AGE         time since the local SYN
-"""
-
-SUBFLOW_COLUMNS: list[Column] = [
-    ("SF", "id", str, True),
-    ("STATE", "state", text, False),
-    ("IFACE", "iface", text, False),
-    ("LOCAL", "local", text, False),
-    ("REMOTE", "remote", text, False),
-    ("LOCID", "addr_id", str, True),
-    ("REMID", "remote_id", str, True),
-    ("BACKUP", "backup", yes_no, False),
-    ("PEER_BACKUP", "peer_backup", yes_no, False),
-    ("SENDING", "active", yes_no, False),
-    ("SENT", "bytes_sent", human_bytes, True),
-    ("ACKED", "bytes_acked", human_bytes, True),
-    ("RECEIVED", "bytes_received", human_bytes, True),
-]
-
-SUBFLOW_LEGEND = """\
-columns:
-  SF           subflow id (0 is the initial subflow)
-  STATE        syn_sent, established, closing, closed...
-  IFACE        local interface it leaves by
-  LOCAL        its local address on the wire; REMOTE: the server's
-  LOCID        our address ID (RFC 8684 section 3.2); REMID: the server's
-  BACKUP       we marked it backup (MP_CAPABLE/MP_JOIN B flag or MP_PRIO)
-  PEER_BACKUP  the server marked it backup
-  SENDING      yes for the subflow that carries new data
-  SENT         bytes sent on the subflow (ACKED: acknowledged; RECEIVED: received)
-"""
-
-UNCONVERTED_HELP = {
-    "port_filter": "SYNs to ports outside --port (passed as plain TCP)",
-    "already_mptcp": "SYNs of sockets that speak MPTCP themselves (passed untouched)",
-    "fallback": "connections whose server did not answer in MPTCP (plain TCP)",
-    "not_parseable": "packets that were not TCP the proxy could read (passed untouched)",
-}
-
-
-def table(rows: list[list[str]], headers: list[str], right: list[bool]) -> str:
-    """Columns aligned on the widest cell, two spaces apart; numbers right-aligned."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if r else c.ljust(w)
-                         for c, w, r in zip(cells, widths, right)).rstrip()
-
-    return "\n".join([line(headers)] + [line(r) for r in rows])
-
-
-def format_records(records: list[dict], columns: list[Column]) -> str:
-    rows = [[fmt(rec.get(key, "-")) for _h, key, fmt, _r in columns] for rec in records]
-    return table(rows, [c[0] for c in columns], [c[3] for c in columns])
-
-
-# --------------------------------------------------------------------- the verbs
 class Controller:
     """One ``do_<verb>(ns)`` per command; each returns the exit code."""
 
@@ -517,25 +404,48 @@ class Controller:
         return self.act("remove-subflow", {"conn": ns.conn, "subflow": ns.subflow}, confirm)
 
     def do_handover(self, ns: argparse.Namespace) -> int:
-        args: dict = {"to": ns.to, "break": ns.brk}
+        args: dict = {"break": ns.brk}
+        if ns.subflow is not None:
+            args["subflow"] = ns.subflow
+        else:
+            args["to"] = ns.to
         if ns.all:
             args["all"] = True
         else:
             args["conn"] = ns.conn
         kind = "break-before-make" if ns.brk else "make-before-break"
 
+        where = ns.to if ns.subflow is None else f"subflow {ns.subflow}"
+
         def confirm(moves: list) -> str:
             if not moves:
                 return "no established connections to hand over"
             return "\n".join(
-                f"connection {m.get('conn')}: handover to {ns.to} failed: {m['error']}"
+                f"connection {m.get('conn')}: handover to {where} failed: {m['error']}"
                 if m.get("error") else
-                f"connection {m.get('conn')}: handover to {ns.to} on subflow "
+                f"connection {m.get('conn')}: handover to {where} on subflow "
                 f"{m.get('subflow')} ({kind}; "
                 + ("pending until the subflow is established)" if m.get("pending")
                    else "done)")
                 for m in moves)
         return self.act("handover", args, confirm)
+
+    def do_announce(self, ns: argparse.Namespace) -> int:
+        args: dict = {"all": True} if ns.all else {"conn": ns.conn}
+        if ns.iface is not None:
+            args["iface"] = ns.iface
+        else:
+            args["addr"] = ns.addr
+
+        def confirm(done: list) -> str:
+            if not done:
+                return "no established connections to announce on"
+            return "\n".join(
+                f"connection {a.get('conn')}: announce failed: {a['error']}"
+                if a.get("error") else
+                f"connection {a.get('conn')}: ADD_ADDR {a.get('addr')} (address id "
+                f"{a.get('addr_id')}) sent until echoed" for a in done)
+        return self.act("announce", args, confirm)
 
     def do_prio(self, ns: argparse.Namespace) -> int:
         def confirm(sf: dict) -> str:
@@ -621,9 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("handover", "move connections to an interface (make-before-break by default)")
     sp.add_argument("conn", type=_id, nargs="?", metavar="CONN", help="connection id")
     sp.add_argument("--all", "-a", action="store_true", help="every established connection")
-    sp.add_argument("--to", required=True, metavar="IF", help="interface to move to")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--to", metavar="IF", help="interface to move to")
+    g.add_argument("--subflow", type=_id, metavar="SUBFLOW",
+                   help="existing subflow to move to (e.g. a subflow the peer opened)")
     sp.add_argument("--break", dest="brk", action="store_true",
                     help="break-before-make: abandon the current subflow first")
+    sp = verb("announce", "announce an address of ours to the peer (ADD_ADDR)")
+    sp.add_argument("conn", type=_id, nargs="?", metavar="CONN", help="connection id")
+    sp.add_argument("--all", "-a", action="store_true", help="every established connection")
+    g = sp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--iface", "-i", metavar="IF", help="the address of this interface")
+    g.add_argument("--addr", metavar="ADDR[:PORT]", help="this address (and port)")
     sp = verb("prio", "mark a subflow as backup or regular (MP_PRIO)")
     sp.add_argument("conn", type=_id, metavar="CONN", help="connection id")
     sp.add_argument("subflow", type=_id, metavar="SUBFLOW", help="subflow id")
@@ -654,8 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    if ns.verb == "handover" and (ns.conn is None) == (not ns.all):
-        parser.error("handover needs either CONN or --all (not both)")
+    if ns.verb in ("handover", "announce") and (ns.conn is None) == (not ns.all):
+        parser.error(f"{ns.verb} needs either CONN or --all (not both)")
+    if ns.verb == "handover" and ns.subflow is not None and ns.all:
+        parser.error("handover --subflow needs one CONN (subflows belong to a connection)")
     return ns
 
 

@@ -4,13 +4,18 @@ Runs in the foreground in the current network namespace, as root or as any user
 holding ``CAP_NET_ADMIN`` and ``CAP_NET_RAW`` (what the systemd unit gives it)::
 
     mptcp-proxy [--config FILE] --iface eth0 [--iface wlan0 ...] [--port 80 --port 443]
+                [--serve PORT ...] [--announce ADDR[:PORT] ...]
                 [--queue N] [--control PATH] [--log stderr|journal|syslog]
                 [--log-level info] [--metrics [ADDR:]PORT] [--checksum]
+    mptcp-proxy --anchor --iface IF [--iface IF ...] [--announce ADDR[:PORT] ...]
     mptcp-proxy install-service [--group GROUP] ...
 
-The first ``--iface`` is the primary path. Options may also come from a configuration
-file (:mod:`mptcp_proxy.config`; the command line wins). It binds NFQUEUE ``N``
-(outbound) and ``N+1`` (inbound), installs its own netfilter chains, prints a line
+The first ``--iface`` is the primary path. ``--serve`` also converts incoming MPTCP
+connections to local plain listeners (server role); ``--anchor`` runs on a router, where
+the ``--iface`` are the interfaces towards the MPTCP clients, and converts forwarded MPTCP
+connections whose server answers without MPTCP. Options may also come from a
+configuration file (:mod:`mptcp_proxy.config`; the command line wins). It binds NFQUEUE
+``N`` (outbound) and ``N+1`` (inbound), installs its own netfilter chains, prints a line
 containing ``ready`` (and tells systemd ``READY=1``) once traffic is being converted,
 re-reads its configuration file on SIGHUP, and on SIGINT/SIGTERM resets the MPTCP
 connections it carries, removes every rule it installed and exits 0.
@@ -81,6 +86,14 @@ def _metrics_addr(text: str) -> tuple[str, int]:
     from .metrics import metrics_address
     try:
         return metrics_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _endpoint(text: str) -> tuple[bytes, int | None]:
+    from .anchor import parse_endpoint
+    try:
+        return parse_endpoint(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -159,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-fallback-routes", action="store_true",
         help="do not keep the managed interfaces' addresses routable through the "
              "other interfaces when their link is down (a table of last resort)")
+    add("--serve", action="append", type=_port, default=None, metavar="PORT",
+        help="also convert incoming MPTCP connections to the local plain TCP listener on "
+             "PORT (server role; repeat)")
+    add("--anchor", action="store_true",
+        help="run on a router as a mobility anchor: convert forwarded MPTCP connections "
+             "whose server answers without MPTCP (the --iface are the interfaces towards "
+             "the MPTCP clients)")
+    add("--announce", action="append", type=_endpoint, default=None, metavar="ADDR[:PORT]",
+        help="announce this address of the host (ADD_ADDR) on every connection, and "
+             "accept the peer's joins there (repeat)")
+    add("--peer-joins", choices=["accept", "refuse"], default="accept",
+        help="the peer's own MP_JOIN subflows to our addresses: accept them (default) or "
+             "refuse them with a reset")
     add("--checksum", action="store_true",
         help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     add("--no-rp-filter", action="store_true",
@@ -182,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections tracked at once (default 65536, about 4 KB each; 0: no limit); "
              "beyond it new connections are left as plain TCP")
     add("--max-syn-sent", type=_count, default=8192, metavar="N",
-        help="of them, connections still waiting for the server's SYN/ACK (default 8192; "
-             "0: no limit)")
+        help="of them, connections still in their handshake (half open: waiting for the "
+             "server's SYN/ACK, or in the server role for the peer's third ACK; default "
+             "8192; 0: no limit)")
     add("--state-dir", default=str(DEFAULT_STATE_DIR), metavar="DIR",
         help=f"where the state journal goes: what the daemon changed outside itself, undone "
              f"after a crash by the next start or --cleanup (default {DEFAULT_STATE_DIR}; "
@@ -217,13 +244,16 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     loop = asyncio.get_running_loop()
     config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,
                          max_connections=args.max_connections,
-                         max_syn_sent=args.max_syn_sent)
+                         max_syn_sent=args.max_syn_sent,
+                         client=not args.anchor, serve=frozenset(args.serve),
+                         anchor=args.anchor)
     ports = PortReservations()
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
                     up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
         PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
-                 join_announced=args.join_announced),
+                 join_announced=args.join_announced,
+                 peer_joins=args.peer_joins, announce=list(args.announce)),
         alloc_port=ports.alloc, release_port=ports.release)
     proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
@@ -249,10 +279,10 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     except QueueBusyError as e:
         return fail(EXIT_QUEUE, str(e))
     params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
-                        mark=args.mark, ports=sorted(args.port))
+                        mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve))
     # the queues are ours: undo what a killed daemon of this queue left, then journal ours
     try:
-        chains = load_ruleset("endhost", params)
+        chains = load_ruleset("anchor" if args.anchor else "endhost", params)
     except RulesError as e:
         driver.unbind()
         return fail(EXIT_RULES, str(e))
@@ -268,6 +298,10 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         log.error("could not undo %d change(s) of an earlier daemon", len(failed))
         journal.adopt(failed)
     rp = RpFilter(list(ifaces), journal)
+    accept_local = None
+    if args.anchor and args.announce:
+        from .anchor import AcceptLocal
+        accept_local = AcceptLocal(args.server_ifaces, journal)
     rules = None
     control = None
 
@@ -280,7 +314,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         driver.flush_outputs()
 
     fallback = None
-    if not args.no_fallback_routes:
+    if not args.no_fallback_routes and not args.anchor:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
                                   pref=FALLBACK_RULE_PREF, journal=journal)
     monitor = LinkMonitor(list(ifaces), on_link,
@@ -295,6 +329,8 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
             return fail(EXIT_RULES, str(e))
         if not args.no_rp_filter:
             rp.apply()
+        if accept_local is not None:
+            accept_local.apply()
         if fallback is not None:
             await loop.run_in_executor(None, fallback.install)
         driver.start(loop)
@@ -312,7 +348,12 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, rt.reload)
         port_txt = ",".join(map(str, params.ports)) or "all"
-        print(f"mptcp-proxy ready: ifaces={','.join(ifaces)} ports={port_txt} "
+        extra = f" serve={','.join(map(str, params.serve))}" if params.serve else ""
+        if args.announce:
+            from .anchor import endpoint_text
+            extra += " announce=" + ",".join(endpoint_text(a, p) for a, p in args.announce)
+        print(f"mptcp-proxy ready: mode={'anchor' if args.anchor else 'endhost'} "
+              f"ifaces={','.join(ifaces)} ports={port_txt}{extra} "
               f"queues={args.queue},{args.queue + 1}", flush=True)
         notify("READY=1")
         notify(f"STATUS=converting TCP on {','.join(ifaces)} (ports {port_txt})")
@@ -329,6 +370,8 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
+        if accept_local is not None:
+            steps.append(accept_local.restore)
         if control is not None:
             try:
                 await control.stop()
@@ -366,8 +409,9 @@ def cleanup(args) -> int:
         return fail(EXIT_QUEUE, f"{e}: a daemon is running, nothing cleaned up")
     try:
         params = RuleParams(ifaces=list(args.iface), queue_out=args.queue,
-                            queue_in=args.queue + 1, mark=args.mark, ports=sorted(args.port))
-        chains = load_ruleset("endhost", params)
+                            queue_in=args.queue + 1, mark=args.mark, ports=sorted(args.port),
+                            serve=sorted(args.serve))
+        chains = load_ruleset("anchor" if args.anchor else "endhost", params)
         undone, failed = recover_all(args.queue, chains, FALLBACK_TABLE_BASE + args.queue,
                                      FALLBACK_RULE_PREF, Path(args.state_dir))
     except (RulesError, ValueError) as e:
@@ -416,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"missing {' and '.join(missing)}: run as root, or as a user holding "
                     "CAP_NET_ADMIN and CAP_NET_RAW (the systemd unit grants exactly these: "
                     "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW)")
+    if args.anchor and args.serve:
+        return fail(EXIT_USAGE, "--serve converts local listeners of an end host; an "
+                                "--anchor converts forwarded connections (use one)")
     if args.cleanup:
         return cleanup(args)
     from .links import read_ifaces
@@ -425,6 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_IFACE, str(e))
     except Exception as e:
         return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
+    if args.announce:
+        from .anchor import endpoint_text, local_addresses
+        local = local_addresses()
+        for addr, port in args.announce:
+            if addr not in local:
+                return fail(EXIT_USAGE, f"--announce {endpoint_text(addr, port)}: not an "
+                                        "address of this host (configure it first)")
+    # (read here: pyroute2's synchronous API cannot run inside the event loop)
+    args.server_ifaces = []
+    if args.anchor and args.announce:
+        from .anchor import other_interfaces
+        args.server_ifaces = other_interfaces(args.iface)
     try:
         return asyncio.run(run(args, ifaces, parser, argv, ring, group))
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("mptcp_proxy.rules")
@@ -64,13 +64,15 @@ def iptc_easy():
 
 @dataclass
 class RuleParams:
-    """Values filled into a rule set: interfaces, queues, mark, ports (empty = all)."""
+    """Values filled into a rule set: interfaces, queues, mark, ports (empty = all), and
+    the local listening ports converted in the server role (``--serve``)."""
 
     ifaces: list[str]
     queue_out: int
     queue_in: int
     mark: int
     ports: list[int]
+    serve: list[int] = field(default_factory=list)
 
 
 def _fill(obj, values: dict):
@@ -103,11 +105,14 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
                 continue
             if rule.get("all_ports") and params.ports:
                 continue
+            if rule.get("serve") and not (params.serve and params.ports):
+                continue  # (without --port every TCP segment is queued already)
             values = {
                 "queue_out": params.queue_out,
                 "queue_in": params.queue_in,
                 "mark": f"{params.mark:#x}",
                 "ports": ",".join(str(p) for p in params.ports),
+                "serve": ",".join(str(p) for p in params.serve),
             }
             for iface in (params.ifaces if rule.get("per_iface") else [None]):
                 values["iface"] = iface or ""
@@ -118,9 +123,34 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
     return chains
 
 
+IFNAMSIZ = 16
+
+
+def encode_rule(spec: dict, ipv6: bool):
+    """python-iptables' rule object for ``spec`` (an "easy" dict), for IPv6 with its
+    interface masks fixed: python-iptables 1.0.1 writes 0x01 per byte of an IPv6 rule's
+    interface name where iptables writes 0xff, so the kernel compared only the lowest bit
+    of each character (``-i rc0`` also matched ``rs0``)."""
+    rule = iptc_easy().encode_iptc_rule(copy.deepcopy(spec), ipv6)
+    if ipv6:
+        ip = rule.entry.ipv6
+        for name in ("iniface_mask", "outiface_mask"):
+            n = len(getattr(ip, name))  # (bytes up to the first zero: the name's mask)
+            setattr(ip, name, b"\xff" * n + b"\x00" * (IFNAMSIZ - n))
+    return rule
+
+
+def _chain(table: str, name: str, ipv6: bool):
+    import iptc
+    t = iptc.Table6(table) if ipv6 else iptc.Table(table)
+    t.refresh()
+    return iptc.Chain(t, name)
+
+
 def remove_chain(v6: bool, table: str, name: str, hook: str) -> None:
     """Remove our chain ``name`` of ``table``: its jump rules from the built-in ``hook``,
-    its rules, the chain. Nothing else is touched; a missing chain is no error."""
+    its rules, the chain. Nothing else is touched; a missing chain is no error. Raises
+    what python-iptables raises when the chain cannot be removed."""
     easy = iptc_easy()
     try:
         for r in easy.dump_chain(table, hook, ipv6=v6):
@@ -133,7 +163,10 @@ def remove_chain(v6: bool, table: str, name: str, hook: str) -> None:
             return
         for rule in easy.dump_chain(table, name, ipv6=v6):
             rule.pop("counters", None)
-            easy.delete_rule(table, name, rule, ipv6=v6)
+            try:  # as installed (IPv6 masks fixed), else as python-iptables encodes it
+                _chain(table, name, v6).delete_rule(encode_rule(rule, v6))
+            except Exception:
+                easy.delete_rule(table, name, rule, ipv6=v6)
         easy.delete_chain(table, name, ipv6=v6, flush=False)
     except Exception as e:
         log.error("could not remove chain %s/%s: %s", table, name, e)
@@ -165,8 +198,9 @@ class RuleSet:
                                             hook=ch["hook"], v6=v6)
                     easy.add_chain(ch["table"], ch["name"], ipv6=v6)
                     self.installed.append((v6, ch))
+                    chain = _chain(ch["table"], ch["name"], v6)
                     for rule in ch["rules"]:
-                        easy.add_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                        chain.append_rule(encode_rule(rule, v6))
                     easy.insert_rule(ch["table"], ch["hook"], {"target": ch["name"]}, ipv6=v6)
         except Exception as e:
             self.remove()
@@ -206,17 +240,17 @@ class RuleSet:
         """Swap the rules of the installed chains for those of ``chains`` (same chain
         names) without a moment where a chain is empty: the new rules are appended, then
         the old ones deleted. Raises :class:`RulesError`."""
-        from iptc import easy
         new = {ch["name"]: ch for ch in chains}
         try:
             for i, (v6, ch) in enumerate(self.installed):
                 repl = new.get(ch["name"])
                 if repl is None or repl["rules"] == ch["rules"]:
                     continue
+                chain = _chain(ch["table"], ch["name"], v6)
                 for rule in repl["rules"]:
-                    easy.add_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                    chain.append_rule(encode_rule(rule, v6))
                 for rule in ch["rules"]:
-                    easy.delete_rule(ch["table"], ch["name"], rule, ipv6=v6)
+                    chain.delete_rule(encode_rule(rule, v6))
                 self.installed[i] = (v6, repl)
         except Exception as e:
             raise RulesError(f"replacing rules failed: {e}") from None

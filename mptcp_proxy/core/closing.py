@@ -306,7 +306,7 @@ def close(conn: "Connection", now: float, reset: bool = False) -> None:
     remembered ``linger`` seconds to absorb late segments."""
     if reset:
         conn.closed_by_reset = True
-    if conn.state != ConnState.ESTABLISHED and conn.state != ConnState.SYN_SENT:
+    if conn.state not in (ConnState.ESTABLISHED, ConnState.SYN_SENT, ConnState.SYN_RCVD):
         return
     conn.transition(ConnInput.RESET if reset else ConnInput.DATA_CLOSED)
     conn.closed_at = now

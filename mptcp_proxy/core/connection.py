@@ -4,18 +4,26 @@ timer to the concept modules (paper §3, Fig. 3–5; RFC 8684 §3).
 The connection joins two sides:
 
 - the **TCP side** (attributes ``tcp_*``): the plain TCP connection of the application —
-  in the client role the local stack's socket. Its sequence numbers are the paper's
+  in the client role the local stack's socket that opens it; in the server role the plain
+  listener it reaches (a local one with ``--serve``, a server behind the router in anchor
+  mode), while the MPTCP peer opened it. Its sequence numbers are the paper's
   TSN/TAN; the proxy maps its ISN to our IDSN + 1, so its relative TSN *is* our relative
   data sequence number (paper §3.3);
 - the **MPTCP side**: our MPTCP endpoint (``local_key``, ``local_token``,
   ``local_idsn``), the peer's (``remote_*``), the data level (``d_*`` our direction,
   ``r_*`` the peer's, relative; see :mod:`.seq`) and the subflows (:mod:`.subflow`).
 
-Where each question is answered: :mod:`.handshake` (MP_CAPABLE), :mod:`.receive` (a peer
+The 4-tuples (``key``, each subflow's) are oriented as the TCP side sends: ``l`` is the TCP
+side's end (its address is the one subflow 0 uses on the wire), ``r`` the peer's, in both
+roles. Only the handshake and who may open subflows depend on the role.
+
+Where each question is answered: :mod:`.handshake` (MP_CAPABLE, client role),
+:mod:`.handshake_server` (MP_CAPABLE, server role), :mod:`.receive` (a peer
 segment, in stages), :mod:`.transmit` (a TCP side segment), :mod:`.projection` (ACKs and
 SACKs between the spaces), :mod:`.scheduling` (which subflow and mapping carry bytes),
 :mod:`.emission` (our option blocks and forged segments), :mod:`.closing` (DATA_FIN,
-FIN, resets, fallback), :mod:`.joins` (MP_JOIN), :mod:`.signalling` (ADD_ADDR,
+FIN, resets, fallback), :mod:`.joins` (our MP_JOIN subflows), :mod:`.joins_listener` (the
+peer's), :mod:`.signalling` (ADD_ADDR,
 REMOVE_ADDR, MP_PRIO...), :mod:`.policy` (which subflows, handover, failover).
 
 The proxy never buffers payload: the TCP side is the only flow and congestion control.
@@ -26,7 +34,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import closing, crypto, fallback, handshake, joins, receive, transmit
+from . import (
+    closing,
+    crypto,
+    fallback,
+    handshake,
+    handshake_server,
+    joins,
+    joins_listener,
+    receive,
+    transmit,
+)
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .forge import build_segment
 from .rangeset import RangeSet
@@ -42,16 +60,18 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 EPS = 1e-9  # timer comparisons (seconds)
+_HALF_OPEN = (ConnState.SYN_SENT, ConnState.SYN_RCVD)  # counted in Proxy.syn_sent
 
 
 class Connection:
     """State of one proxied TCP connection. Created by :class:`~.proxy.Proxy` on the TCP
-    side's SYN (client role)."""
+    side's SYN (``role`` "client") or on the peer's MP_CAPABLE SYN (``role`` "server";
+    ``anchor``: for a server behind the router, which may turn out to speak MPTCP)."""
 
     # slotted: ~1 KB less per connection than a __dict__ (bench memory figure)
     __slots__ = (
-        "proxy", "counters", "id", "key", "v6", "role", "state", "created", "last_activity",
-        "closed_at", "closed_by_reset", "timer", "tcp_seen", "idle_probes",
+        "proxy", "counters", "id", "key", "v6", "role", "anchor", "state", "created",
+        "last_activity", "closed_at", "closed_by_reset", "timer", "tcp_seen", "idle_probes",
         # MPTCP endpoints
         "local_key", "local_token", "local_idsn", "remote_key", "remote_token",
         "remote_idsn", "csum_requested", "csum", "deny_join0", "fully_established",
@@ -70,14 +90,20 @@ class Connection:
         "join_at",
     )
 
-    def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
+    def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int,
+                 role: str = "client", anchor: bool = False) -> None:
         self.proxy = proxy
         self.counters = proxy.counters
         self.id = proxy.next_conn_id()
-        self.key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)  # the TCP side's 4-tuple
+        client = role == "client"
+        # the TCP side's 4-tuple, as it sends (its SYN in the client role, the peer's SYN
+        # turned around in the server role)
+        self.key = (pkt.src, pkt.sport, pkt.dst, pkt.dport) if client else \
+            (pkt.dst, pkt.dport, pkt.src, pkt.sport)
         self.v6 = pkt.v6
-        self.role = "client"
-        self.state = ConnState.SYN_SENT
+        self.role = role
+        self.anchor = anchor
+        self.state = ConnState.SYN_SENT if client else ConnState.SYN_RCVD
         self.created = self.last_activity = self.syn_time = self.tcp_seen = now
         self.idle_probes = 0  # probes of a silent TCP side sent (reset by its next segment)
         self.closed_at: float | None = None
@@ -101,8 +127,8 @@ class Connection:
         self.r_ack = self.r_high = 0
         self.rcv_data_fin: int | None = None
         self.r_fwd = RangeSet()  # the peer's data forwarded to the TCP side, above r_ack
-        self.tcp_snd_isn = pkt.seq
-        self.tcp_snd_base = (pkt.seq + 1) & MASK32
+        self.tcp_snd_isn = pkt.seq if client else 0  # (server role: its SYN/ACK's)
+        self.tcp_snd_base = (self.tcp_snd_isn + 1) & MASK32
         self.tcp_rcv_isn = self.tcp_rcv_base = 0
         self.tcp_mss = 0
         self.tcp_wscale = -1  # -1: no window scaling
@@ -115,7 +141,7 @@ class Connection:
         self.shown_tsval: int | None = None  # what the TCP side was shown last
         self.shown_win = -1
         self.shown_sacks: list | None = []
-        self.sf0 = Subflow(0, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.seq)
+        self.sf0 = Subflow(0, *self.key, self.tcp_snd_isn)
         self.subflows = [self.sf0]
         self.active = self.last_rx_sf = self.sf0
         self.next_sf_index = 0
@@ -126,7 +152,10 @@ class Connection:
         self.handover_at: float | None = None  # until data flows again (RESUMED)
         self.joins_opened = False
         self.join_at: float | None = None
-        handshake.read_tcp_syn(self, pkt)
+        if client:
+            handshake.read_tcp_syn(self, pkt)
+        else:
+            handshake_server.read_peer_syn(self, pkt)
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.state.name} token={self.remote_token:#x}>"
@@ -136,7 +165,7 @@ class Connection:
         """Move the state machine (:data:`~.states.CONN_TRANSITIONS`)."""
         old = self.state
         self.state = conn_next(old, event)
-        if old == ConnState.SYN_SENT and self.state != old:
+        if old in _HALF_OPEN and self.state != old:
             self.proxy.syn_sent -= 1
 
     def state_closed(self) -> bool:
@@ -171,9 +200,14 @@ class Connection:
             if flags & TCP_RST:
                 closing.close(self, now, reset=True)
             return ACCEPT
+        if st == ConnState.SYN_RCVD:
+            return handshake_server.tcp_side_segment(self, pkt, now)
         if st != ConnState.ESTABLISHED:
             return DROP
         if flags & TCP_SYN:
+            if flags & TCP_ACK and self.role != "client":
+                # the TCP side did not get the peer's third ACK: MP_CAPABLE again
+                return handshake_server.synack_again(self, pkt)
             return DROP  # a SYN on an established 4-tuple: stale, never to the wire
         if flags & TCP_RST:
             if closing.data_closed(self):
@@ -204,10 +238,16 @@ class Connection:
             return DROP
         if st == ConnState.SYN_SENT:
             return self._syn_sent_inbound(pkt, sf, now)
+        if st == ConnState.SYN_RCVD:
+            return handshake_server.peer_segment(self, pkt, now)
         if st != ConnState.ESTABLISHED:
             return closing.closed_segment(self, pkt, sf, now)
         if sst == SubflowState.SYN_SENT or sst == SubflowState.PRE_ESTABLISHED:
-            v = joins.join_segment(self, sf, pkt, now)
+            v = (joins_listener if sf.passive else joins).join_segment(self, sf, pkt, now)
+            if v is not None:
+                return v
+        elif sf.join_echo:
+            v = joins_listener.after_join(self, sf, pkt, now)
             if v is not None:
                 return v
         elif sst == SubflowState.CLOSED and (not sf.est_once or flags & (TCP_RST | TCP_SYN)):
@@ -219,6 +259,8 @@ class Connection:
             if sf is self.sf0 and flags & TCP_ACK and pkt.seq == self.tcp_rcv_isn:
                 return handshake.strip_mptcp(self, pkt)  # our third ACK was lost
             return DROP
+        if sf is self.sf0 and pkt.seq == sf.rcv_base and pkt.plen and self.role != "client":
+            handshake_server.first_data(self, pkt)  # its MP_CAPABLE becomes a DSS mapping
         return receive.receive(self, sf, pkt, now)
 
     def _syn_sent_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
@@ -305,7 +347,7 @@ class Connection:
                 self.transition(ConnInput.EXPIRED)
                 return True
             return False
-        if st == ConnState.SYN_SENT:
+        if st == ConnState.SYN_SENT or st == ConnState.SYN_RCVD:
             if now >= self.created + self.proxy.config.syn_timeout - EPS:
                 self.counters.inc("ConnTimeout")
                 self.transition(ConnInput.EXPIRED)

@@ -26,6 +26,21 @@ COUNTERS: dict[str, str] = {
     "MPFullyEstablished": "connections that received the peer's first DATA_ACK",
     "FallbackConnections": "connections handled as plain TCP (no MPTCP from the peer)",
     "SimultaneousOpen": "simultaneous opens (the peer's own SYN): left as plain TCP",
+    # -- handshake, server role (RFC 8684 §3.1, listener side)
+    "MPCapableSYNRX": "SYNs received with MP_CAPABLE and taken on (server role; an "
+                      "anchor's watched ones too)",
+    "MPCapableSYNACKTX": "SYN/ACKs of the TCP side sent with our MP_CAPABLE (server role)",
+    "MPCapableSYNACKTXDrop": "SYN/ACKs without room for MP_CAPABLE: connection left as "
+                             "plain TCP (server role)",
+    "MPCapableACKRX": "third ACKs or first data with the peer's key: connection "
+                      "established (server role)",
+    "MPCapableDataRX": "first data segments with MP_CAPABLE taken as their DSS mapping",
+    "MPCapableFallbackACK": "third ACKs without MP_CAPABLE: connection left as plain TCP",
+    "MPCapableKeyMismatch": "MP_CAPABLE after the SYN/ACK with keys other than the "
+                            "handshake's (dropped)",
+    "AnchorWatched": "MP_CAPABLE SYNs an anchor watched until the server answered",
+    "AnchorConverted": "servers that answered without MP_CAPABLE: connection converted",
+    "AnchorStepAside": "servers that answered with MP_CAPABLE: left end to end, untouched",
     # -- data path (RFC 8684 §3.3)
     "DSSTx": "segments sent with a DSS mapping",
     "DataAckTx": "segments sent with a DATA_ACK",
@@ -49,6 +64,8 @@ COUNTERS: dict[str, str] = {
     "SackBlocksDropped": "SACK blocks left out for lack of option space",
     "MssClamped": "MSS options clamped to leave room for MPTCP options",
     "AcksConsumed": "peer ACKs consumed (no new information for the local stack)",
+    "DataBeyondWindow": "peer data beyond the TCP side's receive window (not "
+                        "acknowledged for it: the peer resends it)",
     "RetransConsumed": "local re-sends of data the peer already DATA_ACKed (consumed)",
     "HoleFill": "segments forged to fill a subflow hole whose data arrived elsewhere",
     "NoUsableSubflow": "local segments dropped while no subflow could carry them",
@@ -78,6 +95,19 @@ COUNTERS: dict[str, str] = {
     "MPJoinDenied": "joins not attempted: the peer asked for none to its address (C flag)",
     "MPJoinLimit": "joins not attempted: subflow limit reached",
     "MPJoinSkippedClosing": "joins not attempted: our DATA_FIN is out (the peer refuses)",
+    # -- the peer's joins, the proxy as listener (RFC 8684 §3.2)
+    "MPJoinSynRx": "MP_JOIN SYNs received for one of our tokens",
+    "MPJoinSynBackupRx": "MP_JOIN SYNs for one of our tokens asking for a backup subflow",
+    "MPJoinSynAckTx": "MP_JOIN SYN/ACKs sent (retransmissions included)",
+    "MPJoinAckRx": "MP_JOIN third ACKs received with a valid HMAC: subflow established",
+    "MPJoinAckHMacFailure": "MP_JOIN third ACKs with a wrong HMAC (subflow reset)",
+    "MPJoinAckNoMPJoin": "third ACKs of a join without MP_JOIN (subflow reset)",
+    "MPJoinFourthAckTx": "fourth ACKs sent (again when the peer repeats its third ACK)",
+    "MPJoinRejected": "MP_JOIN SYNs refused by the path policy or the connection's state "
+                      "(reset)",
+    "MPJoinNoTokenFound": "MP_JOIN SYNs for an unknown token at an endpoint we announced "
+                          "(reset)",
+    "MPJoinPassed": "MP_JOIN SYNs for a token not ours, passed on (a native endpoint's)",
     # -- signalling (RFC 8684 §3.3.8, §3.4)
     "AddAddrTx": "ADD_ADDR sent",
     "AddAddrRx": "ADD_ADDR received with a valid HMAC",

@@ -19,9 +19,10 @@ __all__ = ["EventKind", "Event", "INFO_EVENTS"]
 class EventKind(str, Enum):
     """What happened. Connection-level unless the name starts with ``SF_``."""
 
-    CREATED = "CREATED"  # a local SYN was turned into an MP_CAPABLE SYN
-    ESTABLISHED = "ESTABLISHED"  # MP_CAPABLE answered: MPTCP in use (elapsed: since the SYN)
+    CREATED = "CREATED"  # taken on: a local SYN got MP_CAPABLE, or an MP_CAPABLE SYN came in
+    ESTABLISHED = "ESTABLISHED"  # MP_CAPABLE handshake done: MPTCP in use (elapsed: SYN RTT)
     FALLBACK = "FALLBACK"  # the peer does not speak MPTCP (or fell back): plain TCP
+    PASSED = "PASSED"  # anchor: the server speaks MPTCP itself; left end to end, untouched
     CLOSED = "CLOSED"  # closed at the data level, or reset
     DATA_FIN_TX = "DATA_FIN_TX"  # our DATA_FIN sent (the local stack closed)
     DATA_FIN_RX = "DATA_FIN_RX"  # the peer's DATA_FIN received

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import closing, crypto
+from . import closing, crypto, joins_listener
 from .constants import (
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EUNSPEC,
@@ -181,7 +181,10 @@ def _reset_join(conn: "Connection", sf: Subflow, now: float, reason: int) -> Non
 def join_timer(conn: "Connection", sf: Subflow, now: float) -> bool:
     """Retransmissions of the handshake (SYN with back-off, third ACK until the fourth
     ACK); gives the join up after its retries. Returns False when ``sf`` is not in its
-    handshake (the timer is someone else's)."""
+    handshake (the timer is someone else's). The peer's joins run their own
+    (:func:`.joins_listener.join_timer`)."""
+    if sf.passive:
+        return joins_listener.join_timer(conn, sf, now)
     if sf.state == SubflowState.SYN_SENT:
         sf.retries += 1
         if sf.retries > JOIN_SYN_RETRIES:

@@ -26,8 +26,10 @@ Recognising one without harming anything else:
   its own segment acknowledged; the local segment is dropped. Later segments of the
   peer on the tuple get the same RST at the sequence they acknowledge.
 
-The table is bounded (:data:`MAX_ENTRIES`, oldest first out; entries expire after
-:data:`TTL` s); a new SYN on a tuple forgets it. Sans-I/O: packets go out through
+A SYN with an MPTCP option seen either way (a native MPTCP socket's connection, which
+the proxy leaves alone) marks its tuple native at once. The table is bounded
+(:data:`MAX_ENTRIES`, oldest first out; entries expire after :data:`TTL` s); a new plain
+SYN on a tuple forgets it. Sans-I/O: packets go out through
 ``proxy.send``. Nothing is done while no daemon runs: then the connection hangs until
 its own timeouts (see docs/recovery.md).
 """
@@ -97,8 +99,10 @@ class Orphans:
         key = (pkt.dst, pkt.dport, pkt.src, pkt.sport)
         e = self.table.get(key)
         flags = pkt.flags
-        if flags & TCP_SYN:
-            if e is not None:
+        if flags & TCP_SYN:  # a new connection: native MPTCP if it says so
+            if has_mptcp_option(pkt):
+                self.note_native(key, now)
+            elif e is not None:
                 del self.table[key]
             return None
         if e is None:
@@ -149,6 +153,14 @@ class Orphans:
             e.state = ORPHAN
             self._reset_peer(key, e)
         return DROP
+
+    def note_native(self, key: tuple, now: float) -> None:
+        """A SYN with an MPTCP option on ``key`` (local view) that the proxy leaves alone:
+        the connection is a native MPTCP one of a local socket, never an orphan, so its
+        first segments are not held back for a probe."""
+        e = self.table.get(key) or self._add(key, now)
+        e.state = NATIVE
+        e.seen = now
 
     # ------------------------------------------------------------------ packets
     def _reset_peer(self, key: tuple, e: _Entry) -> None:

@@ -14,7 +14,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from . import closing, joins, signalling
+from . import closing, joins, joins_listener, signalling
+from .constants import MPTCP_RST_EMPTCP
 from .events import EventKind
 from .states import ConnState, SubflowState
 from .subflow import Subflow
@@ -60,12 +61,18 @@ class PmConfig:
     (only globally routable ones: an authentic but hostile peer must not make the proxy
     open connections into the client's own networks; the default) or ``"any"``.
     ``max_subflows``: per connection.
+    ``peer_joins``: ``"accept"`` the peer's MP_JOIN subflows to our addresses (the initial
+    subflow's, an announced one, a managed interface's) or ``"refuse"`` them (reset).
+    ``announce``: ``(address, port or None)`` pairs announced with ADD_ADDR on every
+    connection once established (``--announce``).
     """
 
     subflows: str = "backup"
     rejoin: bool = True
     join_announced: str = "global"
     max_subflows: int = 8
+    peer_joins: str = "accept"
+    announce: list = field(default_factory=list)
 
 
 def _global_unicast(addr: bytes) -> bool:
@@ -91,6 +98,10 @@ class PathManager:
         self.release_port = release_port or (lambda addr, port: None)
         self._port = PORT_BASE
         self.proxy: "Proxy | None" = None
+        # announced endpoints -> address ID: an interface's own ID, else IDs after theirs
+        self.announced: dict[tuple[bytes, int | None], int] = {}
+        for addr, port in self.config.announce:
+            self.announced[(addr, port)] = self._announce_id(addr)
 
     def attach(self, proxy: "Proxy") -> None:
         """Serve ``proxy`` (called by the proxy it is given to)."""
@@ -108,14 +119,19 @@ class PathManager:
 
     # -- life cycle --------------------------------------------------------------------
     def on_established(self, conn: "Connection", now: float) -> None:
-        """The connection is fully established: tag the initial subflow with its interface
-        and open the policy's joins."""
+        """The connection is fully established: tag the initial subflow with its interface,
+        announce the configured addresses, and (client role) open the policy's joins. In
+        the server role the peer opens the subflows (RFC 8684 §3.2: a client behind NAT
+        cannot be joined)."""
         sf0 = conn.sf0
         i = self.iface_of_addr(sf0.laddr)
         if i is not None:
             sf0.iface = i.name
             sf0.addr_id = 0  # the initial subflow's address is ID 0 (RFC 8684 §3.2)
-        if self.config.subflows == "manual":
+        for (addr, port), addr_id in self.announced.items():
+            if len(addr) == len(sf0.laddr) and addr != sf0.laddr:
+                signalling.announce(conn, addr_id, addr, now, port or 0)
+        if self.config.subflows == "manual" or conn.role != "client":
             return
         backup = self.config.subflows == "backup"
         for iface in self.ifaces.values():
@@ -182,7 +198,7 @@ class PathManager:
                      exclude_iface: str | None = None) -> None:
         """``sf`` ended: its port is free; if it carried new data, fail over (not to
         ``exclude_iface``, an interface just abandoned)."""
-        if sf is not conn.sf0:
+        if sf is not conn.sf0 and not sf.passive:  # (a peer's join uses no port of ours)
             self.release_port(sf.laddr, sf.lport)
         if conn.active is sf and conn.state == ConnState.ESTABLISHED:
             self._failover(conn, now, exclude_iface)
@@ -439,3 +455,80 @@ class PathManager:
     def unknown_inbound(self, pkt: "TcpPacket", now: float) -> Verdict:
         """A segment for no known 4-tuple: not ours to judge; pass it on."""
         return ACCEPT
+
+    # -- the peer's joins and our announcements ------------------------------------------
+    def _announce_id(self, addr: bytes) -> int:
+        i = self.iface_of_addr(addr)
+        if i is not None:
+            return i.addr_id
+        used = {x.addr_id for x in self.ifaces.values()} | set(self.announced.values())
+        return next(n for n in range(1, 256) if n not in used)
+
+    def accept_join(self, conn: "Connection", laddr: bytes, lport: int, join,
+                    now: float) -> bool:
+        """Whether the peer may open a subflow to ``laddr:lport`` on ``conn`` (its MP_JOIN
+        SYN ``join`` carried our token); a refused join is reset (MP_TCPRST
+        "administratively prohibited"). Refused:
+        ``peer_joins = "refuse"``, a closing connection (Linux refuses joins after a
+        DATA_FIN), the subflow limit, or an address that is not ours to use (the initial
+        subflow's, an announced endpoint, a managed interface that is up)."""
+        if self.config.peer_joins != "accept" or conn.snd_data_fin is not None \
+                or conn.rcv_data_fin is not None:
+            return False
+        if sum(1 for s in conn.subflows if not s.gone) >= self.config.max_subflows:
+            return False
+        return self._ours(conn, laddr, lport)
+
+    def _ours(self, conn: "Connection", laddr: bytes, lport: int) -> bool:
+        sf0 = conn.sf0
+        i = self.iface_of_addr(laddr)
+        if i is not None and not i.up:
+            return False
+        if laddr == sf0.laddr:
+            return lport == sf0.lport
+        if (laddr, lport) in self.announced:
+            return True
+        if (laddr, None) in self.announced:
+            return lport == sf0.lport  # (an ADD_ADDR without port: the initial subflow's)
+        return i is not None and lport == sf0.lport
+
+    def unknown_join(self, pkt: "TcpPacket", now: float) -> Verdict:
+        """An MP_JOIN SYN for a token that is none of ours: it may be a native MPTCP
+        endpoint's (the server behind an anchor, a native app on this host), so it passes
+        on untouched; only at an endpoint an anchor announced, where nobody else listens,
+        is it reset (MP_TCPRST reason 1, as Linux answers an unknown token)."""
+        anchor = self.proxy.config.anchor
+        if anchor and ((pkt.dst, pkt.dport) in self.announced
+                       or (pkt.dst, None) in self.announced):
+            self.proxy.counters.inc("MPJoinNoTokenFound")
+            return joins_listener.refuse(self.proxy, pkt, MPTCP_RST_EMPTCP)
+        self.proxy.counters.inc("MPJoinPassed")
+        return ACCEPT
+
+    def local_addr_id(self, conn: "Connection", addr: bytes) -> int:
+        """Our address ID for ``addr`` on ``conn`` (0: the initial subflow's address)."""
+        if addr == conn.sf0.laddr:
+            return 0
+        for (a, _port), addr_id in self.announced.items():
+            if a == addr:
+                return addr_id
+        i = self.iface_of_addr(addr)
+        return i.addr_id if i is not None else 0
+
+    def iface_name(self, addr: bytes) -> str:
+        """The managed interface holding ``addr`` ("" for none)."""
+        i = self.iface_of_addr(addr)
+        return i.name if i is not None else ""
+
+    def announce_addr(self, conn: "Connection", addr: bytes, port: int | None,
+                      now: float) -> int:
+        """ADD_ADDR for ``addr`` (and ``port``) on ``conn``, retransmitted until echoed;
+        the endpoint is remembered, so the peer's joins there are accepted. Returns its
+        address ID; raises ``ValueError`` for an address of the other family."""
+        if len(addr) != len(conn.sf0.laddr):
+            raise ValueError("the address is not of the connection's family")
+        addr_id = self.announced.get((addr, port))
+        if addr_id is None:
+            addr_id = self.announced[(addr, port)] = self._announce_id(addr)
+        signalling.announce(conn, addr_id, addr, now, port or 0)
+        return addr_id

@@ -46,7 +46,15 @@ def note_tcp_ack(conn: "Connection", ack_wire: int) -> None:
 
 def note_forwarded(conn: "Connection", lo: int, hi: int) -> None:
     """Data ``[lo, hi)`` of the peer went to the TCP side (bounded: the set keeps its
-    lowest ranges, those that move subflow ACKs forward)."""
+    lowest ranges, those that move subflow ACKs forward). A segment that starts at or
+    beyond the TCP side's right edge (its last ACK plus its last window) is dropped by it
+    (RFC 9293 §3.10.7.4; Linux ``tcp_data_queue`` keeps one that only ends beyond), so it
+    does not count: no subflow ACK may cover it, and the peer sends it again. (Observed: a
+    Linux 6.18 client sending on two subflows through an anchor sent beyond the server's
+    window, which counted ``TcpExtBeyondWindow``.)"""
+    if lo >= conn.r_ack + (conn.tcp_win << (conn.tcp_wscale if conn.tcp_wscale > 0 else 0)):
+        conn.counters["DataBeyondWindow"] += 1
+        return
     if hi > conn.r_ack:
         conn.r_fwd.add(lo, hi)
 

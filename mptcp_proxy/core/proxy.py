@@ -3,11 +3,17 @@ the packets the proxy forges (after aioquic's ``QuicConnection``).
 
 Three inputs, pulled outputs::
 
-    verdict = proxy.outbound(buf, now, csum)  # a segment of the TCP side (OUTPUT)
-    verdict = proxy.inbound(buf, now, csum)   # a segment from the network (PREROUTING)
+    verdict = proxy.outbound(buf, now, csum)  # from the TCP side toward the MPTCP side
+    verdict = proxy.inbound(buf, now, csum)   # from the MPTCP side (the network)
     proxy.handle_timer(now)                   # when proxy.get_timer() is due
     for pkt in proxy.packets_to_send(): ...   # forged segments, whole IP packets
     for ev in proxy.events(): ...             # events.Event records
+
+The driver says which way a packet goes. On an end host, outbound is what the local stack
+sends (mangle OUTPUT) and inbound what arrives (raw PREROUTING), whether the local socket
+is the client (client role) or a listener of ``serve`` (server role); on a router in
+anchor mode, inbound is what arrives on a managed interface (from the MPTCP clients) and
+outbound what comes from the servers.
 
 ``buf`` is a ``bytearray`` the core may rewrite in place; the verdict
 (:class:`~.verdict.Verdict`) says whether to pass it as it came, drop it, or pass it as
@@ -24,12 +30,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from . import closing
+from . import closing, handshake_server, joins_listener
 from .connection import Connection
-from .constants import TCP_ACK, TCP_RST, TCP_SYN, TCPOPT_MPTCP
+from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
-from .orphans import Orphans
+from .options import MpCapable, MpJoinSyn
+from .orphans import Orphans, has_mptcp_option
 from .policy import PathManager
 from .states import ConnInput, ConnState
 from .subflow import Subflow
@@ -49,13 +56,19 @@ EVENT_BACKLOG = 4096  # events kept for the driver (oldest dropped first)
 ANSWER_INTERVAL = 0.5  # s between answers to unacceptable pure ACKs per subflow (Linux
 # tcp_invalid_ratelimit)
 CHALLENGE_ACKS_PER_S = 1000  # challenge ACKs in all (Linux tcp_challenge_ack_limit)
+PASSED_MAX = 4096  # 4-tuples of connections an anchor stepped aside for, remembered
 
 
 @dataclass
 class ProxyConfig:
     """Settings of the sans-I/O core.
 
-    ``ports``: destination ports to convert (empty = all); ``checksum``: ask the peer for
+    ``ports``: destination ports to convert (empty = all); ``client``: convert the TCP
+    side's outgoing connections (client role); ``serve``: local listening ports whose
+    incoming MPTCP connections are converted (server role, ``--serve``); ``anchor``: on a
+    router, convert every incoming MPTCP connection (to ``ports``) whose server answers
+    without MPTCP, and step aside for the others; ``passed_linger``: seconds the 4-tuple
+    of such a connection is remembered (shown, never touched); ``checksum``: ask the peer for
     DSS checksums (MP_CAPABLE flag A, RFC 8684 §3.3); ``mss_overhead``: bytes subtracted
     from the peer's MSS shown to the TCP side so that our added options fit the MTU
     (MP_CAPABLE with data-level length, or DSS with DATA_ACK and 64-bit mapping, each 24
@@ -68,10 +81,15 @@ class ProxyConfig:
     ``idle_probes`` times ``idle_interval`` seconds apart, before the connection is reset
     on both sides (its socket vanished without a word: the state must not stay forever);
     ``max_connections``: connections tracked at once, ``max_syn_sent``: of
-    them in SYN_SENT (0 = no limit; the daemon's ``--max-connections``/``--max-syn-sent``).
+    them half open, in SYN_SENT or SYN_RCVD (0 = no limit; the daemon's
+    ``--max-connections``/``--max-syn-sent``).
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
+    client: bool = True
+    serve: frozenset[int] = field(default_factory=frozenset)
+    anchor: bool = False
+    passed_linger: float = 60.0
     checksum: bool = False
     mss_overhead: int = 24
     linger: float = 10.0
@@ -100,6 +118,7 @@ class Proxy:
         self.conns: dict[tuple, tuple[Connection, Subflow]] = {}  # wire 4-tuple -> owner
         self.connections: dict[int, Connection] = {}
         self.tokens: dict[int, Connection] = {}  # our tokens (unique, RFC 8684 §3.2)
+        self.passed: dict[tuple, float] = {}  # anchor: 4-tuples stepped aside for -> when
         self.now = 0.0
         self._tx: list[bytearray] = []
         self._timers: list[tuple[float, int, Connection]] = []
@@ -108,7 +127,7 @@ class Proxy:
         self._seq = 0
         self._challenge_second = -1
         self._challenges = 0
-        self.syn_sent = 0  # connections in SYN_SENT (bounded by max_syn_sent)
+        self.syn_sent = 0  # half-open connections, SYN_SENT or SYN_RCVD (max_syn_sent)
         self.pm = pm if pm is not None else PathManager()
         self.pm.attach(self)
         self.orphans = Orphans(self)  # connections of a killed daemon (orphans.py)
@@ -217,17 +236,39 @@ class Proxy:
             if conn.on_timer(now):
                 self.forget(conn)
 
-    def forget(self, conn: Connection) -> None:
-        """Drop every trace of ``conn``."""
+    def forget(self, conn: Connection, closed: bool = True) -> None:
+        """Drop every trace of ``conn`` (``closed``: it ran and ended, counted)."""
         if conn.state != ConnState.GONE:
-            conn.transition(ConnInput.EXPIRED)  # (keeps the SYN_SENT count)
+            conn.transition(ConnInput.EXPIRED)  # (keeps the half-open count)
         for sf in conn.subflows:
             self.unregister_subflow(conn, sf)
         self.connections.pop(conn.id, None)
         if self.tokens.get(conn.local_token) is conn:
             del self.tokens[conn.local_token]
         conn.timer = None
-        self.counters.inc("ConnClosed")
+        if closed:
+            self.counters.inc("ConnClosed")
+
+    def step_aside(self, conn: Connection, now: float) -> None:
+        """Anchor: the server answered with MP_CAPABLE itself, so the connection is MPTCP
+        end to end with both ends' keys; nothing of it is kept but its 4-tuple, for a
+        while (``passed_linger``), to show it."""
+        conn.transition(ConnInput.STEP_ASIDE)
+        self.counters.inc("AnchorStepAside")
+        self.emit_event(EventKind.PASSED, conn)
+        self.forget(conn, closed=False)
+        passed = self.passed
+        passed.pop(conn.key, None)
+        passed[conn.key] = now
+        while passed and (len(passed) > PASSED_MAX or
+                          now - next(iter(passed.values())) > self.config.passed_linger):
+            del passed[next(iter(passed))]
+
+    def passed_through(self, now: float) -> list[tuple[tuple, float]]:
+        """The 4-tuples (as the server sends) an anchor stepped aside for within
+        ``passed_linger`` seconds, with the time it did."""
+        return [(k, t) for k, t in self.passed.items()
+                if now - t <= self.config.passed_linger]
 
     # -- dispatch ---------------------------------------------------------------------------
     def outbound(self, buf: bytearray, now: float, csum: int = CSUM_OK) -> Verdict:
@@ -241,9 +282,7 @@ class Proxy:
             v = self._outbound(pkt, now)
         except PacketTooBig:
             return self._too_big()
-        if v is ACCEPT and pkt.modified:  # the verdict contract (verdict.py)
-            return pkt.finish()
-        return v
+        return _checked(pkt, v)
 
     def _outbound(self, pkt: TcpPacket, now: float) -> Verdict:
         entry = self.conns.get((pkt.src, pkt.sport, pkt.dst, pkt.dport))
@@ -254,14 +293,15 @@ class Proxy:
                 v = self.orphans.outbound(pkt, now)
                 if v is not None:
                     return v
-            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN or not self.config.client:
                 self.counters.inc("PktUnknownConn")
                 return ACCEPT
             ports = self.config.ports
             if ports and pkt.dport not in ports:
                 return ACCEPT
-            if _has_mptcp_option(pkt):  # a native MPTCP socket: it speaks for itself
+            if has_mptcp_option(pkt):  # a native MPTCP socket: it speaks for itself
                 self.counters.inc("PktAlreadyMptcp")
+                self.orphans.note_native((pkt.src, pkt.sport, pkt.dst, pkt.dport), now)
                 return ACCEPT
             if entry is not None:
                 self.forget(entry[0])
@@ -281,20 +321,18 @@ class Proxy:
         pkt.csum_mode = csum
         entry = self.conns.get((pkt.dst, pkt.dport, pkt.src, pkt.sport))
         if entry is None:
-            v = self.orphans.inbound(pkt, now)  # an MPTCP subflow we do not know?
-            if v is None:
-                v = self.pm.unknown_inbound(pkt, now)
-            if v is ACCEPT and pkt.modified:
-                return pkt.finish()
-            return v
+            return _checked(pkt, self._unknown_inbound(pkt, now))
         conn, sf = entry
+        if pkt.flags & TCP_SYN and conn.role != "client" and sf is conn.sf0 \
+                and pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN \
+                and conn.state in (ConnState.CLOSED, ConnState.FALLBACK):
+            self.forget(conn)  # a new connection on the 4-tuple of one that ended
+            return _checked(pkt, self._unknown_inbound(pkt, now))
         try:
             v = conn.on_inbound(pkt, sf, now)
         except PacketTooBig:
             return self._too_big()
-        if v is ACCEPT and pkt.modified:  # the verdict contract (verdict.py)
-            return pkt.finish()
-        return v
+        return _checked(pkt, v)
 
     def _unparsable(self, buf: bytearray, outbound: bool) -> Verdict:
         """A packet the core cannot rewrite (not TCP, fragmented, IPv6 extension headers,
@@ -319,7 +357,10 @@ class Proxy:
         self.counters.inc("PktTooBig")
         return DROP
 
-    def _new_connection(self, pkt: TcpPacket, now: float) -> Verdict:
+    def _new_connection(self, pkt: TcpPacket, now: float, role: str = "client") -> Verdict:
+        """A connection the proxy takes on: the TCP side's SYN (client role) or the peer's
+        MP_CAPABLE SYN (server role, watched by an anchor until the server answers); left
+        as plain TCP over the limits of ``max_connections`` and ``max_syn_sent``."""
         cfg = self.config
         if cfg.max_connections and len(self.connections) >= cfg.max_connections:
             self.counters.inc("ConnLimit")
@@ -327,16 +368,45 @@ class Proxy:
         if cfg.max_syn_sent and self.syn_sent >= cfg.max_syn_sent:
             self.counters.inc("SynSentLimit")
             return ACCEPT
-        conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
-        while conn.local_token in self.tokens:  # RFC 8684 §3.1: tokens are unique
-            conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"))
+        anchor = role == "server" and cfg.anchor
+        conn = None
+        while conn is None or conn.local_token in self.tokens:  # RFC 8684 §3.1: unique
+            conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"),
+                              role, anchor)
         self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
         self.syn_sent += 1
         self.register_subflow(conn, conn.sf0)
         conn.set_timer(now + self.config.syn_timeout)
         self.emit_event(EventKind.CREATED, conn)
-        return conn.on_outbound(pkt, now)
+        if role == "client":
+            return conn.on_outbound(pkt, now)
+        if anchor:
+            self.counters.inc("AnchorWatched")
+        return handshake_server.accept_syn(conn, pkt)
+
+    def _unknown_inbound(self, pkt: TcpPacket, now: float) -> Verdict:
+        """A segment from the MPTCP side at no known 4-tuple: an MP_CAPABLE SYN the server
+        role takes on, an MP_JOIN SYN (the listener side of joins), or the path
+        manager's to judge."""
+        cfg = self.config
+        if pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN and \
+                (cfg.serve or cfg.anchor or self.tokens) and pkt.checksum_ok():
+            o = handshake_server.syn_option(pkt)
+            if isinstance(o, MpJoinSyn) and o.token in self.tokens:
+                return joins_listener.join_syn(self, pkt, o, now)
+            if isinstance(o, MpCapable) and (pkt.dport in cfg.serve or cfg.anchor and (
+                    not cfg.ports or pkt.dport in cfg.ports)):
+                return self._new_connection(pkt, now, "server")
+            if isinstance(o, MpJoinSyn):  # another endpoint's token: not ours to take
+                if not cfg.anchor:
+                    self.orphans.note_native((pkt.dst, pkt.dport, pkt.src, pkt.sport), now)
+                return self.pm.unknown_join(pkt, now)
+        if not cfg.anchor:  # (an anchor's forwarded traffic has no local socket to ask)
+            v = self.orphans.inbound(pkt, now)  # an MPTCP subflow a killed daemon left?
+            if v is not None:
+                return v
+        return self.pm.unknown_inbound(pkt, now)
 
     def contain_failure(self, buf: bytes | bytearray, outbound: bool, now: float) -> Verdict:
         """After handling ``buf`` raised (a bug): the connection it belongs to is reset on
@@ -363,5 +433,9 @@ class Proxy:
             closing.abort(conn, now)
 
 
-def _has_mptcp_option(pkt: TcpPacket) -> bool:
-    return pkt.hl > 20 and any(kind == TCPOPT_MPTCP for kind, _o, _n in pkt.options() or ())
+def _checked(pkt: TcpPacket, verdict: Verdict) -> Verdict:
+    """The verdict contract (verdict.py): a buffer that was changed is never passed as
+    unchanged (its checksums are completed and it goes as rewritten)."""
+    if verdict is ACCEPT and pkt.modified:
+        return pkt.finish()
+    return verdict

@@ -63,6 +63,7 @@ class Subflow:
         "remote_nonce", "join_hmac", "iface", "closed_at",
         "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "sent",
         "rcv_wnd_edge", "max_snd_wnd", "last_challenge", "rm_probe_at",
+        "passive", "join_echo",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -121,9 +122,16 @@ class Subflow:
         self.max_snd_wnd = INITIAL_WINDOW
         self.last_challenge = -1.0
         self.rm_probe_at: float | None = None  # a REMOVE_ADDR probe is out until then
+        self.passive = False  # opened by the peer's MP_JOIN (we are its listener)
+        self.join_echo = False  # passive, established: the peer may repeat its third ACK
 
     def __repr__(self) -> str:
         return f"<Subflow {self.index} {self.state.name} {self.iface or ''}>"
+
+    def set_snd_isn(self, isn: int) -> None:
+        """Our 32-bit ISN, once known (server role: the TCP side's SYN/ACK sets sf0's)."""
+        self.snd_isn = isn & MASK32
+        self.snd_base = (isn + 1) & MASK32
 
     def set_rcv_isn(self, isn: int) -> None:
         self.rcv_isn = isn & MASK32

@@ -1,8 +1,9 @@
 """``tools/bench --quick`` runs to the end and writes every key of its JSON with a number.
 
-Benchmarks are not tests (DESIGN.md §5): nothing here checks a timing or a ratio. This only
-proves that the benchmark itself works on this machine — every configuration, namespace,
-daemon and helper comes up, runs and goes away — so that its figures can be trusted to exist.
+Benchmarks are not tests (speed is measured side by side and reported as ratios, never
+asserted): nothing here checks a timing or a ratio. This only proves that the benchmark
+itself works on this machine — every configuration, namespace, daemon and helper comes up,
+runs and goes away — so that its figures can be trusted to exist.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from netns import ns_pids
 ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH = ROOT / "tools" / "bench"
 
-THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf"]
+THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf",
+                      "proxy_proxy", "anchor"]
 NFQ_CONFIGS = ["nfqueue_floor_nfq", "proxy_nfq"]  # --backend netfilterqueue
 REQUIRED: dict[str, list[str]] = {
     "throughput_mbps": THROUGHPUT_CONFIGS,
     "throughput_down_mbps": THROUGHPUT_CONFIGS,
-    "ratios": ["proxy_vs_floor", "proxy_vs_native"],
-    "us_per_packet": ["proxy", "nfqueue_floor"],
-    "setup_ms": ["proxy", "native_mptcp", "plain_tcp"],
+    "ratios": ["proxy_vs_floor", "proxy_vs_native", "proxy_proxy_vs_proxy", "anchor_vs_native"],
+    "us_per_packet": ["proxy", "nfqueue_floor", "proxy_proxy", "anchor"],
+    "setup_ms": ["proxy", "native_mptcp", "plain_tcp", "proxy_proxy", "anchor"],
     "bytes_per_conn": ["1000", "10000"],
     "conn_per_s": ["proxy", "native_mptcp"],
     "machine": ["cpus"],
@@ -62,7 +64,6 @@ def test_bench_quick_completes(netns_ok: None, tmp_path: Path) -> None:
     missing += _newer_keys(res)
     assert not missing, ("keys without a number: " + ", ".join(missing)
                          + f"\nerrors: {json.dumps(res.get('errors'), indent=1)[:3000]}")
-    assert res["throughput_mbps"].get("proxy_proxy", "absent") is None  # the n/a hook
     # everything the bench built is gone: its namespaces and every process in them
     names = res.get("namespaces") or []
     assert names, "the bench lists no namespaces"

@@ -50,22 +50,52 @@ from tests.fuzz.build import verdict_of
 
 
 # ================================== 4. forged joins, ADD_ADDR, FASTCLOSE, floods
-def test_forged_mp_join_syn_towards_the_proxy_is_not_accepted():
-    """RFC 8684 §3.2: a subflow joins a connection only through the MP_JOIN handshake
-    with the token and HMACs of the keys. The proxy is the client side: an MP_JOIN SYN
-    from the network (even with our token) creates no subflow and no state, and draws
-    nothing from the proxy."""
+def test_forged_mp_join_syn_towards_the_proxy_never_makes_a_subflow():
+    """RFC 8684 §3.2: a subflow joins a connection only through the MP_JOIN handshake with
+    the token and the HMACs of both keys. The proxy accepts the peer's joins (as Linux
+    does): an MP_JOIN SYN with our token but sent blind gets one SYN/ACK (no
+    amplification) and a half-open subflow; a third ACK without the right HMAC resets it
+    (MP_TCPRST), a bad checksum or a reset out of sequence changes nothing, a flood is held
+    to the subflow limit, and the transfer goes on."""
+    from mptcp_proxy.core.subflow import SubflowState
     pair = ready(40)
     tok, _ = key_sha(pair.conn.local_key)
     opt = struct.pack("!BBBBII", 30, 12, 0x10, 0, tok, 0x12345678)
-    syn = bytes(build_segment(pair.peer.addr, pair.local.addr, 9999, pair.local.port, 1, 0,
-                              SYN, 0xFFFF, opt))
-    before = len(pair.proxy.conns), len(pair.conn.subflows)
-    buf = bytearray(syn)
-    v = verdict_of(pair.proxy.inbound(buf, pair.now), buf)
-    assert v is None or v is False
-    assert (len(pair.proxy.conns), len(pair.conn.subflows)) == before
-    assert not pair.proxy.packets_to_send()
+
+    def join_syn(port, corrupt=False):
+        syn = bytearray(build_segment(pair.peer.addr, pair.local.addr, port, pair.local.port,
+                                      1, 0, SYN, 0xFFFF, opt))
+        if corrupt:
+            syn[-1] ^= 0x40  # (inside the options: the TCP checksum no longer matches)
+        buf = bytearray(syn)
+        assert verdict_of(pair.proxy.inbound(buf, pair.now), buf) in (None, False)
+        return pair.proxy.packets_to_send()
+
+    assert not join_syn(9998, corrupt=True) and len(pair.conn.subflows) == 1
+    answers = join_syn(9999)
+    assert len(answers) == 1 and answers[0][33] & SYN, "one SYN/ACK per SYN"
+    sf = pair.conn.subflows[-1]
+    assert sf.passive and sf.state == SubflowState.PRE_ESTABLISHED
+    # a reset out of sequence: taken by nobody
+    rst = build_segment(pair.peer.addr, pair.local.addr, 9999, pair.local.port, 5000, 0,
+                        RST, 0)
+    pair.proxy.inbound(bytearray(rst), pair.now)
+    assert sf.state == SubflowState.PRE_ESTABLISHED
+    # the third ACK with a made-up HMAC
+    ack_opt = struct.pack("!BBH", 30, 24, 0x1000) + bytes(20)
+    third = build_segment(pair.peer.addr, pair.local.addr, 9999, pair.local.port, 2,
+                          sf.snd_wire(0), ACK, 0xFFFF, ack_opt)
+    pair.proxy.inbound(bytearray(third), pair.now)
+    out = pair.proxy.packets_to_send()
+    assert any(p[33] & RST for p in out), "the failed join is reset"
+    assert sf.state != SubflowState.ESTABLISHED and sf.gone
+    assert pair.proxy.counters["MPJoinAckHMacFailure"] == 1
+    # a flood: bounded by the subflow limit
+    for port in range(10000, 10200):
+        join_syn(port)
+    limit = pair.proxy.pm.config.max_subflows
+    assert sum(1 for s in pair.conn.subflows if not s.gone) <= limit
+    streams_intact(pair)
 
 
 def _mp_with_join_pending(seed: int):

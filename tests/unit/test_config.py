@@ -58,7 +58,7 @@ def test_one_value_for_a_list_option(parser, conf):
 
 @pytest.mark.parametrize("text, line, pattern", [
     ('iface = ["c0"]\n\nporte = [80]\n', 3, r"unknown key 'porte' \(did you mean port\?\)"),
-    ('iface = ["c0"]\nzzz = 1\n', 2, r"unknown key 'zzz' \(keys: accept-all, backend"),
+    ('iface = ["c0"]\nzzz = 1\n', 2, r"unknown key 'zzz' \(keys: accept-all, anchor"),
     ('# comment\nport = [80, 70000]\n', 2, r"port: port out of range 1-65535: 70000"),
     ('port = ["http"]\n', 1, r"not a port number: 'http'"),
     ('subflows = "sometimes"\n', 1, r"invalid choice 'sometimes' \(choose from 'backup'"),

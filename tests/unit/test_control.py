@@ -58,6 +58,7 @@ class FakeConn:
     def __init__(self, cid, v6=False, state=ConnState.ESTABLISHED, subflows=None):
         la, ra = (V6_L, V6_R) if v6 else (V4_L, V4_R)
         self.id, self.state = cid, state
+        self.role, self.anchor = "client", False
         self.key = (la, 5000 + cid, ra, 80)
         self.remote_token, self.local_token = 0xABCD + cid, 0x1234
         self.csum, self.fully_established = False, True
@@ -116,6 +117,10 @@ class FakeProxy:
         self.connections = {c.id: c for c in conns}
         self.config = ProxyConfig(ports=frozenset({443, 80}), checksum=True)
         self.counters = Counters()
+        self.now = 0.0
+
+    def passed_through(self, now):
+        return []
 
 
 class FakeDriver:
@@ -614,8 +619,9 @@ def test_mptcpctl_against_the_real_server(sock_path, as_root, capsys):
     with server_thread(srv):
         assert ctl.main(["--socket", sock_path, "connections"]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[0].split()[:3] == ["CONN", "STATE", "LOCAL"]
-        assert out[1].split()[:4] == ["1", "established", "10.0.1.1:5001", "192.0.2.9:80"]
+        assert out[0].split()[:4] == ["CONN", "ROLE", "STATE", "LOCAL"]
+        assert out[1].split()[:5] == ["1", "client", "established", "10.0.1.1:5001",
+                                      "192.0.2.9:80"]
         assert "12.3 MB" in out[1]
         assert "[2001:db8::1]:5003" in out[3]
 

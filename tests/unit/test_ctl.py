@@ -17,21 +17,24 @@ import time
 
 import pytest
 
-from mptcp_proxy import ctl, daemon
+from mptcp_proxy import ctl, ctltable, daemon
 from mptcp_proxy.core.counters import COUNTERS
 from mptcp_proxy.ctlproto import DEFAULT_CONTROL, Fault
 
 STATUS = {"pid": 4242, "uptime": 3725.2, "interfaces": ["eth0", "wlan0"], "connections": 2,
           "packets": 1000, "ports": [], "checksum": False}
 CONNECTIONS = [
-    {"id": 1, "state": "established", "local": "10.0.1.1:40001", "remote": "192.0.2.9:80",
+    {"id": 1, "role": "client", "state": "established", "local": "10.0.1.1:40001",
+     "remote": "192.0.2.9:80",
      "token": "0000abcd", "local_token": "00001234", "checksum": False,
      "fully_established": True, "subflows": 2, "active": 1, "bytes_sent": 12_345_678,
      "bytes_acked": 12_300_000, "bytes_received": 532, "age": 5.04},
-    {"id": 17, "state": "fallback", "local": "[2001:db8::1]:40002",
+    {"id": 17, "role": "anchor", "state": "fallback", "local": "[2001:db8::1]:40002",
      "remote": "[2001:db8::2]:443", "token": "00000000", "local_token": "00005678",
      "checksum": False, "fully_established": False, "subflows": 1, "active": 0,
      "bytes_sent": 0, "bytes_acked": 0, "bytes_received": 2_000_000_000, "age": 7500.0},
+    {"id": None, "role": "passed", "state": "passed", "local": "10.0.101.1:443",
+     "remote": "10.0.1.1:40003", "age": 1.5},
 ]
 SUBFLOWS = [
     {"id": 0, "state": "established", "local": "10.0.1.1:40001", "remote": "192.0.2.9:80",
@@ -177,22 +180,28 @@ def test_connections_table(fake, capsys):
     code, out, err = run(capsys, "connections")
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
-    assert header.split() == ["CONN", "STATE", "LOCAL", "REMOTE", "SUBFLOWS", "ACTIVE_SF",
-                              "PEER_TOKEN", "DATA_SENT", "DATA_ACKED", "DATA_RCVD", "AGE"]
-    assert len(rows) == 2
+    assert header.split() == ["CONN", "ROLE", "STATE", "LOCAL", "REMOTE", "SUBFLOWS",
+                              "ACTIVE_SF", "PEER_TOKEN", "DATA_SENT", "DATA_ACKED", "DATA_RCVD",
+                              "AGE"]
+    assert len(rows) == 3
     r1 = rows[0].split()
-    assert r1[:7] == ["1", "established", "10.0.1.1:40001", "192.0.2.9:80", "2", "1",
-                      "0000abcd"]
-    assert " ".join(r1[7:]) == "12.3 MB 12.3 MB 532 B 5.0s"
+    assert r1[:8] == ["1", "client", "established", "10.0.1.1:40001", "192.0.2.9:80", "2",
+                      "1", "0000abcd"]
+    assert " ".join(r1[8:]) == "12.3 MB 12.3 MB 532 B 5.0s"
     r2 = rows[1].split()
-    assert r2[:4] == ["17", "fallback", "[2001:db8::1]:40002", "[2001:db8::2]:443"]
-    assert " ".join(r2[7:]) == "0 B 0 B 2.0 GB 2h05m"
+    assert r2[:5] == ["17", "anchor", "fallback", "[2001:db8::1]:40002", "[2001:db8::2]:443"]
+    assert " ".join(r2[8:]) == "0 B 0 B 2.0 GB 2h05m"
+    # a connection an anchor stepped aside for: its 4-tuple, nothing else known
+    assert rows[2].split() == ["-", "passed", "passed", "10.0.101.1:443", "10.0.1.1:40003",
+                               "-", "-", "-", "-", "-", "-", "1.5s"]
     assert "12345678" not in out  # human units in tables
     # left-aligned text columns start under their header
     starts = columns(header)
     for row in rows:
-        assert row[starts[1]:].startswith(("established", "fallback"))
-        assert row[starts[2]:].split()[0] in ("10.0.1.1:40001", "[2001:db8::1]:40002")
+        assert row[starts[1]:].startswith(("client", "anchor", "passed"))
+        assert row[starts[2]:].startswith(("established", "fallback", "passed"))
+        assert row[starts[3]:].split()[0] in ("10.0.1.1:40001", "[2001:db8::1]:40002",
+                                              "10.0.101.1:443")
     # right-aligned numbers end under their header
     end_age = len(header)
     assert all(len(row) == end_age for row in rows)
@@ -512,7 +521,7 @@ def test_one_do_method_per_verb():
     sub = next(a for a in parser._actions if a.dest == "verb")
     verbs = set(sub.choices)
     assert verbs == {"status", "connections", "subflows", "add-subflow", "remove-subflow",
-                     "handover", "prio", "stats", "monitor", "debug-dump"}
+                     "handover", "announce", "prio", "stats", "monitor", "debug-dump"}
     for v in verbs:
         assert callable(getattr(ctl.Controller, "do_" + v.replace("-", "_")))
 
@@ -523,10 +532,10 @@ def test_one_do_method_per_verb():
     (None, "None"),
 ])
 def test_human_bytes(n, text):
-    assert ctl.human_bytes(n) == text
+    assert ctltable.human_bytes(n) == text
 
 
 @pytest.mark.parametrize("s,text", [(4.24, "4.2s"), (59.9, "59.9s"), (303, "5m03s"),
                                     (7500, "2h05m"), (3 * 86400 + 4 * 3600 + 5, "3d04h")])
 def test_human_duration(s, text):
-    assert ctl.human_duration(s) == text
+    assert ctltable.human_duration(s) == text

@@ -42,8 +42,9 @@ def test_wheel_contents(wheel):
     v = mptcp_proxy.__version__
     assert wheel.name.startswith(f"mptcp_proxy-{v}-")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("mptcp_proxy/tables/endhost.toml", "mptcp_proxy/data/mptcp-proxy.service",
-              "mptcp_proxy/data/mptcp-proxy.conf", "mptcp_proxy/ctl.py",
+    for f in ("mptcp_proxy/tables/endhost.toml", "mptcp_proxy/tables/anchor.toml",
+              "mptcp_proxy/data/mptcp-proxy.service", "mptcp_proxy/data/mptcp-proxy.conf",
+              "mptcp_proxy/ctl.py", "mptcp_proxy/ctltable.py",
               f"mptcp_proxy-{v}.data/data/share/man/man8/mptcp-proxy.8",
               f"mptcp_proxy-{v}.data/data/share/man/man8/mptcpctl.8"):
         assert f in names, f

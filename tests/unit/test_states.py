@@ -27,10 +27,12 @@ def test_connection_runs_never_raise_and_never_go_back(state, inputs):
     for i in inputs:
         nxt = conn_next(state, i)
         assert isinstance(nxt, ConnState)
-        # forward only: SYN_SENT -> ESTABLISHED -> FALLBACK/CLOSED -> GONE
+        # forward only: SYN_SENT/SYN_RCVD -> ESTABLISHED -> FALLBACK/CLOSED -> GONE
         assert nxt == state or (state, nxt) in {
             (ConnState.SYN_SENT, ConnState.ESTABLISHED), (ConnState.SYN_SENT, ConnState.FALLBACK),
             (ConnState.SYN_SENT, ConnState.CLOSED), (ConnState.SYN_SENT, ConnState.GONE),
+            (ConnState.SYN_RCVD, ConnState.ESTABLISHED), (ConnState.SYN_RCVD, ConnState.FALLBACK),
+            (ConnState.SYN_RCVD, ConnState.CLOSED), (ConnState.SYN_RCVD, ConnState.GONE),
             (ConnState.ESTABLISHED, ConnState.FALLBACK), (ConnState.ESTABLISHED, ConnState.CLOSED),
             (ConnState.FALLBACK, ConnState.GONE), (ConnState.CLOSED, ConnState.GONE)}
         state = nxt
@@ -57,6 +59,10 @@ def test_the_usual_lives():
         s = conn_next(s, i)
     assert s == ConnState.GONE
     assert conn_next(ConnState.SYN_SENT, ConnInput.NOT_ANSWERED) == ConnState.FALLBACK
+    # server role: the third ACK establishes; an anchor steps aside for a native server
+    assert conn_next(ConnState.SYN_RCVD, ConnInput.MPC_ANSWERED) == ConnState.ESTABLISHED
+    assert conn_next(ConnState.SYN_RCVD, ConnInput.STEP_ASIDE) == ConnState.GONE
+    assert conn_next(ConnState.ESTABLISHED, ConnInput.STEP_ASIDE) == ConnState.ESTABLISHED
     j = SubflowState.SYN_SENT
     for i in (SubflowInput.JOIN_SYNACK, SubflowInput.HANDSHAKE_DONE, SubflowInput.FIN,
               SubflowInput.FINISHED):
