@@ -104,6 +104,25 @@ def test_native_mptcp_socket_left_alone() -> None:
     assert sent(p) == [] and p.counters["OrphanNative"] == 1
 
 
+def test_native_connection_seen_at_its_handshake_is_never_held_back() -> None:
+    """A native MPTCP connection whose SYN (local socket) or SYN/ACK (from the peer) the
+    proxy saw with MP_CAPABLE: its first data segments pass at once (no probe, no drop);
+    a killed daemon's orphans, whose handshake went before, are still caught."""
+    from mptcp_proxy.core.options import MpCapable
+    mpc = pad_options(push_option(MpCapable(flags=0x01, sndr_key=7)))
+    for first in ("syn", "synack"):
+        p = proxy()
+        if first == "syn":
+            assert p.outbound(from_local(seq=1, ack=0, flags=TCP_SYN, opts=mpc), 1.0) is ACCEPT
+        else:
+            assert p.inbound(from_peer(flags=TCP_SYN | TCP_ACK, opts=mpc, payload=b""),
+                             1.0) is ACCEPT
+        assert p.inbound(from_peer(), 1.01) is ACCEPT, first
+        assert sent(p) == [] and p.counters["OrphanSuspect"] == 0
+    p = proxy()
+    assert p.inbound(from_peer(sport=RP + 1), 1.0) is DROP  # another tuple: suspect
+
+
 def test_probes_rate_limited_and_new_syn_forgets() -> None:
     p = proxy()
     for i in range(5):
@@ -138,3 +157,13 @@ def test_ipv6_orphan_reset() -> None:
     assert p.outbound(build_segment(l6, p6, LP, RP, 3000, 7050, TCP_ACK, 500), 1.01) is DROP
     rst_local, _rm_addr, rst_peer = sent(p)
     assert (rst_local.dst, rst_local.seq, rst_peer.dst, rst_peer.seq) == (l6, 7050, p6, 3000)
+
+
+def test_an_anchor_forwards_unknown_mptcp_traffic() -> None:
+    """On a router (--anchor) segments at unknown tuples are forwarded traffic of other
+    hosts (connections the anchor stepped aside for, or never saw): there is no local
+    socket to probe, so they pass untouched."""
+    from mptcp_proxy.core.proxy import ProxyConfig
+    p = Proxy(ProxyConfig(client=False, anchor=True), random_bytes=os.urandom)
+    assert p.inbound(from_peer(), 1.0) is ACCEPT
+    assert sent(p) == [] and len(p.orphans) == 0
