@@ -93,11 +93,16 @@ class ProxyHandle:
     def connections(self) -> list[dict]:
         return self.ctl("connections")
 
-    def wait_connection(self, state: str = "established", timeout: float = 10.0) -> dict:
+    def wait_connection(self, state: str = "established", timeout: float = 10.0,
+                        after: int = 0) -> dict:
+        """The first connection in ``state`` whose id is above ``after`` (ids grow, so a
+        loop that opens connection after connection passes the last id it used and never
+        gets the previous one, still closing), polled for up to ``timeout`` s; raises
+        ProxyError if none appeared."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for c in self.connections():
-                if c["state"] == state:
+                if c["state"] == state and c["id"] > after:
                     return c
             time.sleep(0.05)
         raise ProxyError(f"no {state} connection within {timeout}s")

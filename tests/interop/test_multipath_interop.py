@@ -213,10 +213,12 @@ def test_close_after_handover_is_graceful(mp_bed, run_proxy, record_property) ->
     p0 = px.stats()
     c0 = tcp_counters(topo.client)
     down = 8 * MB
+    cid = 0
     for i in range(3):
         with LinkMeter(topo) as meter:
             tr = Transfer(topo, bed.srv, topo.server_addr, down=down, seed=210 + i, nth=i)
-            cid = px.wait_connection("established", timeout=10)["id"]
+            # the previous connection may still be listed while it closes: take a newer one
+            cid = px.wait_connection("established", timeout=10, after=cid)["id"]
             px.wait_subflow(cid, lambda s: s["iface"] == "c1" and s["state"] == "established",
                           5, "the backup subflow on c1")
             meter.wait_total(2 * MB, timeout=15)
