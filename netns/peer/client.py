@@ -136,28 +136,36 @@ def run_clients(o: ClientOptions) -> int:
     none failed (error or a byte off the pattern). SIGTERM ends them (``terminated``)."""
     live = Registry()
     results: list[dict[str, Any]] = []
+    done = threading.Semaphore(0)  # one release per finished connection
 
     def one(i: int) -> None:
-        rec = client_conn(o, i, (o.seed + i) & 0xFFFFFFFF, live)
-        results.append(rec)
-        emit(rec)
+        try:
+            rec = client_conn(o, i, (o.seed + i) & 0xFFFFFFFF, live)
+            results.append(rec)
+            emit(rec)
+        finally:
+            done.release()
 
     if o.progress:
         live.report_every(o.progress)
-    threads = []
+    started = finished = 0
     try:
         for i in range(o.conns):
             if i and o.stagger:
                 time.sleep(o.stagger)
-            th = threading.Thread(target=one, args=(i,), daemon=True)
-            th.start()
-            threads.append(th)
-        for th in threads:
-            th.join()
+            threading.Thread(target=one, args=(i,), daemon=True).start()
+            started += 1
+        while finished < started:
+            done.acquire()
+            finished += 1
     except Terminated:
+        # (not Thread.join: a join interrupted by the signal's exception may leave the
+        # thread looking finished while it still runs)
         live.stop_all()
-        for th in threads:
-            th.join(2.0)
+        deadline = time.monotonic() + 5.0
+        while finished < started and done.acquire(timeout=max(0.0, deadline
+                                                             - time.monotonic())):
+            finished += 1
         return 1
     live.stopping = True
     return 0 if all(r["error"] is None and r["pattern_ok"] for r in results) else 1

@@ -69,7 +69,6 @@ class Server:
         self.opts = opts
         self.live = Registry()
         self.sel = selectors.DefaultSelector()
-        self.threads: list[threading.Thread] = []
         self.bulk = 0        # bulk connections accepted
         self.done = 0        # bulk connections finished
         self._done_cv = threading.Condition()
@@ -142,9 +141,7 @@ class Server:
     def _start_bulk(self, sock: socket.socket, mptcp: bool) -> None:
         conn = self.bulk
         self.bulk += 1
-        th = threading.Thread(target=self._bulk, args=(sock, conn, mptcp), daemon=True)
-        th.start()
-        self.threads = [t for t in self.threads if t.is_alive()] + [th]
+        threading.Thread(target=self._bulk, args=(sock, conn, mptcp), daemon=True).start()
 
     def _bulk(self, sock: socket.socket, conn: int, mptcp: bool) -> None:
         try:
@@ -154,11 +151,12 @@ class Server:
                 self.done += 1
                 self._done_cv.notify_all()
 
-    def stop(self, grace: float = 2.0) -> None:
-        """End every connection in progress; their records are written."""
+    def stop(self, grace: float = 5.0) -> None:
+        """End every connection in progress; their records are written (within
+        ``grace`` s)."""
         self.live.stop_all()
-        for th in list(self.threads):
-            th.join(grace)
+        with self._done_cv:
+            self._done_cv.wait_for(lambda: self.done >= self.bulk, grace)
 
 
 # ---------------------------------------------------------------------- one bulk connection

@@ -33,7 +33,7 @@ def _soak(tmp_path: Path, *args: str, timeout: float = 400) -> tuple[int, dict, 
 
 def test_soak_short_run_holds(netns_ok: None, tmp_path: Path) -> None:
     rc, report, out = _soak(tmp_path, "--connections", "20", "--seconds", "40",
-                            "--handover-every", "2")
+                            "--handover-every", "2", "--rate-kbit", "200")
     assert report["violations"] == [] and report["ok"] and rc == 0, out
     it, ho, rss = report["integrity"], report["handovers"], report["rss"]
     assert it["intact"] == 20 and it["bytes_up"] > 20 * 500_000, it
@@ -50,7 +50,7 @@ def test_soak_reports_a_stall(netns_ok: None, tmp_path: Path) -> None:
     """Paced at 200 kbit/s in 8 KB pieces, a connection receives every ~0.33 s: a stall
     limit of 0.15 s must be reported as a violation, with a non-zero exit."""
     rc, report, out = _soak(tmp_path, "--connections", "3", "--seconds", "12",
-                            "--handover-every", "2", "--stall-limit", "0.15",
+                            "--handover-every", "2", "--stall-limit", "0.15", "--rate-kbit", "200",
                             "--warmup", "4", timeout=200)
     assert rc == 1 and not report["ok"], out
     assert report["integrity"]["intact"] == 3, report["integrity"]  # the data was fine

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from netns.peer import AgentHandle, ServerHandle, Stream, expected_sha
+from netns import wait_until
+from netns.peer import AgentHandle, PeerProcess, ServerHandle, Stream, expected_sha
 from netns.peer.protocol import HOLD, Request
 
 ADDR = "127.0.0.1"
@@ -70,9 +71,10 @@ def test_timed_paced_download_with_hold(server: ServerHandle) -> None:
     took = time.monotonic() - t0
     rec = server.record(10, seed=1)
     assert cli["error"] is None and cli["sent"] == 0 and cli["pattern_ok"]
-    assert rec["sent"] == cli["received"]
-    assert 200_000 < cli["received"] < 600_000, cli["received"]  # ~1 s at 400 kB/s
-    assert took >= 0.9
+    assert rec["sent"] == cli["received"] > 0
+    # paced: never more than the rate allows over the time it sent (a piece of slack)
+    assert cli["received"] <= 400_000 * (rec["t_send_end"] - rec["t0"]) + 8192, rec
+    assert took >= 0.9  # timed: it streamed for its second
 
 
 @pytest.mark.parametrize("hold", [False, True])
@@ -82,7 +84,7 @@ def test_hold_keeps_the_idle_direction_open(server: ServerHandle, hold: bool) ->
     with socket.create_connection((ADDR, server.port), timeout=10) as s:
         s.sendall(Request(seed=3, flags=HOLD if hold else 0).pack()
                   + bytes(Stream(3, "up").window(0, 1000)))
-        s.settimeout(1.0)
+        s.settimeout(1.0 if hold else 15.0)  # (the FIN expected without hold may be slow)
         try:
             early = s.recv(1)  # b"": the server's FIN
         except TimeoutError:
@@ -98,8 +100,9 @@ def test_paced_upload_until_the_download_ended(server: ServerHandle) -> None:
     (cli,) = _client(server, "--download", 400_000, "--download-rate", 400_000,
                      "--upload-rate", 100_000, "--until-eof", "--seed", 9)
     rec = server.record(10, seed=9)
-    assert cli["error"] is None and rec["error"] is None
-    assert 50_000 < cli["sent"] < 200_000, cli["sent"]  # ~1 s of 100 kB/s
+    # the open-ended upload ended with the download (else the client would never finish)
+    assert cli["error"] is None and rec["error"] is None and cli["sent"] > 0
+    assert cli["sent"] <= 100_000 * (cli["t_send_end"] - cli["t0"]) + 8192, cli
     assert rec["received"] == cli["sent"] and rec["recv_sha256"] == expected_sha(9, cli["sent"])
 
 
@@ -117,20 +120,24 @@ def test_a_byte_off_the_pattern_is_located(server: ServerHandle) -> None:
 
 
 def test_terminated_connections_still_report(server: ServerHandle) -> None:
-    proc = _peer("client", "--addr", ADDR, "--port", server.port, "--conns", 2,
-                 "--download-seconds", 30, "--download-rate", 50_000, "--progress", 0.2,
-                 "--events")
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=15)
-    objs = [json.loads(x) for x in out.splitlines()]
-    events = {o["event"] for o in objs if "event" in o}
-    recs = [o for o in objs if "event" not in o]
-    assert proc.returncode == 1 and events == {"connected", "progress"}
+    client = PeerProcess(_peer("client", "--addr", ADDR, "--port", server.port, "--conns", 2,
+                               "--download-seconds", 60, "--download-rate", 50_000,
+                               "--progress", 0.2, "--events"))
+
+    def both_receiving() -> bool:
+        return any(len(e["conns"]) == 2 and all(row[2] > 0 for row in e["conns"])
+                   for e in list(client.events) if e["event"] == "progress")
+    try:
+        assert wait_until(both_receiving, 60), (client.events, client.stderr)
+        client.proc.send_signal(signal.SIGTERM)
+        assert client.proc.wait(30) == 1
+        client.stop()
+    finally:
+        client.stop()
+    recs = client.results()
+    assert {e["event"] for e in client.events} == {"connected", "progress"}
     assert len(recs) == 2 and all(r["error"] == "terminated" for r in recs), recs
     assert all(r["received"] > 0 and r["pattern_ok"] for r in recs)
-    progress = [o for o in objs if o.get("event") == "progress"]
-    assert len(progress[-1]["conns"]) == 2 and progress[-1]["conns"][0][2] > 0
 
 
 def test_agent_request_response_and_held_connections(server: ServerHandle) -> None:
