@@ -128,7 +128,12 @@ class Bed:
         replies = [px.query("status") for px in self.proxies]
         if not replies:
             raise BenchError("no daemon in this bed")
-        return {**replies[0], "packets": sum(r["packets"] for r in replies)}
+        out = {**replies[0], "packets": sum(r["packets"] for r in replies)}
+        if all("verdicts" in r for r in replies):
+            out["verdicts"] = {d: {k: sum(r["verdicts"][d][k] for r in replies)
+                                   for k in replies[0]["verdicts"][d]}
+                               for d in replies[0]["verdicts"]}
+        return out
 
     def cpu_ticks(self) -> tuple[int, int]:
         """(utime, stime) of the daemons, all threads (fields 14 and 15 of /proc/PID/stat)."""

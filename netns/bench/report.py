@@ -58,7 +58,16 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         f"proxy_2sf / proxy = {_f(r['proxy_2sf_vs_proxy'], '{:.3f}')}",
         "ratios (download):            "
         f"proxy / nfqueue_floor = {_f(r['down_proxy_vs_floor'], '{:.3f}')}   "
-        f"proxy / native_mptcp = {_f(r['down_proxy_vs_native'], '{:.3f}')}",
+        f"proxy / native_mptcp = {_f(r['down_proxy_vs_native'], '{:.3f}')}   "
+        f"proxy_2sf / proxy = {_f(r['down_proxy_2sf_vs_proxy'], '{:.3f}')}",
+        "rewriting floor (up / down):  "
+        f"proxy / floor_mangle = {_f(r['proxy_vs_floor_mangle'], '{:.3f}')} / "
+        f"{_f(r['down_proxy_vs_floor_mangle'], '{:.3f}')}   "
+        f"floor_mangle / nfqueue_floor = {_f(r['floor_mangle_vs_floor'], '{:.3f}')} / "
+        f"{_f(r['down_floor_mangle_vs_floor'], '{:.3f}')}",
+        "workers (up / down):          "
+        f"proxy_w2 / proxy = {_f(r['proxy_w2_vs_proxy'], '{:.3f}')} / "
+        f"{_f(r['down_proxy_w2_vs_proxy'], '{:.3f}')}",
         "netfilterqueue (up / down):   "
         f"proxy_nfq / nfqueue_floor_nfq = {_f(r['proxy_nfq_vs_floor_nfq'], '{:.3f}')} / "
         f"{_f(r['down_proxy_nfq_vs_floor_nfq'], '{:.3f}')}   "

@@ -176,6 +176,7 @@ def targets(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     values = {
         "bulk_proxy_vs_floor_up": r.get("proxy_vs_floor"),
         "bulk_proxy_vs_floor_down": r.get("down_proxy_vs_floor"),
+        "bulk_proxy_2sf_vs_proxy_down": r.get("down_proxy_2sf_vs_proxy"),
         "setup_overhead_ms": res["setup_overhead_ms"].get(HEADLINE),
         "bytes_per_idle_conn": max(mem) if mem else None,
         "conn_per_s": res["conn_per_s"].get(HEADLINE),

@@ -82,6 +82,9 @@ def _daemon_cost(bed: Bed, before: tuple, rec: dict[str, Any], err: str | None) 
     rec["cpu_s"] = rec["user_s"] + rec["sys_s"]
     rec["us_per_packet"] = rec["cpu_s"] * 1e6 / pk if pk else None
     rec["us_per_packet_sys"] = rec["sys_s"] * 1e6 / pk if pk else None
+    if "verdicts" in st0 and "verdicts" in st1:  # how often each path was taken
+        rec["verdicts"] = {d: {k: st1["verdicts"][d][k] - st0["verdicts"][d][k]
+                               for k in st1["verdicts"][d]} for d in st1["verdicts"]}
     return err
 
 
