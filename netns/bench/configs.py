@@ -44,8 +44,9 @@ class Config:
     bed; ``backend``: the queue backend the figures are labelled with (None: no queue);
     ``expect``: what the server's socket must be (``tcp``, ``mptcp``, ``mptcp2`` = with a
     second subflow, ``fallback`` = an MPTCP listener that got plain TCP); ``latency``:
-    also in the setup-latency and connection-rate stages; ``implemented``: False for a
-    hook reported as n/a; ``what``: its line in ``--help``."""
+    also in the setup-latency and connection-rate stages; ``parallel``: also in the
+    parallel-connections stage (worker scaling); ``implemented``: False for a hook
+    reported as n/a; ``what``: its line in ``--help``."""
 
     name: str
     bed: str
@@ -55,6 +56,7 @@ class Config:
     backend: str | None = None
     expect: str = "mptcp"
     latency: bool = False
+    parallel: bool = False
     implemented: bool = True
     what: str = ""
 
@@ -80,7 +82,7 @@ register(Config("native_mptcp", "base", mptcp=True, port=MPTCP_PORT, latency=Tru
                 what="IPPROTO_MPTCP client <-> IPPROTO_MPTCP server"))
 register(Config("nfqueue_floor", "nfqueue_floor", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--accept-all", "--backend", FNFQ), backend=FNFQ,
-                expect="fallback",
+                expect="fallback", parallel=True,
                 what="plain TCP client through `mptcp-proxy --accept-all`\n"
                      "<-> native MPTCP server (falls back to TCP): the floor\n"
                      "of the default backend"))
@@ -90,12 +92,17 @@ register(Config("floor_mangle", "floor_mangle", mptcp=False, port=MPTCP_PORT,
                 what="the floor with every packet sent back rewritten, grown\n"
                      "by 20 bytes of NOPs (`--floor-mangle`): the kernel's\n"
                      "cost of a rewriting proxy, no protocol work"))
+register(Config("floor_w2", "floor_w2", mptcp=False, port=MPTCP_PORT,
+                daemons=_proxy("--accept-all", "--backend", FNFQ, "--workers", "2"),
+                backend=FNFQ, expect="fallback", parallel=True,
+                what="the floor with `--workers 2` (two queue pairs, two\n"
+                     "processes): the queue's own scaling, the ceiling"))
 register(Config("nfqueue_floor_nfq", "nfqueue_floor_nfq", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--accept-all", "--backend", NFQ), backend=NFQ,
                 expect="fallback", what="the same floor with `--backend netfilterqueue`"))
 register(Config("proxy", "proxy", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--subflows", "manual", "--backend", FNFQ), backend=FNFQ,
-                latency=True,
+                latency=True, parallel=True,
                 what="plain TCP client through `mptcp-proxy --subflows\n"
                      "manual` <-> native MPTCP"))
 register(Config("proxy_nfq", "proxy_nfq", mptcp=False, port=MPTCP_PORT,
@@ -106,7 +113,7 @@ register(Config("proxy_2sf", "proxy_2sf", mptcp=False, port=MPTCP_PORT,
                 expect="mptcp2", what="`--subflows active` (a second subflow on c1)"))
 register(Config("proxy_w2", "proxy_w2", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--subflows", "manual", "--backend", FNFQ, "--workers", "2"),
-                backend=FNFQ, latency=True,
+                backend=FNFQ, latency=True, parallel=True,
                 what="the proxy with `--workers 2` (two processes, two queue\n"
                      "pairs, connections spread by local port)"))
 # Hook: proxy <-> proxy (both ends plain TCP, a proxy at each: the second daemon in the
@@ -167,6 +174,8 @@ TARGETS = {
     "bulk_proxy_vs_floor_down": ("proxy / nfqueue_floor, download", 0.8, ">="),
     "bulk_proxy_2sf_vs_proxy_down": ("proxy_2sf / proxy, download (multipath at single-path "
                                      "speed)", 0.8, ">="),
+    "workers_2_vs_1_at_4": ("proxy_w2 / proxy with 4 parallel uploads (2 workers vs 1)",
+                            1.5, ">="),
     "setup_overhead_ms": ("setup latency proxy - native_mptcp (ms)", 1.0, "<="),
     "bytes_per_idle_conn": ("daemon RSS per idle connection (bytes), worst of the ramp",
                             4096, "<="),
@@ -188,7 +197,7 @@ DEFINITIONS = {
     "conn_per_s": "completed connect + 1-byte exchange + close per second",
     "ratios": "of upload medians unless prefixed down_",
 }
-STAGES = ["throughput", "setup", "cps", "memory"]
+STAGES = ["throughput", "parallel", "setup", "cps", "memory"]
 
 PROFILES = {
     # runs, seconds, max MB, rr count, setup runs, cps runs, cps seconds, memory runs, warm-up s

@@ -79,6 +79,24 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         f"{_f(r['down_floor_vs_floor_nfq'], '{:.2f}')}  (up / down)"]
 
 
+def _parallel(res: dict[str, Any]) -> list[str]:
+    med = res.get("parallel_mbps") or {}
+    if not med:
+        return []
+    ns = sorted({n for by_n in med.values() for n in by_n}, key=int)
+    out = ["", "parallel bulk connections, Mbit/s up/down (medians):",
+           "  config          " + "".join(f"{n + ' conns':>16}" for n in ns)]
+    for c, by_n in med.items():
+        out.append(f"  {c:<16}" + "".join(
+            f"{_f(by_n.get(n, {}).get('up')) + '/' + _f(by_n.get(n, {}).get('down')):>16}"
+            for n in ns))
+    for name, by_n in (res.get("worker_scaling") or {}).items():
+        out.append(f"  2 workers / 1, {name:<6}" + "".join(
+            f"{_f(v.get('up'), '{:.2f}') + '/' + _f(v.get('down'), '{:.2f}'):>16}"
+            for v in (by_n.get(n, {}) for n in ns)))
+    return out
+
+
 def _connections(res: dict[str, Any]) -> list[str]:
     out = []
     ov = res["setup_overhead_ms"]
@@ -129,5 +147,6 @@ def table(res: dict[str, Any], configs: list[str]) -> str:
     for e in res["errors"]:
         errs[e["config"]] = errs.get(e["config"], 0) + 1
     out = [HEAD, "-" * len(HEAD), *(_row(res, c, errs) for c in configs)]
-    out += _ratios(res["ratios"]) + _connections(res) + _targets(res) + _problems(res)
+    out += _ratios(res["ratios"]) + _parallel(res) + _connections(res) + _targets(res) \
+        + _problems(res)
     return "\n".join(out)

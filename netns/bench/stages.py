@@ -15,17 +15,20 @@ from .results import median
 if TYPE_CHECKING:
     from .runner import Bench
 
-__all__ = ["transfer", "stage_throughput", "stage_setup", "stage_cps", "stage_memory"]
+__all__ = ["transfer", "stage_throughput", "stage_parallel", "stage_setup", "stage_cps",
+           "stage_memory", "PARALLEL_CONNS"]
 
 
 # ---------------------------------------------------------------------- throughput
 
 def transfer(b: Bench, config: str, direction: str, seconds: float, max_bytes: int,
-             run: int | None) -> dict[str, Any]:
-    """One bulk transfer of ``config``: its receive rate, bytes and, with a daemon, the
-    daemons' CPU and queued packets over it."""
+             run: int | None, conns: int = 1) -> dict[str, Any]:
+    """One bulk transfer of ``config`` (``conns`` at once): its receive rate, bytes and,
+    with a daemon, the daemons' CPU and queued packets over it."""
     cfg, bed = CONFIGS[config], b.bed(config)
     rec: dict[str, Any] = {"config": config, "direction": direction, "run": run}
+    if conns > 1:
+        rec["conns"] = conns
     if not b.ensure_daemon(config, "throughput", run):
         rec["error"] = "daemon unavailable"
         return rec
@@ -34,11 +37,13 @@ def transfer(b: Bench, config: str, direction: str, seconds: float, max_bytes: i
     try:
         res = bed.call("bulk", wait=seconds + 40, addr=bed.topo.server_addr, port=cfg.port,
                        mptcp=cfg.mptcp, direction=direction, max_bytes=max_bytes,
-                       seconds=seconds, timeout=15.0, seed=seed)
+                       seconds=seconds, timeout=15.0, seed=seed, conns=conns)
     except BenchError as exc:
         res = {"error": str(exc)}
+    if conns > 1:
+        b.next_seed_block(conns)
     err = res.get("error")
-    if direction == "down" and err is None:
+    if direction == "down" and err is None and conns == 1:
         err = _download_verdict(bed, seed, res)
     if before is not None:
         err = _daemon_cost(bed, before, rec, err)
@@ -121,6 +126,36 @@ def stage_throughput(b: Bench) -> None:
 def _fmt_run(b: Bench, config: str, run: int) -> str:
     xs = [r for r in b.raw["throughput"] if r["config"] == config and r["run"] == run]
     return "/".join("err" if r.get("mbps") is None else f"{r['mbps']:.0f}" for r in xs)
+
+
+# ---------------------------------------------------------------------- parallel
+
+PARALLEL_CONNS = (1, 4, 16)
+
+
+def stage_parallel(b: Bench) -> None:
+    """Bulk with 1, 4 and 16 connections at once on the configurations that have a
+    one- and a two-worker twin (the floor's own queue scaling is the ceiling)."""
+    a = b.a
+    configs = [c for c in b.runnable() if CONFIGS[c].parallel]
+    if not configs:
+        return
+    max_bytes = int(a.max_mb * 1e6)
+    for run in range(1, a.runs + 1):
+        for n in PARALLEL_CONNS:
+            for c in configs:
+                for d in ("up", "down"):
+                    r = transfer(b, c, d, a.seconds, max_bytes, run, conns=n)
+                    r["conns"] = n
+                    b.raw["parallel"].append(r)
+                    if r.get("error"):
+                        b.error(c, f"parallel_{n}_{d}", run, r["error"])
+        log(f"parallel run {run}/{a.runs}: " + "  ".join(
+            f"{c}x{n}=" + "/".join("err" if r.get("mbps") is None else f"{r['mbps']:.0f}"
+                                   for r in b.raw["parallel"]
+                                   if r["config"] == c and r["run"] == run
+                                   and r["conns"] == n)
+            for n in PARALLEL_CONNS for c in configs))
 
 
 # ---------------------------------------------------------------------- setup latency
