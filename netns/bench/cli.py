@@ -69,6 +69,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="max MB per transfer, whichever limit comes first (full 2000, quick "
                         "600; native MPTCP's receive window ramps up slowly: short transfers "
                         "understate it)")
+    p.add_argument("--parallel-runs", type=int,
+                   help="runs of the parallel stage (1, 4, 16 connections; full 3, quick 1)")
     p.add_argument("--rr-count", type=int, help="connections per setup-latency run (200/100)")
     p.add_argument("--setup-runs", type=int, help="setup-latency runs (3/1)")
     p.add_argument("--cps-runs", type=int, help="connection-rate runs (3/1)")

@@ -200,9 +200,10 @@ DEFINITIONS = {
 STAGES = ["throughput", "parallel", "setup", "cps", "memory"]
 
 PROFILES = {
-    # runs, seconds, max MB, rr count, setup runs, cps runs, cps seconds, memory runs, warm-up s
+    # runs, seconds, max MB, rr count, setup runs, cps runs, cps seconds, memory runs,
+    # warm-up s, parallel-connection runs
     "full": dict(runs=5, seconds=3.0, max_mb=2000, rr_count=200, setup_runs=3, cps_runs=3,
-                 cps_seconds=3.0, memory_runs=2, warmup=0.3),
+                 cps_seconds=3.0, memory_runs=2, warmup=0.3, parallel_runs=3),
     "quick": dict(runs=3, seconds=0.6, max_mb=600, rr_count=100, setup_runs=1, cps_runs=1,
-                  cps_seconds=1.0, memory_runs=1, warmup=0.15),
+                  cps_seconds=1.0, memory_runs=1, warmup=0.15, parallel_runs=1),
 }

@@ -30,6 +30,7 @@ __all__ = ["median", "spread", "ratio", "machine", "code_state", "results", "tar
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ("quick", "runs", "seconds", "max_mb", "rr_count", "setup_runs", "cps_runs",
             "cps_seconds", "cps_threads", "memory_runs", "idle_conns", "hold_window",
+            "parallel_runs",
             "proxy_arg", "skip", "configs")
 
 

@@ -141,7 +141,7 @@ def stage_parallel(b: Bench) -> None:
     if not configs:
         return
     max_bytes = int(a.max_mb * 1e6)
-    for run in range(1, a.runs + 1):
+    for run in range(1, a.parallel_runs + 1):
         for n in PARALLEL_CONNS:
             for c in configs:
                 for d in ("up", "down"):
@@ -150,7 +150,7 @@ def stage_parallel(b: Bench) -> None:
                     b.raw["parallel"].append(r)
                     if r.get("error"):
                         b.error(c, f"parallel_{n}_{d}", run, r["error"])
-        log(f"parallel run {run}/{a.runs}: " + "  ".join(
+        log(f"parallel run {run}/{a.parallel_runs}: " + "  ".join(
             f"{c}x{n}=" + "/".join("err" if r.get("mbps") is None else f"{r['mbps']:.0f}"
                                    for r in b.raw["parallel"]
                                    if r["config"] == c and r["run"] == run

@@ -21,16 +21,18 @@ from netns import ns_pids
 ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH = ROOT / "tools" / "bench"
 
-THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf"]
+THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf",
+                      "floor_mangle", "floor_w2", "proxy_w2"]
 NFQ_CONFIGS = ["nfqueue_floor_nfq", "proxy_nfq"]  # --backend netfilterqueue
 REQUIRED: dict[str, list[str]] = {
     "throughput_mbps": THROUGHPUT_CONFIGS,
     "throughput_down_mbps": THROUGHPUT_CONFIGS,
-    "ratios": ["proxy_vs_floor", "proxy_vs_native"],
+    "ratios": ["proxy_vs_floor", "proxy_vs_native", "down_proxy_2sf_vs_proxy",
+               "proxy_vs_floor_mangle", "proxy_w2_vs_proxy"],
     "us_per_packet": ["proxy", "nfqueue_floor"],
     "setup_ms": ["proxy", "native_mptcp", "plain_tcp"],
     "bytes_per_conn": ["1000", "10000"],
-    "conn_per_s": ["proxy", "native_mptcp"],
+    "conn_per_s": ["proxy", "native_mptcp", "proxy_w2"],
     "machine": ["cpus"],
 }
 
@@ -61,6 +63,11 @@ def test_bench_quick_completes(netns_ok: None, tmp_path: Path) -> None:
     if not isinstance(res.get("raw"), dict) or not res["raw"].get("throughput"):
         missing.append("raw.throughput")
     missing += _newer_keys(res)
+    for name in ("floor", "proxy"):  # the parallel stage: 2 workers / 1 at 1, 4, 16 conns
+        for n in ("1", "4", "16"):
+            v = (res.get("worker_scaling") or {}).get(name, {}).get(n, {}).get("up")
+            if not _is_number(v):
+                missing.append(f"worker_scaling.{name}.{n}.up={v!r}")
     assert not missing, ("keys without a number: " + ", ".join(missing)
                          + f"\nerrors: {json.dumps(res.get('errors'), indent=1)[:3000]}")
     assert res["throughput_mbps"].get("proxy_proxy", "absent") is None  # the n/a hook
