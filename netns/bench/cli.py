@@ -92,7 +92,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="FILE",
                    help="also run py-spy on the proxy daemon during one bulk upload and "
-                        "write the top functions to FILE")
+                        "write the top functions to FILE, the collapsed stacks to "
+                        "FILE.collapsed and a flame graph to FILE.svg (any configuration "
+                        "with a daemon: --profile-target)")
     p.add_argument("--profile-target", default="proxy:up", metavar="CONFIG:DIR",
                    type=_target, help="configuration and direction (up/down) to profile "
                                       "(default proxy:up)")
