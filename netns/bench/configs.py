@@ -82,7 +82,7 @@ register(Config("native_mptcp", "base", mptcp=True, port=MPTCP_PORT, latency=Tru
                 what="IPPROTO_MPTCP client <-> IPPROTO_MPTCP server"))
 register(Config("nfqueue_floor", "nfqueue_floor", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--accept-all", "--backend", FNFQ), backend=FNFQ,
-                expect="fallback", parallel=True,
+                expect="fallback", parallel=True, latency=True,
                 what="plain TCP client through `mptcp-proxy --accept-all`\n"
                      "<-> native MPTCP server (falls back to TCP): the floor\n"
                      "of the default backend"))

@@ -31,8 +31,9 @@ def test_bench_registry_is_consistent() -> None:
     for key, (num, den, direction) in bc.RATIOS.items():
         assert num in bc.CONFIGS and den in bc.CONFIGS and direction in ("up", "down"), key
         assert key.startswith("down_") == (direction == "down"), key
-    assert bc.latency_configs(bc.ALL_CONFIGS) == ["plain_tcp", "native_mptcp", "proxy",
-                                                  "proxy_nfq", "proxy_w2"]
+    assert bc.latency_configs(bc.ALL_CONFIGS) == ["plain_tcp", "native_mptcp",
+                                                  "nfqueue_floor", "proxy", "proxy_nfq",
+                                                  "proxy_w2"]
     assert "proxy_proxy" not in bc.cpu_configs(bc.ALL_CONFIGS)
     with pytest.raises(ValueError):
         bc.register(bc.Config("proxy", "x", mptcp=False, port=bc.PLAIN_PORT))
