@@ -230,7 +230,6 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
     from .runtime import Runtime
     from .service import notify
-
     from .workers import WorkerPool, build_worker
 
     loop = asyncio.get_running_loop()

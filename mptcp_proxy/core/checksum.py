@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover - depends on the install
     _ffi = _lib = None
 
 __all__ = [
-    "M16", "HAVE_C_SUM", "ones_sum", "ones_sum_py", "ones_add", "fold_checksum", "pseudo_header_sum", "tcp_checksum",
+    "M16", "HAVE_C_SUM", "ones_sum", "ones_sum_py", "ones_add", "fold_checksum",
+    "pseudo_header_sum", "tcp_checksum",
     "ipv4_header_checksum", "dss_checksum", "dss_checksum_ok",
 ]
 
