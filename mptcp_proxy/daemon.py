@@ -310,7 +310,8 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         monitor.start(loop)
         if args.control and args.control != "none":
             server = ControlServer(args.control, proxy, driver, ifaces, pm, group=group,
-                                   workers=pool, **rt.control_extras())
+                                   workers=pool, snapshot=rt.metrics.snapshot,
+                                   **rt.control_extras())
             try:
                 await server.start()
             except OSError as e:

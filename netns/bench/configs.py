@@ -194,6 +194,8 @@ DEFINITIONS = {
     "setup_ms": "median connect() to first byte of a 1-byte request/response",
     "setup_overhead_ms": "setup_ms of the configuration - setup_ms of native_mptcp",
     "bytes_per_conn": "daemon RSS growth / idle connections held (fnfqueue proxy)",
+    "bytes_per_conn_2sf": "the same on proxy_2sf: each idle connection with a joined second "
+                          "subflow (first point of the ramp)",
     "conn_per_s": "completed connect + 1-byte exchange + close per second",
     "ratios": "of upload medians unless prefixed down_",
 }

@@ -111,6 +111,9 @@ def _connections(res: dict[str, Any]) -> list[str]:
             held_s += f", each of {len(held)} runs"
         out.append(f"proxy memory with {int(n):>6,} idle connections: "
                    f"{_f(v, '{:,.0f}')} bytes/connection ({held_s})")
+    for n, v in (res.get("bytes_per_conn_2sf") or {}).items():
+        out.append(f"proxy_2sf memory with {int(n):,} idle connections of two subflows: "
+                   f"{_f(v, '{:,.0f}')} bytes/connection")
     return out
 
 

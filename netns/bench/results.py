@@ -164,6 +164,10 @@ def _memory(b: Bench, res: dict[str, Any]) -> None:
         xs = [m["points"][n]["bytes_per_conn"] for m in b.raw["memory"]
               if n in m.get("points", {}) and m["points"][n]["bytes_per_conn"] is not None]
         res["bytes_per_conn"][n] = median(xs)
+    res["bytes_per_conn_2sf"] = {
+        n: median([m["points"][n]["bytes_per_conn"] for m in b.raw.get("memory_2sf", [])
+                   if m["points"].get(n, {}).get("bytes_per_conn") is not None])
+        for n in b.a.idle_conns[:1]}
     res["idle_conns_held"] = {
         n: [(m["points"][n]["held"], m["points"][n]["proxy_connections"])
             for m in b.raw["memory"] if n in m.get("points", {})]

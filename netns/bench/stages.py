@@ -244,6 +244,59 @@ def stage_memory(b: Bench) -> None:
     problem = bed.restart_daemon()
     if problem:
         b.error(MEMORY_CONFIG, "memory", None, f"after the idle connections: {problem}")
+    _memory_two_subflows(b)
+
+
+MEMORY_2SF_CONFIG = "proxy_2sf"  # idle connections with a second subflow each
+
+
+def _memory_two_subflows(b: Bench) -> None:
+    """The first point of the ramp again on ``proxy_2sf``: every idle connection holds a
+    joined second subflow (the daemon's RSS per connection, both subflows)."""
+    c = MEMORY_2SF_CONFIG
+    if c not in b.runnable():
+        return
+    bed, n = b.bed(c), int(b.a.idle_conns[0])
+    for run in range(1, b.a.memory_runs + 1):
+        rec: dict[str, Any] = {"run": run, "config": c, "warm": WARM_CONNS, "points": {}}
+        b.raw.setdefault("memory_2sf", []).append(rec)
+        try:
+            problem = bed.restart_daemon()
+            if problem:
+                b.error(c, "memory", run, problem)
+            _hold(b, bed, WARM_CONNS, c)
+            time.sleep(0.5)
+            rss0 = bed.rss_kb()
+            res = _hold(b, bed, n, c)
+            held = res["held"] - WARM_CONNS
+            subflows = _settle_subflows(bed, 2 * res["held"])
+            rss = bed.rss_kb()
+            rec["points"][str(n)] = {
+                "held": held, "subflows": subflows - 2 * WARM_CONNS, "rss_kb": rss,
+                "bytes_per_conn": (rss - rss0) * 1024 / held if held > 0 else None}
+            log(f"memory (two subflows) run {run}: {held} idle connections, "
+                f"{subflows - 2 * WARM_CONNS} subflows, RSS {rss0 / 1024:.1f} -> "
+                f"{rss / 1024:.1f} MiB, {rec['points'][str(n)]['bytes_per_conn'] or 0:.0f} "
+                "B/conn")
+            bed.call("release", wait=120)
+        except BenchError as exc:
+            b.error(c, "memory", run, str(exc))
+    problem = bed.restart_daemon()
+    if problem:
+        b.error(c, "memory", None, f"after the idle connections: {problem}")
+
+
+def _settle_subflows(bed: Bed, want: int, timeout: float = 20.0) -> int:
+    """Established subflows of the daemon once they are ``want`` or stop changing."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        snap = bed.proxies[0].query("worker-snapshot") or {}
+        n = int((snap.get("subflows") or {}).get("established", 0))
+        if n >= want or n == last or time.monotonic() > deadline:
+            return n
+        last = n
+        time.sleep(0.5)
 
 
 def _memory_run(b: Bench, bed: Bed, rec: dict[str, Any], run: int) -> None:
@@ -290,8 +343,8 @@ def _memory_point(b: Bench, bed: Bed, rec: dict[str, Any], run: int, n: int,
     return held
 
 
-def _hold(b: Bench, bed: Bed, n: int) -> dict[str, Any]:
-    cfg = CONFIGS[MEMORY_CONFIG]
+def _hold(b: Bench, bed: Bed, n: int, config: str = MEMORY_CONFIG) -> dict[str, Any]:
+    cfg = CONFIGS[config]
     return bed.call("hold", wait=300, addr=bed.topo.server_addr, port=cfg.port,
                     mptcp=cfg.mptcp, n=n, window=b.a.hold_window, timeout=240)
 

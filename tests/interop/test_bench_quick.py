@@ -32,6 +32,7 @@ REQUIRED: dict[str, list[str]] = {
     "us_per_packet": ["proxy", "nfqueue_floor"],
     "setup_ms": ["proxy", "native_mptcp", "plain_tcp"],
     "bytes_per_conn": ["1000", "10000"],
+    "bytes_per_conn_2sf": ["1000"],
     "conn_per_s": ["proxy", "native_mptcp", "proxy_w2"],
     "machine": ["cpus"],
 }
