@@ -254,9 +254,13 @@ class WorkerPool:
 def merge_replies(cmd: str, args: dict, local: dict, others: list[dict],
                   pids: list[int | None]) -> dict:
     """One reply from the replies of every worker (``local`` is worker 0's)."""
-    oks = [r for r in [local, *others] if r.get("ok")]
+    replies = [local, *others]
+    oks = [r for r in replies if r.get("ok")]
     if cmd in BY_CONNECTION and not (cmd == "handover" and args.get("all")):
-        return oks[0] if oks else local  # only the owner knows the connection
+        if oks:  # only the owner knows the connection: its answer, or its error
+            return oks[0]
+        return next((r for r in replies
+                     if r.get("error", {}).get("name") != "unknown_connection"), local)
     if not oks:
         return local
     if cmd == "handover":  # --all: every worker's connections

@@ -136,6 +136,8 @@ def test_merge_by_connection_takes_the_owner():
     r = merge_replies("subflows", {"conn": 2}, _err(), [_ok([{"id": 0}])], [11])
     assert r == _ok([{"id": 0}])
     assert merge_replies("prio", {"conn": 9}, _err(), [_err()], [11]) == _err()
+    refused = _err("not_possible")
+    assert merge_replies("add-subflow", {"conn": 2}, _err(), [refused], [11]) == refused
     both = merge_replies("handover", {"all": True}, _ok([{"conn": 1}]), [_ok([{"conn": 2}])],
                          [11])
     assert both["result"] == [{"conn": 1}, {"conn": 2}]
