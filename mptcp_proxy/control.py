@@ -216,6 +216,10 @@ def _status(srv: "ControlServer", args: dict) -> dict:
         "serve": sorted(p.config.serve),
         "checksum": p.config.checksum,
     }
+    tally = getattr(srv.driver, "tally", None)
+    if tally is not None:  # verdicts by direction (fnfqueue backend)
+        out["verdicts"] = {d: dict(zip(("accept", "drop", "mangle"), tally[i:i + 3]))
+                           for d, i in (("in", 0), ("out", 3))}
     if srv.pm is not None:
         out["subflows"] = srv.pm.config.subflows
     out["unconverted"] = unconverted(srv)
@@ -494,7 +498,8 @@ class ControlServer:
                  group: int | None = None, metrics: Callable[[], str] | None = None,
                  log_lines: Callable[[int], list] | None = None,
                  rule_counts: Callable[[], dict] | None = None,
-                 info: dict | None = None) -> None:
+                 info: dict | None = None, workers=None,
+                 snapshot: Callable[[], dict] | None = None) -> None:
         self.path = path
         self.pm = pm
         self.proxy = proxy
@@ -505,6 +510,8 @@ class ControlServer:
         self.log_lines = log_lines
         self.rule_counts = rule_counts
         self.info = dict(info or {})
+        self.workers = workers  # workers.WorkerPool: the other workers' replies merged in
+        self.snapshot = snapshot  # metrics snapshot, for the daemon of a worker
         self.started = time.monotonic()
         self.server: asyncio.AbstractServer | None = None
         self.watchers: set[_Watcher] = set()
@@ -630,6 +637,8 @@ class ControlServer:
                 if not line:
                     break
                 reply = self.handle_line(line) if allowed else self._denied()
+                if allowed and self.workers is not None:  # one proxy, not N
+                    reply = await self.workers.merge(line, reply)
                 await self._reply(writer, reply)
                 if reply.get("ok") and reply.get("result") == {"stream": "events"}:
                     await self._watch(reader, writer)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 import time
@@ -38,7 +37,6 @@ from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_CONFIG, ConfigError, parse_command_line
-from .core.proxy import Proxy, ProxyConfig
 from .ctlproto import DEFAULT_CONTROL
 from .logsetup import LEVELS, TARGETS, LogSetupError, RingHandler
 
@@ -129,6 +127,19 @@ def _count(text: str) -> int:
     return v
 
 
+MAX_WORKERS = 16  # the port buckets of rules.PORT_BUCKETS
+
+
+def _workers(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= v <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"workers must be 1-{MAX_WORKERS}: {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mptcp-proxy", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -189,12 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     add("--no-rp-filter", action="store_true",
         help="do not switch the interfaces to loose reverse-path filtering")
+    add("--workers", type=_workers, default=1, metavar="N",
+        help="processes serving the queues (default 1): N queue pairs from --queue on, "
+             "connections spread by their local port, every subflow with its connection; "
+             "one control socket and one set of counters (docs/workers.md)")
     add("--backend", choices=["netfilterqueue", "fnfqueue"], default="fnfqueue",
         help="queue library: netfilterqueue (one packet at a time), or fnfqueue "
              "(batched reads, GSO super-packets: faster)")
     add("--accept-all", action="store_true",
         help="benchmark floor: bind the queues and accept every packet unmodified "
              "(no conversion at all)")
+    add("--floor-mangle", action="store_true",
+        help="with --accept-all: every packet goes back rewritten, grown by up to 20 bytes "
+             "of NOP options as the proxy grows a segment by its DSS (the kernel's cost of a "
+             "rewriting proxy without its protocol work; a benchmark floor)")
     add("--log", default="stderr", choices=list(TARGETS),
         help="where the log goes: stderr (default), journal (systemd's, with structured "
              "fields MPTCP_EVENT, MPTCP_CONN, MPTCP_TOKEN...) or syslog (/dev/log)")
@@ -233,41 +252,27 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
               argv: list[str] | None = None, ring: RingHandler | None = None,
               group: int | None = None) -> int:
     from .control import ControlServer
-    from .core.policy import LocalIface, PathManager, PmConfig
-    from .links import FallbackRoutes, LinkMonitor, PortReservations, RpFilter
-    from .nfqueue import Injector, NfqueueDriver, QueueBusyError
+    from .links import FallbackRoutes, LinkMonitor, RpFilter
+    from .nfqueue import QueueBusyError
     from .recovery import Journal, journal_path, process_age, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
     from .runtime import Runtime
     from .service import notify
+    from .workers import WorkerPool, build_worker
 
     loop = asyncio.get_running_loop()
-    config = ProxyConfig(ports=frozenset(args.port), checksum=args.checksum,
-                         max_connections=args.max_connections,
-                         max_syn_sent=args.max_syn_sent,
-                         client=not args.anchor, serve=frozenset(args.serve),
-                         anchor=args.anchor)
-    ports = PortReservations()
-    pm = PathManager(
-        [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
-                    up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
-        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
-                 join_announced=args.join_announced,
-                 peer_joins=args.peer_joins, announce=list(args.announce)),
-        alloc_port=ports.alloc, release_port=ports.release)
-    proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
-    local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
-    injector = Injector(args.mark, local_addrs)
-    if args.backend == "fnfqueue":
-        from .fnfq import FnfqueueDriver
-        driver = FnfqueueDriver(proxy, args.queue, args.queue + 1, injector,
-                                accept_all=args.accept_all)
-    else:
-        driver = NfqueueDriver(proxy, args.queue, args.queue + 1, injector,
-                               accept_all=args.accept_all)
+    proxy, pm, ports, injector, driver = build_worker(args, ifaces, 0)
     rt = Runtime(args, parser or build_parser(), argv, proxy, driver, pm,
                  ring or RingHandler(), loop)
     driver.on_event = rt.on_event
+    pool = None
+    if args.workers > 1:  # the other workers first: their queues bound before the rules
+        pool = WorkerPool(args, argv, rt.metrics)
+        try:
+            await pool.start()
+        except (OSError, RuntimeError) as e:
+            await pool.stop()
+            return fail(EXIT_QUEUE if isinstance(e, QueueBusyError) else EXIT_FAIL, str(e))
     if args.metrics:
         try:
             rt.metrics.serve(*args.metrics)
@@ -277,9 +282,12 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     try:
         driver.bind()
     except QueueBusyError as e:
+        if pool is not None:
+            await pool.stop()
         return fail(EXIT_QUEUE, str(e))
     params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
-                        mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve))
+                        mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve),
+                        workers=args.workers)
     # the queues are ours: undo what a killed daemon of this queue left, then journal ours
     try:
         chains = load_ruleset("anchor" if args.anchor else "endhost", params)
@@ -337,6 +345,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         monitor.start(loop)
         if args.control and args.control != "none":
             server = ControlServer(args.control, proxy, driver, ifaces, pm, group=group,
+                                   workers=pool, snapshot=rt.metrics.snapshot,
                                    **rt.control_extras())
             try:
                 await server.start()
@@ -346,15 +355,20 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, rt.reload)
+        loop.add_signal_handler(signal.SIGHUP, rt.reload if pool is None else
+                                lambda: (rt.reload(), pool.signal(signal.SIGHUP)))
+        if pool is not None:
+            pool.follow(control, stop)
         port_txt = ",".join(map(str, params.ports)) or "all"
         extra = f" serve={','.join(map(str, params.serve))}" if params.serve else ""
         if args.announce:
             from .anchor import endpoint_text
             extra += " announce=" + ",".join(endpoint_text(a, p) for a, p in args.announce)
+        queues = f"{args.queue}-{args.queue + 2 * args.workers - 1}" if pool is not None \
+            else f"{args.queue},{args.queue + 1}"
         print(f"mptcp-proxy ready: mode={'anchor' if args.anchor else 'endhost'} "
               f"ifaces={','.join(ifaces)} ports={port_txt}{extra} "
-              f"queues={args.queue},{args.queue + 1}", flush=True)
+              f"queues={queues}" + (f" workers={args.workers}" if pool else ""), flush=True)
         notify("READY=1")
         notify(f"STATUS=converting TCP on {','.join(ifaces)} (ports {port_txt})")
         log.info("ready %.3f s after the process started", process_age())
@@ -363,6 +377,12 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         log.info("stopping: resetting %d connection(s)", len(proxy.connections))
         proxy.abort_all(time.monotonic())
         driver.flush()
+        if pool is not None:
+            failed = pool.failed
+            await pool.stop()  # they reset theirs
+            if failed:
+                log.error("%s", failed)
+                return EXIT_FAIL
         return EXIT_OK
     finally:
         # every step on its own: the rules must go even if another step fails
@@ -377,6 +397,8 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
                 await control.stop()
             except Exception:
                 log.exception("stopping the control socket failed")
+        if pool is not None:
+            await pool.stop()
         if fallback is not None:
             try:
                 await loop.run_in_executor(None, fallback.remove)
@@ -463,6 +485,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.anchor and args.serve:
         return fail(EXIT_USAGE, "--serve converts local listeners of an end host; an "
                                 "--anchor converts forwarded connections (use one)")
+    if args.workers > 1 and (args.anchor or args.serve):
+        return fail(EXIT_USAGE, "--workers spreads an end host's client connections by "
+                                "their local port; --serve and --anchor run in one process "
+                                "(leave --workers out)")
+    if args.queue + 2 * args.workers - 1 > 65535:
+        return fail(EXIT_USAGE, f"--queue {args.queue} leaves no room for {args.workers} "
+                                f"queue pairs (the last queue would be "
+                                f"{args.queue + 2 * args.workers - 1} > 65535)")
     if args.cleanup:
         return cleanup(args)
     from .links import read_ifaces

@@ -43,7 +43,7 @@ import struct
 import time
 
 from .core.proxy import Proxy
-from .core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL, CSUM_UNVERIFIED
+from .core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL, CSUM_UNVERIFIED, parse_packet, walk_options
 from .core.verdict import ACCEPT, DROP
 from .nfqueue import DriverBase, Injector, QueueBusyError
 
@@ -119,7 +119,7 @@ class FnfqueueDriver(DriverBase):
 
     def __init__(self, proxy: Proxy, queue_out: int, queue_in: int, injector: Injector,
                  loop: asyncio.AbstractEventLoop | None = None, accept_all: bool = False,
-                 gso: bool = True) -> None:
+                 gso: bool = True, floor_mangle: bool = False) -> None:
         from fnfqueue import ffi, lib  # the library's C layer (cffi)
         self.ffi, self.lib = ffi, lib
         self.proxy = proxy
@@ -128,6 +128,7 @@ class FnfqueueDriver(DriverBase):
         self.injector = injector
         self.loop = loop
         self.accept_all = accept_all
+        self.floor_mangle = floor_mangle
         self.gso = gso
         self.packets = 0
         self.on_event = None
@@ -138,6 +139,9 @@ class FnfqueueDriver(DriverBase):
         self._bound: list[int] = []
         self.early_accepted = 0  # packets accepted unconverted while binding
         self.reparsed = 0  # packets whose attributes the library misread (see above)
+        # verdicts given: [in accept, in drop, in mangle, out accept, out drop, out mangle]
+        # (how often each path is taken: a MANGLE costs the kernel a copy of the packet)
+        self.tally = [0] * 6
 
     # ------------------------------------------------------------- set-up
     def _call(self, fn, *args) -> None:
@@ -245,6 +249,8 @@ class FnfqueueDriver(DriverBase):
         NULL = ffi.NULL
         verdict = lib.set_verdict
         accept_all = self.accept_all
+        floor_mangle = self.floor_mangle
+        tally = self.tally
         for _ in range(8):  # bounded, so timers and the control socket get their turn
             n = lib.receive(conn, pkts, BATCH)
             if n == -1:
@@ -266,7 +272,7 @@ class FnfqueueDriver(DriverBase):
                     reparse_attributes(ffi, lib, p)
                     self.reparsed += 1
                     proxy.counters.inc("QueueAttrReparse")
-                if accept_all:
+                if accept_all and not floor_mangle:
                     unpack(cast("char *", a.buffer), a.len)
                     verdict(conn, p, NF_ACCEPT, 0, 0, 0)
                     continue
@@ -283,13 +289,16 @@ class FnfqueueDriver(DriverBase):
                         csum = CSUM_UNVERIFIED  # received, nobody checked it: the core does
                 buf = bytearray(ffi_buffer(cast("char *", a.buffer), a.len))  # one copy
                 try:
-                    if out:
+                    if floor_mangle:
+                        v = grow_with_nops(buf, csum)
+                    elif out:
                         v = proxy.outbound(buf, now, csum)
                     else:
                         v = proxy.inbound(buf, now, csum)
                 except Exception:  # a bug: reset that connection, drop the packet
                     log.exception("packet handling failed")
                     v = self.contain(buf, out, now)
+                tally[out * 3 + v] += 1
                 if v is ACCEPT:
                     verdict(conn, p, NF_ACCEPT, 0, 0, 0)
                 elif v is DROP:
@@ -306,3 +315,25 @@ class FnfqueueDriver(DriverBase):
 
 
 _U32 = struct.Struct("!I")
+
+FLOOR_GROWTH = 20  # bytes: what the proxy adds to a segment of the TCP side (a DSS option)
+FLOOR_MSS_OVERHEAD = 24  # bytes: what the proxy takes off the MSS (core ProxyConfig default)
+
+
+def grow_with_nops(buf: bytearray, csum: int):
+    """``--floor-mangle``: the segment in ``buf`` grown by up to :data:`FLOOR_GROWTH` bytes
+    of NOP options (as many as fit in 40), checksums completed as the core completes its
+    own rewrites; the verdict (MANGLE, or ACCEPT for what is not a TCP segment)."""
+    pkt = parse_packet(buf)
+    if pkt is None:
+        return ACCEPT
+    opts = bytearray(pkt.option_bytes())
+    if pkt.flags & 0x02:  # SYN: the MSS shown lowered as the proxy lowers it (room for DSS)
+        for kind, off, olen in walk_options(opts, 0, len(opts)) or ():
+            if kind == 2 and olen == 4:
+                mss = int.from_bytes(opts[off + 2:off + 4], "big")
+                opts[off + 2:off + 4] = max(mss - FLOOR_MSS_OVERHEAD, 536).to_bytes(2, "big")
+    grow = min(FLOOR_GROWTH, (40 - len(opts)) & ~3)
+    pkt.csum_mode = csum
+    pkt.set_options(b"\x01" * grow + bytes(opts))
+    return pkt.finish()

@@ -4,6 +4,7 @@ proxy's own subflows. Driver side: the core only hears "link down/up".
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
@@ -134,10 +135,30 @@ class PortReservations:
     """Local ports for the proxy's subflows, reserved by binding a TCP socket to
     ``(addr, 0)`` so the local stack never hands the same port out."""
 
-    def __init__(self) -> None:
+    def __init__(self, owns: Callable[[int], bool] | None = None) -> None:
         self.socks: dict[tuple[bytes, int], socket.socket] = {}
+        self.owns = owns  # --workers: only ports whose packets reach this worker
 
     def alloc(self, addr: bytes) -> int:
+        """A port reserved on ``addr`` (``owns(port)`` true: tried up to 64 binds, the
+        refused ones held meanwhile so the stack hands out another each time). Raises
+        ``OSError`` when none can be had."""
+        refused = []
+        try:
+            for _ in range(64):
+                s = self._bind(addr)
+                port = s.getsockname()[1]
+                if self.owns is None or self.owns(port):
+                    self.socks[(addr, port)] = s
+                    return port
+                refused.append(s)
+        finally:
+            for s in refused:
+                s.close()
+        raise OSError(errno.EADDRINUSE, "no local port for this worker")
+
+    @staticmethod
+    def _bind(addr: bytes) -> socket.socket:
         fam = socket.AF_INET6 if len(addr) == 16 else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         try:
@@ -146,9 +167,7 @@ class PortReservations:
             s.close()
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", 0))
-        port = s.getsockname()[1]
-        self.socks[(addr, port)] = s
-        return port
+        return s
 
     def release(self, addr: bytes, port: int) -> None:
         s = self.socks.pop((addr, port), None)

@@ -104,6 +104,7 @@ class Metrics:
             "Time from the local SYN to the server's MP_CAPABLE SYN/ACK",
             buckets=SETUP_BUCKETS, registry=self.registry)
         self.events: Counter = Counter()  # kind name -> count (exported at scrape time)
+        self.extra = None  # --workers: () -> the other workers' snapshots
         Info(PREFIX + "build", "Version of mptcp-proxy, of Python, and the queue backend",
              registry=self.registry).info({"version": __version__,
                                            "python": platform.python_version(),
@@ -124,18 +125,40 @@ class Metrics:
             self.setup_time.observe(ev.elapsed)
 
     # ------------------------------------------------------------ outputs
+    def observe_fields(self, fields: dict) -> None:
+        """:meth:`observe` for an event another worker reported (its ``fields()``)."""
+        kind = fields.get("type")
+        if kind is None:
+            return
+        self.events[kind] = self.events.get(kind, 0) + 1
+        elapsed = fields.get("elapsed")
+        if elapsed is None:
+            return
+        if kind == EventKind.RESUMED.value:
+            self.handover_gap.observe(elapsed)
+        elif kind == EventKind.ESTABLISHED.value:
+            self.setup_time.observe(elapsed)
+
     def snapshot(self) -> dict:
-        """What the gauges and counters show, read in the loop's thread."""
+        """What the gauges and counters show, read in the loop's thread (with
+        ``--workers``, the other workers' last snapshots added: ``extra``)."""
         p = self.proxy
         conns = Counter(c.state.name.lower() for c in p.connections.values())
         sfs = Counter(sf.state.name.lower() for c in p.connections.values()
                       for sf in c.subflows)
+        counters = Counter(dict(p.counters))
+        packets = getattr(self.driver, "packets", 0) if self.driver is not None else 0
+        for other in (self.extra() if self.extra is not None else ()):
+            counters.update(other.get("counters", {}))
+            conns.update(other.get("connections", {}))
+            sfs.update(other.get("subflows", {}))
+            packets += other.get("packets", 0)
         return {
-            "counters": dict(p.counters),
+            "counters": dict(counters),
             "events": dict(self.events),
             "connections": conns,
             "subflows": sfs,
-            "packets": getattr(self.driver, "packets", 0) if self.driver is not None else 0,
+            "packets": packets,
             "ifaces": {n: bool(i.up) for n, i in self.pm.ifaces.items()}
             if self.pm is not None else {},
         }

@@ -62,8 +62,9 @@ class Injector:
             src, dst = bytes(pkt[8:24]), bytes(pkt[24:40])
         else:
             src, dst = bytes(pkt[12:16]), bytes(pkt[16:20])
-        try:
-            self._sock(v6, src).sendto(pkt, (str(ipaddress.ip_address(dst)), 0))
+        try:  # (inet_ntop: ~20x cheaper than ipaddress, one call per forged packet)
+            self._sock(v6, src).sendto(pkt, (socket.inet_ntop(
+                socket.AF_INET6 if v6 else socket.AF_INET, dst), 0))
         except OSError as e:
             self.errors += 1
             if e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EAGAIN):

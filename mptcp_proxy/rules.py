@@ -73,6 +73,50 @@ class RuleParams:
     mark: int
     ports: list[int]
     serve: list[int] = field(default_factory=list)
+    workers: int = 1
+
+
+# --workers: the local port's bits 1-4 pick one of 16 buckets, bucket b belongs to worker
+# b % N (docs/workers.md: bit 0 is skipped because Linux's connect() prefers even ports).
+PORT_BUCKETS = 16
+_U32_V4 = "0>>22&0x3C@0"  # the first 32 bits of the TCP header (IHL skipped): ports
+_U32_V6 = "40"  # (no extension headers: such packets are not converted)
+
+
+def port_owner(port: int, workers: int) -> int:
+    """The worker (0..workers-1) that owns a connection whose local port is ``port``."""
+    return ((port >> 1) & (PORT_BUCKETS - 1)) % workers
+
+
+def spread_match(field: str, worker: int, workers: int) -> dict:
+    """The u32 match (IPv4 form, :func:`for_family` makes the IPv6 one) selecting the
+    packets whose local port (TCP ``sport`` or ``dport``) belongs to ``worker``."""
+    shift = 17 if field == "sport" else 1
+    buckets = ",".join(str(b) for b in range(PORT_BUCKETS) if b % workers == worker)
+    return {"u32": f"{_U32_V4}>>{shift}&0x{PORT_BUCKETS - 1:X}={buckets}"}
+
+
+def for_family(rule: dict, v6: bool) -> dict:
+    """``rule`` as installed for IPv6 (its u32 match offset from the fixed header)."""
+    if not v6 or "u32" not in rule:
+        return rule
+    out = dict(rule)
+    out["u32"] = {"u32": rule["u32"]["u32"].replace(_U32_V4, _U32_V6)}
+    return out
+
+
+def _spread(base: dict, field: str | None, params: "RuleParams") -> list[dict]:
+    """One rule per worker for a queueing rule (``spread``), else ``[base]``."""
+    if not field or params.workers <= 1:
+        return [base]
+    out = []
+    target = base["target"]["NFQUEUE"]
+    for i in range(params.workers):
+        r = copy.deepcopy(base)
+        r["target"]["NFQUEUE"]["queue-num"] = str(int(target["queue-num"]) + 2 * i)
+        r["u32"] = spread_match(field, i, params.workers)
+        out.append(r)
+    return out
 
 
 def _fill(obj, values: dict):
@@ -116,8 +160,10 @@ def load_ruleset(mode: str, params: RuleParams, tables_dir: Path | None = None) 
             }
             for iface in (params.ifaces if rule.get("per_iface") else [None]):
                 values["iface"] = iface or ""
-                rules.append(_fill(copy.deepcopy(rule["spec"]), values))
-                counts.append(rule.get("counts"))
+                for spec in _spread(_fill(copy.deepcopy(rule["spec"]), values),
+                                    rule.get("spread"), params):
+                    rules.append(spec)
+                    counts.append(rule.get("counts"))
         chains.append({"table": ch["table"], "name": f"{ch['name']}_{params.queue_out}",
                        "hook": ch["hook"], "rules": rules, "counts": counts})
     return chains
@@ -200,7 +246,7 @@ class RuleSet:
                     self.installed.append((v6, ch))
                     chain = _chain(ch["table"], ch["name"], v6)
                     for rule in ch["rules"]:
-                        chain.append_rule(encode_rule(rule, v6))
+                        chain.append_rule(encode_rule(for_family(rule, v6), v6))
                     easy.insert_rule(ch["table"], ch["hook"], {"target": ch["name"]}, ipv6=v6)
         except Exception as e:
             self.remove()
@@ -248,9 +294,9 @@ class RuleSet:
                     continue
                 chain = _chain(ch["table"], ch["name"], v6)
                 for rule in repl["rules"]:
-                    chain.append_rule(encode_rule(rule, v6))
+                    chain.append_rule(encode_rule(for_family(rule, v6), v6))
                 for rule in ch["rules"]:
-                    chain.delete_rule(encode_rule(rule, v6))
+                    chain.delete_rule(encode_rule(for_family(rule, v6), v6))
                 self.installed[i] = (v6, repl)
         except Exception as e:
             raise RulesError(f"replacing rules failed: {e}") from None

@@ -30,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from . import closing, handshake_server, joins_listener
+from . import closing, crypto, handshake_server, joins_listener
 from .connection import Connection
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .counters import Counters
@@ -83,6 +83,9 @@ class ProxyConfig:
     ``max_connections``: connections tracked at once, ``max_syn_sent``: of
     them half open, in SYN_SENT or SYN_RCVD (0 = no limit; the daemon's
     ``--max-connections``/``--max-syn-sent``).
+    ``worker`` of ``workers`` (the daemon's ``--workers``, docs/workers.md): this proxy's
+    connection ids are ``worker + 1 + k * workers`` and its tokens are ``worker`` modulo
+    ``workers``, so that ids and tokens name their owner among the workers.
     """
 
     ports: frozenset[int] = field(default_factory=frozenset)
@@ -102,6 +105,8 @@ class ProxyConfig:
     idle_interval: float = 10.0
     max_connections: int = 65536
     max_syn_sent: int = 8192
+    worker: int = 0
+    workers: int = 1
 
 
 class Proxy:
@@ -123,7 +128,7 @@ class Proxy:
         self._tx: list[bytearray] = []
         self._timers: list[tuple[float, int, Connection]] = []
         self._events: deque[Event] = deque(maxlen=EVENT_BACKLOG)
-        self._next_id = 1
+        self._next_id = self.config.worker + 1
         self._seq = 0
         self._challenge_second = -1
         self._challenges = 0
@@ -135,7 +140,7 @@ class Proxy:
     # -- services for the connections -------------------------------------------------------
     def next_conn_id(self) -> int:
         i = self._next_id
-        self._next_id += 1
+        self._next_id += self.config.workers
         return i
 
     def random32(self) -> int:
@@ -369,10 +374,7 @@ class Proxy:
             self.counters.inc("SynSentLimit")
             return ACCEPT
         anchor = role == "server" and cfg.anchor
-        conn = None
-        while conn is None or conn.local_token in self.tokens:  # RFC 8684 §3.1: unique
-            conn = Connection(self, pkt, now, int.from_bytes(self.random_bytes(8), "big"),
-                              role, anchor)
+        conn = Connection(self, pkt, now, self._new_key(), role, anchor)
         self.tokens[conn.local_token] = conn
         self.connections[conn.id] = conn
         self.syn_sent += 1
@@ -407,6 +409,16 @@ class Proxy:
             if v is not None:
                 return v
         return self.pm.unknown_inbound(pkt, now)
+
+    def _new_key(self) -> int:
+        """A random 64-bit key whose token is unique (RFC 8684 §3.1) and, with workers,
+        names this worker (``token % workers == worker``: ~``workers`` draws)."""
+        cfg = self.config
+        while True:
+            key = int.from_bytes(self.random_bytes(8), "big")
+            token = crypto.token_of(key)
+            if token not in self.tokens and token % cfg.workers == cfg.worker:
+                return key
 
     def contain_failure(self, buf: bytes | bytearray, outbound: bool, now: float) -> Verdict:
         """After handling ``buf`` raised (a bug): the connection it belongs to is reset on

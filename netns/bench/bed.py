@@ -128,18 +128,31 @@ class Bed:
         replies = [px.query("status") for px in self.proxies]
         if not replies:
             raise BenchError("no daemon in this bed")
-        return {**replies[0], "packets": sum(r["packets"] for r in replies)}
+        out = {**replies[0], "packets": sum(r["packets"] for r in replies)}
+        if all("verdicts" in r for r in replies):
+            out["verdicts"] = {d: {k: sum(r["verdicts"][d][k] for r in replies)
+                                   for k in replies[0]["verdicts"][d]}
+                               for d in replies[0]["verdicts"]}
+        return out
 
     def cpu_ticks(self) -> tuple[int, int]:
-        """(utime, stime) of the daemons, all threads (fields 14 and 15 of /proc/PID/stat)."""
+        """(utime, stime) of the daemons, all threads (fields 14 and 15 of /proc/PID/stat),
+        their worker processes (``--workers``) included."""
         user = system = 0
         for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            user, system = user + int(fields[11]), system + int(fields[12])
+            for p in [pid, *_descendants(pid)]:
+                try:
+                    stat = Path(f"/proc/{p}/stat").read_text()
+                except OSError:  # (a worker that just ended)
+                    continue
+                fields = stat.rsplit(")", 1)[1].split()
+                user, system = user + int(fields[11]), system + int(fields[12])
         return user, system
 
     def rss_kb(self) -> int:
-        return sum(px.rss_kb(pid) for px, pid in zip(self.proxies, self.pids))
+        """Resident memory of the daemons and their worker processes, KiB."""
+        return sum(px.rss_kb(p) for px, pid in zip(self.proxies, self.pids)
+                   for p in [pid, *_descendants(pid)])
 
     def close(self) -> None:
         try:
@@ -150,6 +163,22 @@ class Bed:
             log(f"{self.name}: stopping the daemon failed: {exc!r}")
         finally:
             self.topo.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (``/proc/PID/task/*/children``)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
 
 
 def _stop(px: ProxyHandle) -> str | None:

@@ -69,6 +69,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="max MB per transfer, whichever limit comes first (full 2000, quick "
                         "600; native MPTCP's receive window ramps up slowly: short transfers "
                         "understate it)")
+    p.add_argument("--parallel-runs", type=int,
+                   help="runs of the parallel stage (1, 4, 16 connections; full 3, quick 1)")
     p.add_argument("--rr-count", type=int, help="connections per setup-latency run (200/100)")
     p.add_argument("--setup-runs", type=int, help="setup-latency runs (3/1)")
     p.add_argument("--cps-runs", type=int, help="connection-rate runs (3/1)")
@@ -90,7 +92,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", metavar="FILE",
                    help="also run py-spy on the proxy daemon during one bulk upload and "
-                        "write the top functions to FILE")
+                        "write the top functions to FILE, the collapsed stacks to "
+                        "FILE.collapsed and a flame graph to FILE.svg (any configuration "
+                        "with a daemon: --profile-target)")
     p.add_argument("--profile-target", default="proxy:up", metavar="CONFIG:DIR",
                    type=_target, help="configuration and direction (up/down) to profile "
                                       "(default proxy:up)")

@@ -44,8 +44,9 @@ class Config:
     bed; ``backend``: the queue backend the figures are labelled with (None: no queue);
     ``expect``: what the server's socket must be (``tcp``, ``mptcp``, ``mptcp2`` = with a
     second subflow, ``fallback`` = an MPTCP listener that got plain TCP); ``latency``:
-    also in the setup-latency and connection-rate stages; ``implemented``: False for a
-    hook reported as n/a; ``what``: its line in ``--help``."""
+    also in the setup-latency and connection-rate stages; ``parallel``: also in the
+    parallel-connections stage (worker scaling); ``implemented``: False for a hook
+    reported as n/a; ``what``: its line in ``--help``."""
 
     name: str
     bed: str
@@ -55,6 +56,7 @@ class Config:
     backend: str | None = None
     expect: str = "mptcp"
     latency: bool = False
+    parallel: bool = False
     implemented: bool = True
     what: str = ""
 
@@ -80,16 +82,27 @@ register(Config("native_mptcp", "base", mptcp=True, port=MPTCP_PORT, latency=Tru
                 what="IPPROTO_MPTCP client <-> IPPROTO_MPTCP server"))
 register(Config("nfqueue_floor", "nfqueue_floor", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--accept-all", "--backend", FNFQ), backend=FNFQ,
-                expect="fallback",
+                expect="fallback", parallel=True, latency=True,
                 what="plain TCP client through `mptcp-proxy --accept-all`\n"
                      "<-> native MPTCP server (falls back to TCP): the floor\n"
                      "of the default backend"))
+register(Config("floor_mangle", "floor_mangle", mptcp=False, port=MPTCP_PORT,
+                daemons=_proxy("--accept-all", "--floor-mangle", "--backend", FNFQ),
+                backend=FNFQ, expect="fallback",
+                what="the floor with every packet sent back rewritten, grown\n"
+                     "by 20 bytes of NOPs (`--floor-mangle`): the kernel's\n"
+                     "cost of a rewriting proxy, no protocol work"))
+register(Config("floor_w2", "floor_w2", mptcp=False, port=MPTCP_PORT,
+                daemons=_proxy("--accept-all", "--backend", FNFQ, "--workers", "2"),
+                backend=FNFQ, expect="fallback", parallel=True,
+                what="the floor with `--workers 2` (two queue pairs, two\n"
+                     "processes): the queue's own scaling, the ceiling"))
 register(Config("nfqueue_floor_nfq", "nfqueue_floor_nfq", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--accept-all", "--backend", NFQ), backend=NFQ,
                 expect="fallback", what="the same floor with `--backend netfilterqueue`"))
 register(Config("proxy", "proxy", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--subflows", "manual", "--backend", FNFQ), backend=FNFQ,
-                latency=True,
+                latency=True, parallel=True,
                 what="plain TCP client through `mptcp-proxy --subflows\n"
                      "manual` <-> native MPTCP"))
 register(Config("proxy_nfq", "proxy_nfq", mptcp=False, port=MPTCP_PORT,
@@ -98,6 +111,11 @@ register(Config("proxy_nfq", "proxy_nfq", mptcp=False, port=MPTCP_PORT,
 register(Config("proxy_2sf", "proxy_2sf", mptcp=False, port=MPTCP_PORT,
                 daemons=_proxy("--subflows", "active", "--backend", FNFQ), backend=FNFQ,
                 expect="mptcp2", what="`--subflows active` (a second subflow on c1)"))
+register(Config("proxy_w2", "proxy_w2", mptcp=False, port=MPTCP_PORT,
+                daemons=_proxy("--subflows", "manual", "--backend", FNFQ, "--workers", "2"),
+                backend=FNFQ, latency=True, parallel=True,
+                what="the proxy with `--workers 2` (two processes, two queue\n"
+                     "pairs, connections spread by local port)"))
 # The server role: both ends plain TCP with a proxy at each end host (paper Fig. 2a: the
 # server's daemon converts for its local listener, --serve), and a native MPTCP client
 # through an anchor on the router to a plain TCP server (Fig. 2b).
@@ -140,6 +158,9 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     "proxy_vs_floor": ("proxy", "nfqueue_floor", "up"),
     "proxy_vs_native": ("proxy", "native_mptcp", "up"),
     "proxy_2sf_vs_proxy": ("proxy_2sf", "proxy", "up"),
+    "proxy_vs_floor_mangle": ("proxy", "floor_mangle", "up"),
+    "floor_mangle_vs_floor": ("floor_mangle", "nfqueue_floor", "up"),
+    "proxy_w2_vs_proxy": ("proxy_w2", "proxy", "up"),
     "floor_vs_plain": ("nfqueue_floor", "plain_tcp", "up"),
     "proxy_nfq_vs_floor_nfq": ("proxy_nfq", "nfqueue_floor_nfq", "up"),
     "proxy_nfq_vs_native": ("proxy_nfq", "native_mptcp", "up"),
@@ -150,6 +171,10 @@ RATIOS: dict[str, tuple[str, str, str]] = {
     "anchor_vs_proxy": ("anchor", "proxy", "up"),
     "down_proxy_vs_floor": ("proxy", "nfqueue_floor", "down"),
     "down_proxy_vs_native": ("proxy", "native_mptcp", "down"),
+    "down_proxy_2sf_vs_proxy": ("proxy_2sf", "proxy", "down"),
+    "down_proxy_vs_floor_mangle": ("proxy", "floor_mangle", "down"),
+    "down_floor_mangle_vs_floor": ("floor_mangle", "nfqueue_floor", "down"),
+    "down_proxy_w2_vs_proxy": ("proxy_w2", "proxy", "down"),
     "down_proxy_nfq_vs_floor_nfq": ("proxy_nfq", "nfqueue_floor_nfq", "down"),
     "down_proxy_vs_proxy_nfq": ("proxy", "proxy_nfq", "down"),
     "down_floor_vs_floor_nfq": ("nfqueue_floor", "nfqueue_floor_nfq", "down"),
@@ -163,10 +188,14 @@ TARGETS = {
     "bulk_proxy_vs_floor_up": ("proxy / nfqueue_floor, upload (same backend, same run)",
                                0.8, ">="),
     "bulk_proxy_vs_floor_down": ("proxy / nfqueue_floor, download", 0.8, ">="),
+    "bulk_proxy_2sf_vs_proxy_down": ("proxy_2sf / proxy, download (multipath at single-path "
+                                     "speed)", 0.8, ">="),
+    "workers_2_vs_1_at_4": ("proxy_w2 / proxy with 4 parallel uploads (2 workers vs 1)",
+                            1.5, ">="),
     "setup_overhead_ms": ("setup latency proxy - native_mptcp (ms)", 1.0, "<="),
     "bytes_per_idle_conn": ("daemon RSS per idle connection (bytes), worst of the ramp",
                             4096, "<="),
-    "conn_per_s": ("new proxied connections per second", 1000, ">="),
+    "conn_per_s": ("new proxied connections per second", 2000, ">="),
 }
 
 DEFINITIONS = {
@@ -181,15 +210,18 @@ DEFINITIONS = {
     "setup_ms": "median connect() to first byte of a 1-byte request/response",
     "setup_overhead_ms": "setup_ms of the configuration - setup_ms of native_mptcp",
     "bytes_per_conn": "daemon RSS growth / idle connections held (fnfqueue proxy)",
+    "bytes_per_conn_2sf": "the same on proxy_2sf: each idle connection with a joined second "
+                          "subflow (first point of the ramp)",
     "conn_per_s": "completed connect + 1-byte exchange + close per second",
     "ratios": "of upload medians unless prefixed down_",
 }
-STAGES = ["throughput", "setup", "cps", "memory"]
+STAGES = ["throughput", "parallel", "setup", "cps", "memory"]
 
 PROFILES = {
-    # runs, seconds, max MB, rr count, setup runs, cps runs, cps seconds, memory runs, warm-up s
+    # runs, seconds, max MB, rr count, setup runs, cps runs, cps seconds, memory runs,
+    # warm-up s, parallel-connection runs
     "full": dict(runs=5, seconds=3.0, max_mb=2000, rr_count=200, setup_runs=3, cps_runs=3,
-                 cps_seconds=3.0, memory_runs=2, warmup=0.3),
+                 cps_seconds=3.0, memory_runs=2, warmup=0.3, parallel_runs=3),
     "quick": dict(runs=3, seconds=0.6, max_mb=600, rr_count=100, setup_runs=1, cps_runs=1,
-                  cps_seconds=1.0, memory_runs=1, warmup=0.15),
+                  cps_seconds=1.0, memory_runs=1, warmup=0.15, parallel_runs=1),
 }

@@ -1,5 +1,6 @@
-"""``--profile``: py-spy on one configuration's daemon during a bulk transfer, summarised
-as the main thread's top functions by self and inclusive time."""
+"""``--profile``: py-spy on one configuration's daemon (and its worker processes) during a
+bulk transfer, summarised as the main thread's top functions by self and inclusive time,
+with a flame graph (SVG) beside it."""
 
 from __future__ import annotations
 
@@ -33,26 +34,35 @@ def stage_profile(b: Bench) -> None:
         return
     bed = b.bed(config)
     b.ensure_daemon(config, "profile", None)
-    raw = out.with_suffix(".collapsed")
+    raw, svg = out.with_suffix(".collapsed"), out.with_suffix(".svg")
     secs = max(b.a.seconds, 3.0)
     by = [] if b.a.profile_lines else ["--function"]
-    rec = subprocess.Popen([pyspy, "record", "--pid", str(bed.pids[0]), "--format", "raw",
-                            "--rate", "500", "--idle", *by, "--output", str(raw),
-                            "--duration", str(int(secs) + 1), *b.a.py_spy_arg],
+    # the daemon's worker processes too (--workers); a second py-spy draws the flame graph
+    subs = ["--subprocesses"] if any("--workers" in d.args for d in CONFIGS[config].daemons) \
+        else []
+    common = [pyspy, "record", "--pid", str(bed.pids[0]), "--rate", "500", *subs,
+              "--duration", str(int(secs) + 1), *b.a.py_spy_arg]
+    rec = subprocess.Popen([*common, "--format", "raw", "--idle", *by, "--output", str(raw)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    flame = subprocess.Popen([*common, "--format", "flamegraph", "--output", str(svg)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     r = transfer(b, config, direction, secs, int(10e9), None)
     _, err = rec.communicate(timeout=60)
+    _, ferr = flame.communicate(timeout=60)
     if rec.returncode != 0 or not raw.exists():
         b.error(config, "profile", None, f"py-spy failed: {err.strip()[-500:]}")
         return
+    if flame.returncode != 0 or not svg.exists():
+        b.error(config, "profile", None, f"py-spy flame graph failed: {ferr.strip()[-500:]}")
     b.raw["profile"] = [r]
     out.write_text(f"py-spy of the {config} daemon (backend {CONFIGS[config].backend}) "
                    f"during a {secs:.0f} s bulk "
                    f"{'upload' if direction == 'up' else 'download'} "
                    f"({r.get('mbps') or 0:.0f} Mbit/s, {r.get('us_per_packet') or 0:.1f} "
                    f"µs/queued packet, {r.get('us_per_mss') or 0:.2f} µs/MSS, "
-                   f"{r.get('packets') or 0} packets); collapsed stacks in {raw}"
+                   f"{r.get('packets') or 0} packets); collapsed stacks in {raw}, "
+                   f"flame graph in {svg}"
                    f"\n\n{summarize_profile(raw.read_text(), top=30)}")
     log(f"profile written to {out}")
 

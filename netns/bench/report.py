@@ -58,7 +58,16 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         f"proxy_2sf / proxy = {_f(r['proxy_2sf_vs_proxy'], '{:.3f}')}",
         "ratios (download):            "
         f"proxy / nfqueue_floor = {_f(r['down_proxy_vs_floor'], '{:.3f}')}   "
-        f"proxy / native_mptcp = {_f(r['down_proxy_vs_native'], '{:.3f}')}",
+        f"proxy / native_mptcp = {_f(r['down_proxy_vs_native'], '{:.3f}')}   "
+        f"proxy_2sf / proxy = {_f(r['down_proxy_2sf_vs_proxy'], '{:.3f}')}",
+        "rewriting floor (up / down):  "
+        f"proxy / floor_mangle = {_f(r['proxy_vs_floor_mangle'], '{:.3f}')} / "
+        f"{_f(r['down_proxy_vs_floor_mangle'], '{:.3f}')}   "
+        f"floor_mangle / nfqueue_floor = {_f(r['floor_mangle_vs_floor'], '{:.3f}')} / "
+        f"{_f(r['down_floor_mangle_vs_floor'], '{:.3f}')}",
+        "workers (up / down):          "
+        f"proxy_w2 / proxy = {_f(r['proxy_w2_vs_proxy'], '{:.3f}')} / "
+        f"{_f(r['down_proxy_w2_vs_proxy'], '{:.3f}')}",
         "netfilterqueue (up / down):   "
         f"proxy_nfq / nfqueue_floor_nfq = {_f(r['proxy_nfq_vs_floor_nfq'], '{:.3f}')} / "
         f"{_f(r['down_proxy_nfq_vs_floor_nfq'], '{:.3f}')}   "
@@ -68,6 +77,24 @@ def _ratios(r: dict[str, Any]) -> list[str]:
         f"{_f(r['down_proxy_vs_proxy_nfq'], '{:.2f}')}   "
         f"nfqueue_floor / nfqueue_floor_nfq = {_f(r['floor_vs_floor_nfq'], '{:.2f}')} / "
         f"{_f(r['down_floor_vs_floor_nfq'], '{:.2f}')}  (up / down)"]
+
+
+def _parallel(res: dict[str, Any]) -> list[str]:
+    med = res.get("parallel_mbps") or {}
+    if not med:
+        return []
+    ns = sorted({n for by_n in med.values() for n in by_n}, key=int)
+    out = ["", "parallel bulk connections, Mbit/s up/down (medians):",
+           "  config          " + "".join(f"{n + ' conns':>16}" for n in ns)]
+    for c, by_n in med.items():
+        out.append(f"  {c:<16}" + "".join(
+            f"{_f(by_n.get(n, {}).get('up')) + '/' + _f(by_n.get(n, {}).get('down')):>16}"
+            for n in ns))
+    for name, by_n in (res.get("worker_scaling") or {}).items():
+        out.append(f"  2 workers / 1, {name:<6}" + "".join(
+            f"{_f(v.get('up'), '{:.2f}') + '/' + _f(v.get('down'), '{:.2f}'):>16}"
+            for v in (by_n.get(n, {}) for n in ns)))
+    return out
 
 
 def _connections(res: dict[str, Any]) -> list[str]:
@@ -84,6 +111,9 @@ def _connections(res: dict[str, Any]) -> list[str]:
             held_s += f", each of {len(held)} runs"
         out.append(f"proxy memory with {int(n):>6,} idle connections: "
                    f"{_f(v, '{:,.0f}')} bytes/connection ({held_s})")
+    for n, v in (res.get("bytes_per_conn_2sf") or {}).items():
+        out.append(f"proxy_2sf memory with {int(n):,} idle connections of two subflows: "
+                   f"{_f(v, '{:,.0f}')} bytes/connection")
     return out
 
 
@@ -120,5 +150,6 @@ def table(res: dict[str, Any], configs: list[str]) -> str:
     for e in res["errors"]:
         errs[e["config"]] = errs.get(e["config"], 0) + 1
     out = [HEAD, "-" * len(HEAD), *(_row(res, c, errs) for c in configs)]
-    out += _ratios(res["ratios"]) + _connections(res) + _targets(res) + _problems(res)
+    out += _ratios(res["ratios"]) + _parallel(res) + _connections(res) + _targets(res) \
+        + _problems(res)
     return "\n".join(out)

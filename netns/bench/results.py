@@ -30,6 +30,7 @@ __all__ = ["median", "spread", "ratio", "machine", "code_state", "results", "tar
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ("quick", "runs", "seconds", "max_mb", "rr_count", "setup_runs", "cps_runs",
             "cps_seconds", "cps_threads", "memory_runs", "idle_conns", "hold_window",
+            "parallel_runs",
             "proxy_arg", "skip", "configs")
 
 
@@ -118,6 +119,30 @@ def _throughput(b: Bench, cfgs: list[str]) -> dict[str, Any]:
     }
 
 
+# worker scaling: (one-worker config, two-worker config) of the parallel stage
+SCALING = {"floor": ("nfqueue_floor", "floor_w2"), "proxy": ("proxy", "proxy_w2")}
+
+
+def _parallel(b: Bench) -> dict[str, Any]:
+    """Medians of the parallel stage by config, connections and direction, and the
+    two-worker / one-worker ratios of the floor and of the proxy."""
+    raw = b.raw.get("parallel", [])
+    med: dict[str, dict[str, dict[str, float | None]]] = {}
+    for r in raw:
+        med.setdefault(r["config"], {}).setdefault(str(r["conns"]), {})
+    for c, by_n in med.items():
+        for n in by_n:
+            for d in ("up", "down"):
+                by_n[n][d] = median([r["mbps"] for r in raw if r["config"] == c
+                                     and str(r["conns"]) == n and r["direction"] == d
+                                     and r.get("mbps") is not None])
+    scaling = {name: {n: {d: ratio(med.get(two, {}).get(n, {}).get(d),
+                                   med.get(one, {}).get(n, {}).get(d)) for d in ("up", "down")}
+                      for n in sorted(med.get(one, {}), key=int)}
+               for name, (one, two) in SCALING.items()}
+    return {"parallel_mbps": med, "worker_scaling": scaling}
+
+
 def _connections(b: Bench, cfgs: list[str]) -> dict[str, Any]:
     lat = latency_configs(cfgs)
     setup = {c: median([r["median_ms"] for r in b.raw["setup"] if r["config"] == c])
@@ -139,6 +164,10 @@ def _memory(b: Bench, res: dict[str, Any]) -> None:
         xs = [m["points"][n]["bytes_per_conn"] for m in b.raw["memory"]
               if n in m.get("points", {}) and m["points"][n]["bytes_per_conn"] is not None]
         res["bytes_per_conn"][n] = median(xs)
+    res["bytes_per_conn_2sf"] = {
+        n: median([m["points"][n]["bytes_per_conn"] for m in b.raw.get("memory_2sf", [])
+                   if m["points"].get(n, {}).get("bytes_per_conn") is not None])
+        for n in b.a.idle_conns[:1]}
     res["idle_conns_held"] = {
         n: [(m["points"][n]["held"], m["points"][n]["proxy_connections"])
             for m in b.raw["memory"] if n in m.get("points", {})]
@@ -150,7 +179,7 @@ def results(b: Bench) -> dict[str, Any]:
     samples."""
     cfgs = list(b.configs)
     res: dict[str, Any] = {
-        **_throughput(b, cfgs), **_connections(b, cfgs),
+        **_throughput(b, cfgs), **_parallel(b), **_connections(b, cfgs),
         "definitions": {**DEFINITIONS, "mss_bytes": MSS},
         "runs": b.a.runs, "machine": machine(), "code": b.code,
         "settings": {k: getattr(b.a, k) for k in SETTINGS},
@@ -176,6 +205,9 @@ def targets(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
     values = {
         "bulk_proxy_vs_floor_up": r.get("proxy_vs_floor"),
         "bulk_proxy_vs_floor_down": r.get("down_proxy_vs_floor"),
+        "bulk_proxy_2sf_vs_proxy_down": r.get("down_proxy_2sf_vs_proxy"),
+        "workers_2_vs_1_at_4": res.get("worker_scaling", {}).get("proxy", {}).get(
+            "4", {}).get("up"),
         "setup_overhead_ms": res["setup_overhead_ms"].get(HEADLINE),
         "bytes_per_idle_conn": max(mem) if mem else None,
         "conn_per_s": res["conn_per_s"].get(HEADLINE),

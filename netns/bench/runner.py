@@ -28,7 +28,8 @@ class Bench:
         self.beds: dict[str, Bed] = {}
         self.errors: list[dict[str, Any]] = []
         self.warnings: list[dict[str, Any]] = []
-        self.raw: dict[str, list] = {"throughput": [], "setup": [], "cps": [], "memory": []}
+        self.raw: dict[str, list] = {"throughput": [], "parallel": [], "setup": [], "cps": [],
+                                     "memory": []}
         self.timing: dict[str, float] = {}
         self.code: dict[str, Any] = {}
         self._seed = 1000
@@ -54,6 +55,10 @@ class Bench:
         """A seed no other transfer of this run had (the server's record is found by it)."""
         self._seed += 1
         return self._seed
+
+    def next_seed_block(self, n: int) -> None:
+        """Skip the seeds a transfer of ``n`` connections used after its own."""
+        self._seed += n
 
     def ensure_daemon(self, config: str, metric: str, run: int | None) -> bool:
         """Restart a daemon that died (recording it); False if it cannot be had."""
@@ -140,6 +145,7 @@ class Bench:
 
 
 STAGE_FUNCS: dict[str, Callable[[Bench], None]] = {
-    "throughput": stages.stage_throughput, "setup": stages.stage_setup,
+    "throughput": stages.stage_throughput, "parallel": stages.stage_parallel,
+    "setup": stages.stage_setup,
     "cps": stages.stage_cps, "memory": stages.stage_memory, "profile": profile.stage_profile,
 }

@@ -15,17 +15,20 @@ from .results import median
 if TYPE_CHECKING:
     from .runner import Bench
 
-__all__ = ["transfer", "stage_throughput", "stage_setup", "stage_cps", "stage_memory"]
+__all__ = ["transfer", "stage_throughput", "stage_parallel", "stage_setup", "stage_cps",
+           "stage_memory", "PARALLEL_CONNS"]
 
 
 # ---------------------------------------------------------------------- throughput
 
 def transfer(b: Bench, config: str, direction: str, seconds: float, max_bytes: int,
-             run: int | None) -> dict[str, Any]:
-    """One bulk transfer of ``config``: its receive rate, bytes and, with a daemon, the
-    daemons' CPU and queued packets over it."""
+             run: int | None, conns: int = 1) -> dict[str, Any]:
+    """One bulk transfer of ``config`` (``conns`` at once): its receive rate, bytes and,
+    with a daemon, the daemons' CPU and queued packets over it."""
     cfg, bed = CONFIGS[config], b.bed(config)
     rec: dict[str, Any] = {"config": config, "direction": direction, "run": run}
+    if conns > 1:
+        rec["conns"] = conns
     if not b.ensure_daemon(config, "throughput", run):
         rec["error"] = "daemon unavailable"
         return rec
@@ -34,11 +37,13 @@ def transfer(b: Bench, config: str, direction: str, seconds: float, max_bytes: i
     try:
         res = bed.call("bulk", wait=seconds + 40, addr=bed.topo.server_addr, port=cfg.port,
                        mptcp=cfg.mptcp, direction=direction, max_bytes=max_bytes,
-                       seconds=seconds, timeout=15.0, seed=seed)
+                       seconds=seconds, timeout=15.0, seed=seed, conns=conns)
     except BenchError as exc:
         res = {"error": str(exc)}
+    if conns > 1:
+        b.next_seed_block(conns)
     err = res.get("error")
-    if direction == "down" and err is None:
+    if direction == "down" and err is None and conns == 1:
         err = _download_verdict(bed, seed, res)
     if before is not None:
         err = _daemon_cost(bed, before, rec, err)
@@ -82,6 +87,9 @@ def _daemon_cost(bed: Bed, before: tuple, rec: dict[str, Any], err: str | None) 
     rec["cpu_s"] = rec["user_s"] + rec["sys_s"]
     rec["us_per_packet"] = rec["cpu_s"] * 1e6 / pk if pk else None
     rec["us_per_packet_sys"] = rec["sys_s"] * 1e6 / pk if pk else None
+    if "verdicts" in st0 and "verdicts" in st1:  # how often each path was taken
+        rec["verdicts"] = {d: {k: st1["verdicts"][d][k] - st0["verdicts"][d][k]
+                               for k in st1["verdicts"][d]} for d in st1["verdicts"]}
     return err
 
 
@@ -118,6 +126,36 @@ def stage_throughput(b: Bench) -> None:
 def _fmt_run(b: Bench, config: str, run: int) -> str:
     xs = [r for r in b.raw["throughput"] if r["config"] == config and r["run"] == run]
     return "/".join("err" if r.get("mbps") is None else f"{r['mbps']:.0f}" for r in xs)
+
+
+# ---------------------------------------------------------------------- parallel
+
+PARALLEL_CONNS = (1, 4, 16)
+
+
+def stage_parallel(b: Bench) -> None:
+    """Bulk with 1, 4 and 16 connections at once on the configurations that have a
+    one- and a two-worker twin (the floor's own queue scaling is the ceiling)."""
+    a = b.a
+    configs = [c for c in b.runnable() if CONFIGS[c].parallel]
+    if not configs:
+        return
+    max_bytes = int(a.max_mb * 1e6)
+    for run in range(1, a.parallel_runs + 1):
+        for n in PARALLEL_CONNS:
+            for c in configs:
+                for d in ("up", "down"):
+                    r = transfer(b, c, d, a.seconds, max_bytes, run, conns=n)
+                    r["conns"] = n
+                    b.raw["parallel"].append(r)
+                    if r.get("error"):
+                        b.error(c, f"parallel_{n}_{d}", run, r["error"])
+        log(f"parallel run {run}/{a.parallel_runs}: " + "  ".join(
+            f"{c}x{n}=" + "/".join("err" if r.get("mbps") is None else f"{r['mbps']:.0f}"
+                                   for r in b.raw["parallel"]
+                                   if r["config"] == c and r["run"] == run
+                                   and r["conns"] == n)
+            for n in PARALLEL_CONNS for c in configs))
 
 
 # ---------------------------------------------------------------------- setup latency
@@ -206,6 +244,59 @@ def stage_memory(b: Bench) -> None:
     problem = bed.restart_daemon()
     if problem:
         b.error(MEMORY_CONFIG, "memory", None, f"after the idle connections: {problem}")
+    _memory_two_subflows(b)
+
+
+MEMORY_2SF_CONFIG = "proxy_2sf"  # idle connections with a second subflow each
+
+
+def _memory_two_subflows(b: Bench) -> None:
+    """The first point of the ramp again on ``proxy_2sf``: every idle connection holds a
+    joined second subflow (the daemon's RSS per connection, both subflows)."""
+    c = MEMORY_2SF_CONFIG
+    if c not in b.runnable():
+        return
+    bed, n = b.bed(c), int(b.a.idle_conns[0])
+    for run in range(1, b.a.memory_runs + 1):
+        rec: dict[str, Any] = {"run": run, "config": c, "warm": WARM_CONNS, "points": {}}
+        b.raw.setdefault("memory_2sf", []).append(rec)
+        try:
+            problem = bed.restart_daemon()
+            if problem:
+                b.error(c, "memory", run, problem)
+            _hold(b, bed, WARM_CONNS, c)
+            time.sleep(0.5)
+            rss0 = bed.rss_kb()
+            res = _hold(b, bed, n, c)
+            held = res["held"] - WARM_CONNS
+            subflows = _settle_subflows(bed, 2 * res["held"])
+            rss = bed.rss_kb()
+            rec["points"][str(n)] = {
+                "held": held, "subflows": subflows - 2 * WARM_CONNS, "rss_kb": rss,
+                "bytes_per_conn": (rss - rss0) * 1024 / held if held > 0 else None}
+            log(f"memory (two subflows) run {run}: {held} idle connections, "
+                f"{subflows - 2 * WARM_CONNS} subflows, RSS {rss0 / 1024:.1f} -> "
+                f"{rss / 1024:.1f} MiB, {rec['points'][str(n)]['bytes_per_conn'] or 0:.0f} "
+                "B/conn")
+            bed.call("release", wait=120)
+        except BenchError as exc:
+            b.error(c, "memory", run, str(exc))
+    problem = bed.restart_daemon()
+    if problem:
+        b.error(c, "memory", None, f"after the idle connections: {problem}")
+
+
+def _settle_subflows(bed: Bed, want: int, timeout: float = 20.0) -> int:
+    """Established subflows of the daemon once they are ``want`` or stop changing."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        snap = bed.proxies[0].query("worker-snapshot") or {}
+        n = int((snap.get("subflows") or {}).get("established", 0))
+        if n >= want or n == last or time.monotonic() > deadline:
+            return n
+        last = n
+        time.sleep(0.5)
 
 
 def _memory_run(b: Bench, bed: Bed, rec: dict[str, Any], run: int) -> None:
@@ -252,8 +343,8 @@ def _memory_point(b: Bench, bed: Bed, rec: dict[str, Any], run: int, n: int,
     return held
 
 
-def _hold(b: Bench, bed: Bed, n: int) -> dict[str, Any]:
-    cfg = CONFIGS[MEMORY_CONFIG]
+def _hold(b: Bench, bed: Bed, n: int, config: str = MEMORY_CONFIG) -> dict[str, Any]:
+    cfg = CONFIGS[config]
     return bed.call("hold", wait=300, addr=bed.topo.server_addr, port=cfg.port,
                     mptcp=cfg.mptcp, n=n, window=b.a.hold_window, timeout=240)
 

@@ -43,8 +43,31 @@ def mbps(rec: dict[str, Any] | None) -> float | None:
 
 
 def op_bulk(addr: str, port: int, mptcp: bool, direction: str, max_bytes: int,
-            seconds: float, timeout: float = 15.0, seed: int = 1,
+            seconds: float, timeout: float = 15.0, seed: int = 1, conns: int = 1,
             **_: Any) -> dict[str, Any]:
+    """One bulk transfer, or ``conns`` at once (seeds ``seed``, ``seed+1``...; the rate is
+    the sum of theirs, ``max_bytes`` is per connection)."""
+    if conns <= 1:
+        return _bulk(addr, port, mptcp, direction, max_bytes, seconds, timeout, seed)
+    outs: list[dict[str, Any]] = [{} for _ in range(conns)]
+
+    def one(i: int) -> None:
+        outs[i] = _bulk(addr, port, mptcp, direction, max_bytes, seconds, timeout, seed + i)
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(conns)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join(seconds + timeout + 30)
+    errors = [o.get("error") or "no result" for o in outs if o.get("error") or not o]
+    return {"error": errors[0] if errors else None, "conns": conns, "seed": seed,
+            "received": sum(o.get("received") or 0 for o in outs),
+            "mbps": sum(o.get("mbps") or 0 for o in outs) if not errors else None,
+            "elapsed": max((o.get("elapsed") or 0) for o in outs),
+            "facts": outs[0].get("facts")}
+
+
+def _bulk(addr: str, port: int, mptcp: bool, direction: str, max_bytes: int,
+          seconds: float, timeout: float, seed: int) -> dict[str, Any]:
     up = direction == "up"
     o = ClientOptions(addr, port, mptcp=mptcp, seed=seed, timeout=timeout,
                       flags=NO_HASH | (REPORT if up else HOLD))

@@ -22,16 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 BENCH = ROOT / "tools" / "bench"
 
 THROUGHPUT_CONFIGS = ["plain_tcp", "native_mptcp", "nfqueue_floor", "proxy", "proxy_2sf",
-                      "proxy_proxy", "anchor"]
+                      "floor_mangle", "floor_w2", "proxy_w2", "proxy_proxy", "anchor"]
 NFQ_CONFIGS = ["nfqueue_floor_nfq", "proxy_nfq"]  # --backend netfilterqueue
 REQUIRED: dict[str, list[str]] = {
     "throughput_mbps": THROUGHPUT_CONFIGS,
     "throughput_down_mbps": THROUGHPUT_CONFIGS,
-    "ratios": ["proxy_vs_floor", "proxy_vs_native", "proxy_proxy_vs_proxy", "anchor_vs_native"],
+    "ratios": ["proxy_vs_floor", "proxy_vs_native", "down_proxy_2sf_vs_proxy",
+               "proxy_vs_floor_mangle", "proxy_w2_vs_proxy", "proxy_proxy_vs_proxy",
+               "anchor_vs_native"],
     "us_per_packet": ["proxy", "nfqueue_floor", "proxy_proxy", "anchor"],
     "setup_ms": ["proxy", "native_mptcp", "plain_tcp", "proxy_proxy", "anchor"],
     "bytes_per_conn": ["1000", "10000"],
-    "conn_per_s": ["proxy", "native_mptcp"],
+    "bytes_per_conn_2sf": ["1000"],
+    "conn_per_s": ["proxy", "native_mptcp", "proxy_w2"],
     "machine": ["cpus"],
 }
 
@@ -62,6 +65,11 @@ def test_bench_quick_completes(netns_ok: None, tmp_path: Path) -> None:
     if not isinstance(res.get("raw"), dict) or not res["raw"].get("throughput"):
         missing.append("raw.throughput")
     missing += _newer_keys(res)
+    for name in ("floor", "proxy"):  # the parallel stage: 2 workers / 1 at 1, 4, 16 conns
+        for n in ("1", "4", "16"):
+            v = (res.get("worker_scaling") or {}).get(name, {}).get(n, {}).get("up")
+            if not _is_number(v):
+                missing.append(f"worker_scaling.{name}.{n}.up={v!r}")
     assert not missing, ("keys without a number: " + ", ".join(missing)
                          + f"\nerrors: {json.dumps(res.get('errors'), indent=1)[:3000]}")
     # everything the bench built is gone: its namespaces and every process in them

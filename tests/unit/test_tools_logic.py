@@ -32,8 +32,9 @@ def test_bench_registry_is_consistent() -> None:
     for key, (num, den, direction) in bc.RATIOS.items():
         assert num in bc.CONFIGS and den in bc.CONFIGS and direction in ("up", "down"), key
         assert key.startswith("down_") == (direction == "down"), key
-    assert bc.latency_configs(bc.ALL_CONFIGS) == ["plain_tcp", "native_mptcp", "proxy",
-                                                  "proxy_nfq", "proxy_proxy", "anchor"]
+    assert bc.latency_configs(bc.ALL_CONFIGS) == ["plain_tcp", "native_mptcp",
+                                                  "nfqueue_floor", "proxy", "proxy_nfq",
+                                                  "proxy_w2", "proxy_proxy", "anchor"]
     assert {"proxy_proxy", "anchor"} <= set(bc.cpu_configs(bc.ALL_CONFIGS))
     # the server role's rows: a daemon at each end host; an anchor in the router
     assert [d.ns for d in bc.CONFIGS["proxy_proxy"].daemons] == ["client", "server"]
