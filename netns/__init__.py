@@ -1,10 +1,17 @@
 """Test bed: network namespaces, links, link emulation and native MPTCP peers.
 
-Modules (DESIGN.md "netns/"):
+Modules:
 
 - :mod:`netns.topology` — :class:`Topology`: client — router — server namespaces (pyroute2),
   policy routing per client link, process tracking and cleanup.
-- :mod:`netns.peer` — bulk-transfer peer (``python -m netns.peer``) and its library API.
+- :mod:`netns.peer` — the traffic peer (``python -m netns.peer``: server, client, agent) and
+  its library API; one byte pattern, every byte checked.
+- :mod:`netns.proxyd` — ``mptcp-proxy`` in a bed, its control requests, RSS.
+- :mod:`netns.multipath` — the multipath bed of the interop tests (emulated paths, native
+  MPTCP server, captures) and the checks every multipath test shares;
+  :mod:`netns.transfer` (a transfer in a thread), :mod:`netns.linkmeter` (bytes per link).
+- :mod:`netns.bench`, :mod:`netns.handover`, :mod:`netns.soak` — the measurement tools
+  behind ``tools/bench``, ``tools/handover`` and ``tools/soak``.
 - :mod:`netns.httpd` — tiny HTTP/1.1 server for ``mptcpize run`` + curl tests.
 - :mod:`netns.nstat` — ``MPTcpExt``/``TcpExt`` counters, deltas, error-counter checks.
 - :mod:`netns.capture` — tcpdump captures, tshark MPTCP checks and summaries.
@@ -29,6 +36,7 @@ _EXPORTS = {
     "mptcp_counters": "nstat", "tcp_counters": "nstat", "diff": "nstat",
     "assert_no_errors": "nstat", "ERROR_COUNTERS": "nstat", "EXPECTED_COUNTERS": "nstat",
     "tshark_failures": "capture", "mptcp_summary": "capture",
+    "LinkMeter": "linkmeter", "Transfer": "transfer",
     "Emulation": "emulation",
 }
 

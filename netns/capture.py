@@ -2,8 +2,12 @@
 
 - :func:`capture` records ``iface`` in ``ns`` to a pcap while the ``with`` block runs.
 - :func:`tshark_failures` lists the frames that tshark's TCP/MPTCP analysis flags with one
-  of the gating expert infos of PROTOCOL.md §5 (empty list = clean).
+  of the gating expert infos (:data:`GATING_FIELDS`: none of them appears in a capture of
+  Linux native MPTCP talking to itself; empty list = clean).
 - :func:`mptcp_summary` counts packets per MPTCP suboption subtype.
+- :func:`remapped_segments`, :func:`rm_addr_ids`, :func:`subflow_close`: what a capture
+  says about mappings re-sent under another mapping, REMOVE_ADDR and how a subflow ended.
+- :func:`tshark` runs tshark with the analysis preferences (:data:`TSHARK_PREFS`).
 
 Checksum note: on veth, a packet sent by a local socket carries a partial checksum (offload),
 so ``tcp.checksum_bad.expert`` is only meaningful where checksums are final: packets that
@@ -15,6 +19,7 @@ sums and reports any other bad checksum.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import os
@@ -37,9 +42,14 @@ __all__ = [
     "mptcp_summary",
     "parse_summary",
     "SUBTYPES",
+    "tshark",
+    "remapped_segments",
+    "rm_addr_ids",
+    "subflow_close",
 ]
 
-# PROTOCOL.md §5 preference set.
+# tshark's TCP and MPTCP analysis: sequence analysis (needed by the MPTCP one), MPTCP
+# mapping and cross-subflow retransmission analysis, TCP checksum verification.
 TSHARK_PREFS = {
     "tcp.analyze_sequence_numbers": "TRUE",
     "mptcp.analyze_mptcp": "TRUE",
@@ -145,7 +155,9 @@ def capture(topo: Any, ns: str, iface: str, path: str, filter: str = "tcp",
         cap._parse_stats()
 
 
-def _tshark(pcap: str, args: list[str], prefs: dict[str, str] | None = None) -> str:
+def tshark(pcap: str, args: list[str], prefs: dict[str, str] | None = None) -> str:
+    """``tshark -n -r pcap ARGS`` with ``prefs`` (default :data:`TSHARK_PREFS`); its
+    stdout. Raises RuntimeError when tshark fails."""
     cmd = ["tshark", "-n", "-r", pcap]
     for key, value in (prefs or TSHARK_PREFS).items():
         cmd += ["-o", f"{key}:{value}"]
@@ -177,7 +189,7 @@ def _rows(text: str, width: int) -> Iterator[list[str]]:
 
 def tshark_failures(pcap: str, check_checksum: bool | None = None,
                     extra_filter: str | None = None) -> list[str]:
-    """Frames of ``pcap`` that raise a gating expert info (PROTOCOL.md §5), one line each:
+    """Frames of ``pcap`` that raise a gating expert info (:data:`GATING_FIELDS`), one line each:
     ``"<frame> <src>:<port> > <dst>:<port>: <expert messages>"``; empty list = clean.
 
     ``check_checksum``: True counts every ``tcp.checksum_bad.expert`` frame; False ignores
@@ -190,16 +202,16 @@ def tshark_failures(pcap: str, check_checksum: bool | None = None,
         terms.append(CHECKSUM_FIELD)
     if extra_filter:
         terms.append(f"({extra_filter})")
-    lines = parse_failures(_tshark(pcap, _fields_args(" || ".join(terms), _FAIL_FIELDS)))
+    lines = parse_failures(tshark(pcap, _fields_args(" || ".join(terms), _FAIL_FIELDS)))
     if check_checksum is None:
         seen = {line.split(" ", 1)[0] for line in lines}
-        bad_csum = _tshark(pcap, _fields_args(CHECKSUM_FIELD, _CSUM_FIELDS))
+        bad_csum = tshark(pcap, _fields_args(CHECKSUM_FIELD, _CSUM_FIELDS))
         real = {row[0] for row in _rows(bad_csum, len(_CSUM_FIELDS))
                 if not is_partial_checksum(*row[1:])}
         real -= seen
         if real:
             filt = "frame.number in {%s}" % " ".join(sorted(real, key=int))
-            lines += parse_failures(_tshark(pcap, _fields_args(filt, _FAIL_FIELDS)))
+            lines += parse_failures(tshark(pcap, _fields_args(filt, _FAIL_FIELDS)))
             lines.sort(key=lambda ln: int(ln.split(" ", 1)[0]))
     return lines
 
@@ -246,7 +258,7 @@ def mptcp_summary(pcap: str) -> dict[str, int]:
     ``"mptcp_packets"`` (packets with at least one MPTCP option)."""
     args = ["-Y", "tcp", "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
             "-e", "tcp.options.mptcp.subtype"]
-    return parse_summary(_tshark(pcap, args, prefs={}))
+    return parse_summary(tshark(pcap, args, prefs={}))
 
 
 def parse_summary(text: str) -> dict[str, int]:
@@ -265,3 +277,89 @@ def parse_summary(text: str) -> dict[str, int]:
                 continue
             counts[SUBTYPES.get(code, f"subtype_{code}")] += 1
     return {**counts, "packets": packets, "mptcp_packets": mptcp_packets}
+
+
+# ---------------------------------------------------------------------- what happened
+
+def remapped_segments(pcap: str) -> tuple[set[int], set[int]]:
+    """Frames whose DSS mapping overlaps an earlier mapping of the same subflow and
+    direction without being identical: ``(same_offset, conflicting)``. Linux re-sends a
+    segment under its original mapping; a same-offset sub-mapping breaks that rule, a
+    conflicting one would be corruption."""
+    out = tshark(pcap, ["-Y", "tcp.options.mptcp.datalvllen", "-T", "fields",
+                        "-e", "frame.number", "-e", "tcp.stream", "-e", "tcp.srcport",
+                        "-e", "tcp.options.mptcp.rawdataseqno",
+                        "-e", "tcp.options.mptcp.subflowseqno",
+                        "-e", "tcp.options.mptcp.datalvllen",
+                        "-e", "tcp.options.mptcp.datafin.flag"], prefs={})
+    seen: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+    same_offset: set[int] = set()
+    conflicting: set[int] = set()
+    for line in out.splitlines():
+        f = line.split("\t")
+        try:
+            frame = int(f[0])
+            dsn, ssn, dll = (int(f[i].split(",")[0]) for i in (3, 4, 5))
+        except (ValueError, IndexError):
+            continue
+        if ssn == 0 or dll == 0:  # DATA_FIN alone
+            continue
+        data_fin = len(f) > 6 and f[6].split(",")[0] in ("1", "True")
+        maps = seen.setdefault((f[1], f[2]), [])
+        # (a DATA_FIN counts in the data-level length, not in the subflow's sequence)
+        end, off = ssn + dll - (1 if data_fin else 0), dsn - ssn
+        lo = bisect.bisect_left(maps, (ssn - (1 << 18),))
+        hi = bisect.bisect_left(maps, (end,))
+        identical = False
+        for s2, e2, o2 in maps[lo:hi]:
+            if s2 < end and e2 > ssn:
+                if (s2, e2, o2) == (ssn, end, off):
+                    identical = True
+                elif o2 == off:
+                    same_offset.add(frame)
+                else:
+                    conflicting.add(frame)
+        if not identical:
+            bisect.insort(maps, (ssn, end, off))
+    return same_offset, conflicting
+
+
+def rm_addr_ids(pcap: str, src: str) -> list[str]:
+    """Address IDs of the REMOVE_ADDR options sent by ``src`` in ``pcap``."""
+    flt = (f"tcp.options.mptcp.subtype == 4 && "
+           f"{'ipv6' if ':' in src else 'ip'}.src == {src}")
+    out = tshark(pcap, ["-Y", flt, "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,",
+                        "-e", "tcp.options.mptcp.subtype", "-e", "tcp.options.mptcp.addrid"],
+                 prefs={})
+    ids = []
+    for line in out.splitlines():
+        subtypes, _, addr_ids = line.partition("\t")
+        ids += [a for a in addr_ids.split(",") if a]
+    return ids
+
+
+def subflow_close(pcap: str, client: str, sport: int) -> dict[str, Any]:
+    """How the subflow ``client:sport`` ended on the wire: each side's FIN and whether the
+    other side acknowledged it, and the RSTs from each side before and after both FINs
+    were acknowledged."""
+    out = tshark(pcap, ["-Y", f"ip.addr == {client} && tcp.port == {sport}", "-T", "fields",
+                        "-e", "ip.src", "-e", "tcp.flags.fin", "-e", "tcp.flags.reset",
+                        "-e", "tcp.seq", "-e", "tcp.len", "-e", "tcp.ack"],
+                 prefs={"tcp.relative_sequence_numbers": "TRUE"})
+    fin_end: dict[str, int | None] = {"client": None, "server": None}
+    acked = {"client": False, "server": False}  # that side's FIN was acknowledged
+    rst = {"client_before": 0, "client_after": 0, "server_before": 0, "server_after": 0}
+    for line in out.splitlines():
+        src, fin, reset, seq, plen, ack = (line.split("\t") + [""] * 6)[:6]
+        who = "client" if src == client else "server"
+        other = "server" if who == "client" else "client"
+        if reset in ("1", "True"):
+            rst[f"{who}_{'after' if all(acked.values()) else 'before'}"] += 1
+            continue
+        if fin in ("1", "True") and fin_end[who] is None:
+            fin_end[who] = int(seq) + int(plen or 0) + 1
+        if ack and fin_end[other] is not None and int(ack) >= fin_end[other]:
+            acked[other] = True
+    return {"fin_from_client": fin_end["client"] is not None,
+            "fin_from_server": fin_end["server"] is not None,
+            "client_fin_acked": acked["client"], "server_fin_acked": acked["server"], **rst}

@@ -27,8 +27,10 @@ __all__ = [
     "assert_no_errors",
 ]
 
-# PROTOCOL.md §6, "must stay 0 unless the test targets them". Every name here exists in
-# /proc/net/netstat on this kernel (6.18; a unit test checks that when run on Linux).
+# MPTcpExt counters (net/mptcp/mib.c) that must stay 0 unless a test targets them: each
+# one counts a fallback, a refused join, a broken mapping or a dropped signal. Every name
+# here exists in /proc/net/netstat on this kernel (6.18; a unit test checks that when run
+# on Linux).
 ERROR_COUNTERS: tuple[str, ...] = (
     # handshake and fallback
     "MPCapableFallbackACK",
@@ -68,7 +70,7 @@ ERROR_COUNTERS: tuple[str, ...] = (
     "FallbackFailed",
 )
 
-# PROTOCOL.md §6, "expected to increase in a healthy run" (each only where the test exercises
+# MPTcpExt counters expected to increase in a healthy run (each only where the test exercises
 # it: handshake always, joins/addresses/priority/close only in the tests about them).
 EXPECTED_COUNTERS: dict[str, tuple[str, ...]] = {
     "handshake_server": ("MPCapableSYNRX", "MPCapableACKRX"),

@@ -5,6 +5,7 @@ Library::
     with start_proxy(topo, ifaces=["c0", "c1"], extra=["--subflows", "manual"]) as px:
         px.ctl("connections")            # parsed JSON result of mptcpctl --json
         px.stats()                        # the daemon's counters
+        px.query("subflows", conn=0)      # a control request in-process (for polling)
     # on exit: SIGTERM, exit code 0 expected, no MPTCP_PROXY rule left (px.exit_code,
     # px.rules_left)
 
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +102,46 @@ class ProxyHandle:
             time.sleep(0.05)
         raise ProxyError(f"no {state} connection within {timeout}s")
 
+    def conn_id(self, timeout: float = 10.0) -> int:
+        """The id of the first established connection (waits up to ``timeout`` s)."""
+        return self.wait_connection("established", timeout)["id"]
+
+    def query(self, cmd: str, **args: Any) -> Any:
+        """A control request sent in-process, as mptcpctl sends it (cheap enough to poll;
+        :meth:`ctl` runs mptcpctl itself). Raises ``mptcp_proxy.ctl``'s errors."""
+        from mptcp_proxy.ctl import Client
+        return Client(self.control, timeout=5).call(cmd, args)
+
+    def subflows(self, cid: int) -> list[dict]:
+        """The proxy's view of a connection, through mptcpctl (``--json subflows CONN``)."""
+        return self.ctl("subflows", str(cid))
+
+    def wait_subflow(self, cid: int, pred: Callable[[dict], bool], timeout: float,
+                     what: str) -> dict:
+        """The first subflow of ``cid`` for which ``pred`` holds, polled for up to
+        ``timeout`` s; raises AssertionError naming ``what`` if none appeared."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sfs = self.query("subflows", conn=cid)
+            found = next((s for s in sfs if pred(s)), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not seen within {timeout} s; subflows: "
+                                     f"{brief(sfs)}")
+            time.sleep(0.05)
+
+    def pid(self) -> int:
+        """The daemon's PID, as it reports it (``status``)."""
+        return int(self.query("status")["pid"])
+
+    def rss_kb(self, pid: int | None = None) -> int:
+        """The daemon's resident set size (VmRSS of /proc/PID/status), KiB."""
+        for line in Path(f"/proc/{pid or self.pid()}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ProxyError("no VmRSS for the daemon")
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM; wait; record the exit code and how many proxy rules are left."""
         if self.proc.poll() is None:
@@ -119,6 +160,20 @@ class ProxyHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def brief(sfs: list[dict]) -> list[str]:
+    """One line per subflow of a ``subflows`` answer: id, iface, state, ACTIVE, b (our
+    backup flag), pb (the peer's), bytes received and sent."""
+    return [f"{s['id']}:{s['iface']}:{s['state']}{':ACTIVE' if s['active'] else ''}"
+            f"{':b' if s['backup'] else ''}{':pb' if s['peer_backup'] else ''}"
+            f" rx={s['bytes_received']} tx={s['bytes_sent']}" for s in sfs]
+
+
+def active(sfs: list[dict]) -> dict:
+    """The one active subflow of a ``subflows`` answer (ValueError if not exactly one)."""
+    (act,) = [s for s in sfs if s["active"]]
+    return act
 
 
 def count_proxy_rules(topo: Any, ns: str) -> int:

@@ -34,8 +34,6 @@ from netns.nstat import ERROR_COUNTERS, diff, mptcp_counters  # noqa: E402
 from netns.peer import expected_sha  # noqa: E402
 from netns.proxyd import start_proxy  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "tools"))
-
 PORT = 8080
 
 
@@ -70,7 +68,8 @@ def link_bytes(topo: Topology) -> dict[str, int]:
 def plot_download(args, tmp: str, topo: Topology, t0: float, t_h: float) -> None:
     """DSN and DATA_ACK of the download against time on each link (the paper's
     Fig. 8), from the captures on c0 and c1, with the handover instant."""
-    from handover_analysis import decode_captures, plot
+    from netns.handover.captures import decode_captures
+    from netns.handover.plot import plot
     pcaps = {i: str(Path(tmp) / f"{i}.pcap") for i in topo.client_ifaces}
     offset = time.time() - time.monotonic()
     cap = decode_captures(pcaps, topo.client_addrs, "down", offset)

@@ -5,7 +5,7 @@ Standalone: builds its own test bed (client ns -> router -> server ns), installs
 daemon's two hooks by hand in the client namespace (mangle OUTPUT -> queue N, raw PREROUTING
 -> queue N+1, --queue-bypass, iptables-legacy), and runs one accept-every-packet handler at
 a time, alternating implementations run by run, with bulk transfers both ways through it
-(tools/bench_peer.py: every byte checked). Per transfer: Mbit/s, packets the handler saw,
+(netns.peer: every byte checked). Per transfer: Mbit/s, packets the handler saw,
 handler CPU (utime+stime of all its threads, /proc) per packet.
 
 Implementations (``--impls``):
@@ -280,30 +280,23 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from netns import Topology
+    from netns.peer import start_agent, start_server
     venv = ROOT / ".venv" / "bin" / "python"
     nfq_python = str(venv) if venv.exists() else sys.executable
     impls = [x for x in a.impls.split(",") if x]
-    peer = str(ROOT / "tools" / "bench_peer.py")
     samples: list[dict[str, Any]] = []
     t_start = time.monotonic()
     with Topology(client_links=1, ipv6=False) as topo:
         topo.sysctls(topo.client, {"net.ipv4.tcp_no_metrics_save": 1})
         topo.sysctls(topo.server, {"net.ipv4.tcp_no_metrics_save": 1})
-        srv = topo.popen(topo.server, [nfq_python, peer, "server", "--plain-port", "5001",
-                                       "--mptcp-port", "5002"], stdout=subprocess.PIPE,
-                         text=True)
-        srv.stdout.readline()
-        threading.Thread(target=lambda: [None for _ in srv.stdout], daemon=True).start()
-        agent = topo.popen(topo.client, [nfq_python, peer, "agent"], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True)
+        start_server(topo, 5001, mptcp=False, bind="0.0.0.0", extra=["--listen", "5002:mptcp"])
+        agent = start_agent(topo)
+        seeds = iter(range(1, 1 << 30))
 
         def bulk(direction: str) -> dict[str, Any]:
-            agent.stdin.write(json.dumps({"op": "bulk", "addr": topo.server_addr,
-                                          "port": 5001, "mptcp": False,
-                                          "direction": direction, "max_bytes": 4 * 10**9,
-                                          "seconds": a.seconds}) + "\n")
-            agent.stdin.flush()
-            return json.loads(agent.stdout.readline())
+            return agent.call("bulk", 3 * a.seconds + 60, addr=topo.server_addr, port=5001,
+                              mptcp=False, direction=direction, max_bytes=4 * 10**9,
+                              seconds=a.seconds, seed=next(seeds))
 
         install_rules(topo, topo.client_ifaces[0])
         for run in range(a.runs):

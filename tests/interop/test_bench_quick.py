@@ -1,8 +1,9 @@
 """``tools/bench --quick`` runs to the end and writes every key of its JSON with a number.
 
-Benchmarks are not tests (DESIGN.md §5): nothing here checks a timing or a ratio. This only
-proves that the benchmark itself works on this machine — every configuration, namespace,
-daemon and helper comes up, runs and goes away — so that its figures can be trusted to exist.
+Benchmarks are not tests (speed is measured side by side and reported as ratios, never
+asserted): nothing here checks a timing or a ratio. This only proves that the benchmark
+itself works on this machine — every configuration, namespace, daemon and helper comes up,
+runs and goes away — so that its figures can be trusted to exist.
 """
 
 from __future__ import annotations

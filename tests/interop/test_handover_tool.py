@@ -1,6 +1,6 @@
 """``tools/handover`` runs end to end: both handover kinds complete through the proxy, the
 data arrives intact and the report has every key (no timing thresholds: handover quality
-is measured by the tool, not asserted by tests; DESIGN.md §5)."""
+is measured by the tool, not asserted by tests)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from netns.handover.report import REPORT_KEYS
+
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "handover"
-
-
-def _report_keys() -> tuple[str, ...]:
-    """REPORT_KEYS of the tool (a script without .py: read from its source)."""
-    src = TOOL.read_text()
-    start = src.index("REPORT_KEYS = (")
-    ns: dict = {}
-    exec(src[start:src.index(")", start) + 1], ns)
-    return ns["REPORT_KEYS"]
 
 
 @pytest.mark.parametrize("kind,extra", [
@@ -43,7 +36,7 @@ def test_handover_tool_completes(netns_ok: None, tmp_path: Path, kind: str,
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert out.exists(), f"no report (exit {res.returncode}):\n{res.stdout}\n{res.stderr}"
     report = json.loads(out.read_text())
-    missing = [k for k in _report_keys() if k not in report]
+    missing = [k for k in REPORT_KEYS if k not in report]
     assert not missing, missing
     assert report["scenario"]["kind"] == kind
     assert "RetransSegs" in report["retransmissions"]

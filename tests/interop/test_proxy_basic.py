@@ -1,9 +1,10 @@
 """The single-subflow conversion: a plain TCP app behind ``mptcp-proxy`` against Linux native
-MPTCP (DESIGN.md §1, §3.3, §3.8, §3.10-3.11, §5; PROTOCOL.md §5-§6).
+MPTCP.
 
 Unless a test says otherwise the daemon runs with ``--subflows manual``, so only the initial
 subflow exists. Each test checks the data (SHA-256 both ways), the native side's ``MPTcpExt``
-counters (the expected events, none of PROTOCOL.md §6's must-stay-0 counters), the native
+counters (the expected events, none of the counters that must stay 0:
+``netns.nstat.ERROR_COUNTERS``), the native
 socket's MPTCP_INFO, and the proxy's own counters (``mptcpctl stats``). Close and reset
 semantics are compared to native MPTCP on both ends on the same bed.
 """
@@ -21,7 +22,7 @@ import time
 import pytest
 
 from netns import Topology, wait_until
-from netns.capture import _tshark, capture, mptcp_summary, tshark_failures
+from netns.capture import capture, mptcp_summary, tshark, tshark_failures
 from netns.nstat import assert_no_errors, diff, mptcp_counters, nonzero
 from netns.peer import ServerHandle, expected_sha, run_client, start_server
 from netns.proxyd import ProxyHandle, count_proxy_rules
@@ -168,7 +169,8 @@ def test_mptcpize_httpd_with_plain_curl(topo: Topology, run_proxy, tmp_path) -> 
 @pytest.mark.parametrize("who", ["server-sysctl", "proxy-flag"])
 def test_dss_checksum(topo: Topology, run_proxy, who: str) -> None:
     """Checksums asked by the server (sysctl) or by the proxy (``--checksum``, server at 0:
-    the listener learns it only from the A bit of the 3rd ACK, PROTOCOL.md §0.5)."""
+    a Linux listener learns it only from the A bit of the 3rd ACK: its SYN/ACK reflects its
+    own sysctl only)."""
     extra = list(MANUAL)
     if who == "server-sysctl":
         topo.sysctl(topo.server, "net.mptcp.checksum_enabled", 1)
@@ -229,12 +231,13 @@ def test_fallback_connection_is_forgotten(topo: Topology, run_proxy) -> None:
 
 _REUSE_CLIENT = r"""
 import socket, struct, sys
+from netns.peer import Request
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.settimeout(10)
 s.connect((sys.argv[3], int(sys.argv[4])))
-s.sendall(struct.pack("!QII", 1000, 0, 1))  # netns.peer header: download 1000 bytes
+s.sendall(Request(download=1000).pack())  # a netns.peer request: download 1000 bytes
 s.shutdown(socket.SHUT_WR)
 n = 0
 while True:
@@ -379,7 +382,7 @@ def test_close_semantics_match_native(topo: Topology, run_proxy, case: str) -> N
 # ------------------------------------------------------------------ 7. capture
 
 def _missing_mapping(pcap: str) -> int:
-    out = _tshark(pcap, ["-Y", "mptcp.dss.missing_mapping", "-T", "fields",
+    out = tshark(pcap, ["-Y", "mptcp.dss.missing_mapping", "-T", "fields",
                          "-e", "frame.number"])
     return len(out.split())
 
@@ -387,7 +390,8 @@ def _missing_mapping(pcap: str) -> int:
 def test_capture_is_clean(make_topology, run_proxy, tmp_path, record_property) -> None:
     """tshark's MPTCP analysis of the server link raises no gating expert info; the rate of
     'No mapping available' is reported next to a native-to-native capture of the same
-    transfer (PROTOCOL.md §5: that warning is normal on veth)."""
+    transfer (that warning is normal on veth: one mapping spans GSO-sized packets and pure
+    ACKs carry none, natively too)."""
     topo = make_topology(checksum_offload=False)  # every checksum on the wire is final
     srv = start_server(topo, 5001, mptcp=True)
     rates = {}
@@ -502,8 +506,8 @@ def _record(proc: subprocess.Popen, timeout: float) -> tuple[dict | None, float]
 
 
 def test_live_connection_reset_at_exit(topo: Topology, run_proxy) -> None:
-    """DESIGN.md §3.11: an MPTCP connection alive when the daemon stops ends with a clean
-    reset on both sides, not a hang."""
+    """An MPTCP connection alive when the daemon stops ends with a clean reset on both
+    sides (MP_FASTCLOSE to the server, RST to the local socket), not a hang."""
     srv = start_server(topo, 5001, mptcp=True, timeout=30)
     px = run_proxy(topo, extra=MANUAL)
     s0 = mptcp_counters(topo.server)

@@ -1,6 +1,6 @@
 """Unit tests of the test-bed library parts that need no root: counter parsing, tshark
-output parsing, checksum classification, the peer's data streams and MPTCP_INFO layout,
-and the strict-mode hook of tests/conftest.py."""
+output parsing, checksum classification, the peer's byte pattern, request and MPTCP_INFO
+layout, and the strict-mode hook of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from netns import capture, nstat, peer
+from netns.peer import pattern, protocol, sockinfo
 
 NETSTAT = """\
 TcpExt: SyncookiesSent SyncookiesRecv TCPLostRetransmit
@@ -83,7 +84,7 @@ def test_parse_summary_counts_each_packet_once_per_subtype() -> None:
     assert summary["packets"] == 7 and summary["mptcp_packets"] == 6
 
 
-def test_gating_filter_names_protocol_md_fields() -> None:
+def test_gating_filter_names_the_gating_fields() -> None:
     for name in ("mptcp.connection.echoed_key_mismatch", "mptcp.dss.infinite_mapping",
                  "tcp.suboption_malformed", "_ws.malformed", "tcp.checksum_bad.expert"):
         assert name in capture.GATING_FILTER
@@ -114,20 +115,44 @@ def test_tshark_knows_the_gating_fields() -> None:
 
 
 def test_streams_are_deterministic_and_direction_specific() -> None:
-    a = b"".join(peer.stream_chunks(7, 200_000, "up"))
-    assert len(a) == 200_000 and a == b"".join(peer.stream_chunks(7, 200_000, "up"))
+    a = b"".join(peer.stream_chunks(7, 3_000_000, "up"))
+    assert len(a) == 3_000_000 and a == b"".join(peer.stream_chunks(7, 3_000_000, "up"))
     assert a[:1000] != b"".join(peer.stream_chunks(7, 1000, "down"))
     assert a[:1000] != b"".join(peer.stream_chunks(8, 1000, "up"))
-    # a prefix of a stream is the shorter stream
-    assert b"".join(peer.stream_chunks(7, 70_000, "up")) == a[:70_000]
-    assert peer.expected_sha(7, 200_000) == hashlib.sha256(a).hexdigest()
+    # a prefix of a stream is the shorter stream, whatever the chunking
+    assert b"".join(peer.stream_chunks(7, 70_000, "up", chunk=999)) == a[:70_000]
+    # the stream repeats with the pattern's period, from a name-dependent start
+    assert a[:1000] == a[pattern.PERIOD:pattern.PERIOD + 1000]
+    assert peer.expected_sha(7, 3_000_000) == hashlib.sha256(a).hexdigest()
     assert peer.expected_sha(1, 0) == hashlib.sha256(b"").hexdigest()
+
+
+def test_stream_names_start_at_distinct_offsets() -> None:
+    starts = {peer.Stream(seed, d).start for seed in range(5000) for d in ("up", "down")}
+    assert len(starts) == 10_000
+    with pytest.raises(ValueError):
+        peer.Stream(1, "sideways")
+
+
+def test_pattern_check_is_position_exact() -> None:
+    s = peer.Stream(42, "down")
+    data = bytes(s.window(123_456, 200_000))
+    assert s.matches(123_456, data) and s.first_mismatch(123_456, data) is None
+    assert not s.matches(123_457, data)                  # shifted by one byte
+    assert not peer.Stream(43, "down").matches(123_456, data)   # another connection's
+    bad = bytearray(data)
+    bad[777] ^= 1
+    assert not s.matches(123_456, bad) and s.first_mismatch(123_456, bad) == 777
+    # a window across the end of the period is still one contiguous slice
+    pos = pattern.PERIOD - s.start - 10
+    assert bytes(s.window(pos, 20)) == b"".join(peer.stream_chunks(42, pos + 20, "down"))[pos:]
 
 
 def test_mptcp_info_layout() -> None:
     # include/uapi/linux/mptcp.h (6.10+): 96 bytes; flags at 8, token at 12,
     # mptcpi_retransmits at 44, mptcpi_subflows_total at 80, mptcpi_last_ack_recv at 92.
-    assert peer._MPTCP_INFO.size == 96
+    layout = sockinfo.MPTCP_INFO_STRUCT
+    assert layout.size == 96
     raw = bytearray(96)
     raw[0] = 2                                  # subflows
     raw[8:12] = (3).to_bytes(4, "little")       # flags FALLBACK|REMOTE_KEY_RECEIVED
@@ -135,17 +160,29 @@ def test_mptcp_info_layout() -> None:
     raw[44:48] = (5).to_bytes(4, "little")
     raw[80] = 3
     raw[92:96] = (77).to_bytes(4, "little")
-    info = dict(zip(peer._MPTCP_INFO_FIELDS, peer._MPTCP_INFO.unpack(bytes(raw))))
+    info = dict(zip(sockinfo.MPTCP_INFO_FIELDS, layout.unpack(bytes(raw))))
     assert info["subflows"] == 2 and info["flags"] == 3 and info["token"] == 0xDEADBEEF
     assert info["retransmits"] == 5 and info["subflows_total"] == 3
     assert info["last_ack_recv"] == 77
 
 
-def test_peer_header_and_modes() -> None:
-    assert peer.HEADER.size == 16
-    assert peer.HEADER.unpack(peer.HEADER.pack(2**40, peer.MODES["server-reset"], 9)) == (
-        2**40, 2, 9)
-    assert len(set(peer.MODES.values())) == len(peer.MODES)
+def test_peer_request_and_modes() -> None:
+    req = peer.Request(seed=9, download=2**40, download_s=1.5, rate=1e6,
+                       flags=peer.MODES["server-reset"] | protocol.HOLD)
+    raw = req.pack()
+    assert len(raw) == peer.REQUEST.size == 32 and raw[:1] == protocol.KIND_BULK
+    assert peer.Request.unpack(raw) == req
+    assert protocol.mode_name(req.flags) == "server-reset"
+    assert peer.Request(download=protocol.UNLIMITED + 5).pack() == \
+        peer.Request(download=protocol.UNLIMITED).pack()
+    with pytest.raises(ValueError):
+        peer.Request.unpack(protocol.KIND_RR + raw[1:])
+    with pytest.raises(ValueError):
+        peer.Request.unpack(raw[:-1])
+    bits = [protocol.SERVER_CLOSE, protocol.SERVER_RESET, protocol.CLIENT_RESET,
+            protocol.HOLD, protocol.REPORT, protocol.NO_HASH]
+    assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)
+    assert set(peer.MODES.values()) <= {0, *bits}
 
 
 def _run_pytest(tmp_path: Path, strict: bool) -> subprocess.CompletedProcess:
