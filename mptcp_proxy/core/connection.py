@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import closing, crypto, handshake, joins, receive, transmit
+from .paths import ConnPaths
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .rangeset import RangeSet
 from .seq import MASK32
@@ -65,7 +66,7 @@ class Connection:
         # subflows and paths
         "sf0", "subflows", "active", "last_rx_sf", "next_sf_index", "pending_handover",
         "pending_signals", "remote_addrs", "handovers", "handover_at", "joins_opened",
-        "join_at",
+        "paths",
     )
 
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int) -> None:
@@ -120,7 +121,7 @@ class Connection:
         self.handovers = 0
         self.handover_at: float | None = None  # until data flows again (RESUMED)
         self.joins_opened = False
-        self.join_at: float | None = None
+        self.paths = ConnPaths()  # the path policy's state (:mod:`.paths`)
         handshake.read_tcp_syn(self, pkt)
 
     def __repr__(self) -> str:
@@ -173,11 +174,13 @@ class Connection:
                 self.counters.inc("LateRstDropped")
                 return DROP
             return closing.local_reset(self, pkt, now)
-        if self.active.state != SubflowState.ESTABLISHED and \
+        active = self.active
+        if (active.state != SubflowState.ESTABLISHED or active.stale) and \
                 not self.proxy.pm.ensure_sender(self, now):
-            if not closing.data_closed(self):
-                self.counters.inc("NoUsableSubflow")
-            return DROP
+            if closing.data_closed(self):
+                return DROP
+            self.counters.inc("NoUsableSubflow")
+            return self.proxy.pm.frozen_segment(self, pkt, now)
         return transmit.transmit(self, pkt, now)
 
     def on_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
@@ -213,18 +216,12 @@ class Connection:
 
     # -- joins and timers ----------------------------------------------------------------
     def open_joins(self, now: float) -> None:
-        """The connection is fully established: the path manager may open subflows (once)."""
+        """The connection is fully established (the peer's first DATA_ACK: before it, the
+        peer may not know our token, and Linux refuses such joins,
+        ``MPJoinNoTokenFound``): the path manager may open subflows (once)."""
         if not self.joins_opened:
             self.joins_opened = True
             self.proxy.pm.on_established(self, now)
-
-    def schedule_joins(self, now: float) -> None:
-        """Our third ACK went out: joins wait until the peer has surely processed it (else
-        our token is unknown to it, ``MPJoinNoTokenFound``); its first DATA_ACK also opens
-        them."""
-        if not self.joins_opened and self.join_at is None:
-            self.join_at = now + max(0.02, 1.5 * self.srtt)
-            self.rearm()
 
     def set_timer(self, when: float | None) -> None:
         self.timer = when
@@ -232,10 +229,10 @@ class Connection:
             self.proxy.schedule(self, when)
 
     def rearm(self) -> None:
-        """The connection's timer at its earliest due subflow timer or join."""
+        """The connection's timer at its earliest due subflow timer or path timer."""
         due = [sf.timer for sf in self.subflows if sf.timer is not None]
-        if self.join_at is not None and not self.joins_opened:
-            due.append(self.join_at)
+        if self.paths.timer is not None:
+            due.append(self.paths.timer)
         when = min(due) if due else None
         if when is not None and (self.timer is None or when < self.timer
                                  or self.state == ConnState.ESTABLISHED):
@@ -256,8 +253,6 @@ class Connection:
                 self.transition(ConnInput.EXPIRED)
                 return True
             return False
-        if self.join_at is not None and not self.joins_opened and now >= self.join_at - EPS:
-            self.open_joins(now)
         for sf in list(self.subflows):
             if sf.timer is not None and sf.timer <= now:
                 sf.timer = None
@@ -267,6 +262,9 @@ class Connection:
                 else:
                     self.proxy.pm.subflow_timer(self, sf, now)
         closing.maybe_finished(self, now)
+        pt = self.paths.timer
+        if pt is not None and pt <= now + EPS and self.state == ConnState.ESTABLISHED:
+            self.proxy.pm.path_timer(self, now)
         if self.state == ConnState.ESTABLISHED:
             if len(self.subflows) > 1:
                 self.proxy.pm.prune(self, now)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from .liveness import forget_timing, note_new_data
 from .states import SubflowState
 from .subflow import SentMapping, Subflow
 
@@ -54,6 +55,8 @@ def assign(conn: "Connection", d: int, n: int) -> list[Piece]:
             pieces.append(_new_data(conn, conn.active, cur, end - cur))
             conn.d_nxt = end
             break
+        if cur == d:
+            forget_timing(conn)  # a retransmission (Karn)
         piece, lim = _where_sent(conn, cur, min(end, conn.d_nxt) - cur)
         if piece is None:
             piece = _new_data(conn, conn.active, cur, lim)
@@ -66,7 +69,13 @@ def _new_data(conn: "Connection", sf: Subflow, d: int, n: int) -> Piece:
     s0 = sf.snd_nxt
     sf.send_map.add(s0, d, n)
     sf.snd_nxt = s0 + n
+    _watch(conn, sf, s0, s0 + n)
     return Piece(sf, d, s0, n)
+
+
+def _watch(conn: "Connection", sf: Subflow, s: int, end: int) -> None:
+    """New subflow bytes go out: one may be timed (RTT, :mod:`.liveness`)."""
+    note_new_data(sf, s, end, conn.proxy.now)
 
 
 def assign_new(conn: "Connection", d: int, n: int) -> SentMapping:
@@ -78,6 +87,7 @@ def assign_new(conn: "Connection", d: int, n: int) -> SentMapping:
     sf.send_map.add(s0, d, n)
     sf.snd_nxt = s0 + n
     conn.d_nxt = d + n
+    _watch(conn, sf, s0, s0 + n)
     m = SentMapping(s0, d, n)
     sf.sent.append(m)  # (above every mapping sent: in subflow order)
     return m

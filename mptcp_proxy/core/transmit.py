@@ -79,7 +79,6 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
     ack_subflows(conn, sf, seg.held, now, dupack=dupack)
     verdict = rewrite_onto(conn, pkt, sf, d, sf.seq_nxt, 0, bool(fin), seg.tsval, seg.held,
                            seg.extra, now)
-    conn.schedule_joins(now)
     if conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
         closing.check_close(conn, now)
     return verdict
