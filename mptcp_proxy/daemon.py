@@ -29,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from .core.events import INFO_EVENTS, Event
 from .core.proxy import Proxy, ProxyConfig
+from .links import is_pattern
 
 log = logging.getLogger("mptcp_proxy")
 
@@ -38,6 +39,9 @@ DEFAULT_MARK = 0x4D500000
 DEFAULT_CONTROL = "/run/mptcp-proxy.sock"
 FALLBACK_TABLE_BASE = 10000  # routing table FALLBACK_TABLE_BASE + queue number
 FALLBACK_RULE_PREF = 40000  # after main (32766) and default (32767)
+ROUTE_TABLE_BASE = 1_000_000  # + 16 * queue + interface index (0..14): source routing
+# tables; + 15: the route of last resort out of lo (mptcp_proxy/routing.py)
+ROUTE_RULE_PREF = 30000  # + interface index: before main (32766)
 
 
 def _port(text: str) -> int:
@@ -60,6 +64,16 @@ def _queue(text: str) -> int:
     return v
 
 
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {v}")
+    return v
+
+
 def _mark(text: str) -> int:
     try:
         v = int(text, 0)
@@ -76,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lightweight MPTCP proxy: converts the plain TCP of local applications "
                     "into MPTCP v1 (RFC 8684) on the wire by header rewriting.")
     p.add_argument("--iface", "-i", action="append", required=True, metavar="IF",
-                   help="interface the proxy may use (repeat; the first is the primary path)")
+                   help="interface the proxy may use (repeat; the first is the primary path); "
+                        "one that does not exist yet is used when it appears; 'PREFIX*' "
+                        "takes every interface whose name starts with PREFIX, now and later")
     p.add_argument("--port", "-p", action="append", type=_port, default=[], metavar="PORT",
                    help="convert only connections to this destination port (repeat; "
                         "default: all TCP)")
@@ -97,6 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback-routes", action="store_true",
                    help="do not keep the managed interfaces' addresses routable through the "
                         "other interfaces when their link is down (a table of last resort)")
+    p.add_argument("--no-manage-routes", action="store_true",
+                   help="do not set up policy routing by source address for the interfaces "
+                        "(tables and rules of the daemon's own, following each interface's "
+                        "gateway); the host's own routing must then send each address's "
+                        "packets out of its interface")
+    p.add_argument("--no-keep-addresses", action="store_true",
+                   help="do not keep an address that vanishes from an interface local (on lo) "
+                        "while connections are bound to it")
+    p.add_argument("--prefer", action="append", default=[], metavar="IF",
+                   help="interface preference, most preferred first (repeat; default: the "
+                        "--iface order): traffic returns to a preferred interface that comes "
+                        "back")
+    p.add_argument("--no-return", action="store_true",
+                   help="stay on the interface failed over to when a preferred one returns")
+    p.add_argument("--stale-rtos", type=_positive, default=2.0, metavar="N",
+                   help="a path is stale when data sent on it is unanswered for N RTOs "
+                        "(default 2)")
+    p.add_argument("--stale-min", type=_positive, default=0.3, metavar="S",
+                   help="... and for at least S seconds (default 0.3)")
+    p.add_argument("--stale-probes", type=int, default=2, metavar="N",
+                   help="a path is stale when N probes go unanswered after the peer's data "
+                        "stopped (default 2)")
+    p.add_argument("--no-detect", action="store_true",
+                   help="do not detect silent path failures (only link and address events "
+                        "move connections)")
+    p.add_argument("--freeze-max", type=_positive, default=900.0, metavar="S",
+                   help="reset a connection that had no path for S seconds (default 900)")
+    p.add_argument("--no-freeze-icmp", action="store_true",
+                   help="while no path is left, do not answer the local stack's "
+                        "retransmissions with ICMP unreachables (they stop its RTO "
+                        "back-off, RFC 6069; an application with IP_RECVERR sees them)")
     p.add_argument("--checksum", action="store_true",
                    help="ask the peer for DSS checksums (RFC 8684 §3.3)")
     p.add_argument("--no-rp-filter", action="store_true",
@@ -164,9 +211,50 @@ def log_event(ev: Event) -> None:
         log.log(level, "[%14s] %s", ev.kind.value, " ".join(f"{k}={v}" for k, v in f.items()))
 
 
+def pm_config(args):
+    """The path manager's settings from the command line."""
+    from .core.policy import PmConfig
+    return PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
+                    prefer=tuple(args.prefer), return_to_preferred=not args.no_return,
+                    detect=not args.no_detect, stale_rtos=args.stale_rtos,
+                    stale_min=args.stale_min, stale_probes=args.stale_probes,
+                    freeze_max=args.freeze_max, freeze_icmp=not args.no_freeze_icmp)
+
+
+def host_state(args, names: list[str], proxy, pm, loop, fallback, rp):
+    """Routes and kept addresses per the command line (:mod:`.hoststate`)."""
+    from .addresses import KeptAddresses
+    from .hoststate import HostState
+    from .routing import ManagedRoutes
+    routes = None
+    last_resort = None if args.no_fallback_routes else \
+        (ROUTE_TABLE_BASE + 16 * args.queue + 15, FALLBACK_RULE_PREF + 1)
+    if not args.no_manage_routes or last_resort is not None:
+        routes = ManagedRoutes(names, table_base=ROUTE_TABLE_BASE + 16 * args.queue,
+                               pref_base=ROUTE_RULE_PREF,
+                               ignore_tables=(FALLBACK_TABLE_BASE + args.queue,),
+                               manage=not args.no_manage_routes, last_resort=last_resort)
+    kept = None if args.no_keep_addresses else KeptAddresses(list(names))
+    return HostState(names, proxy, pm, loop, routes=routes, kept=kept, fallback=fallback,
+                     rp=rp)
+
+
+async def collect_addresses(loop, host, every: float = 1.0) -> None:
+    """Now and then: which addresses live connections use; kept ones no longer used go."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if host.collect():
+                await loop.run_in_executor(None, host.release)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("releasing kept addresses failed")
+
+
 async def run(args, ifaces: dict[str, dict]) -> int:
     from .control import ControlServer
-    from .core.policy import LocalIface, PathManager, PmConfig
+    from .core.policy import LocalIface, PathManager
     from .links import FallbackRoutes, LinkMonitor, PortReservations
     from .nfqueue import Injector, NfqueueDriver, QueueBusyError
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
@@ -176,9 +264,9 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     ports = PortReservations()
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
-                    up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
-        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin),
-        alloc_port=ports.alloc, release_port=ports.release)
+                    up=info["up"] and bool(info["v4"] or info["v6"]))
+         for i, (name, info) in enumerate(ifaces.items())],
+        pm_config(args), alloc_port=ports.alloc, release_port=ports.release)
     proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
     injector = Injector(args.mark, local_addrs)
@@ -194,14 +282,17 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         driver.bind()
     except QueueBusyError as e:
         return fail(EXIT_QUEUE, str(e))
-    params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
-                        mark=args.mark, ports=sorted(args.port))
+    patterns = [n for n in args.iface if is_pattern(n)]
+    params = RuleParams(ifaces=list(ifaces) + [p[:-1] + "+" for p in patterns],
+                        queue_out=args.queue, queue_in=args.queue + 1, mark=args.mark,
+                        ports=sorted(args.port))
     rp = RpFilter(list(ifaces))
     rules = None
     control = None
 
     def on_link(name: str, up: bool, v4: list, v6: list) -> None:
         now = time.monotonic()
+        injector.local_addrs.update(v4 + v6)
         if up:
             pm.link_up(name, now, v4, v6)
         else:
@@ -212,9 +303,12 @@ async def run(args, ifaces: dict[str, dict]) -> int:
     if not args.no_fallback_routes:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
                                   pref=FALLBACK_RULE_PREF)
+    host = host_state(args, list(ifaces), proxy, pm, loop, fallback,
+                      None if args.no_rp_filter else rp)
     monitor = LinkMonitor(list(ifaces), on_link,
                           in_thread=(lambda name, up: fallback.refresh() if up else None)
-                          if fallback is not None else None)
+                          if fallback is not None else None,
+                          patterns=patterns, on_new=host.on_new, after=host.after)
     try:
         try:
             rules = RuleSet(load_ruleset("endhost", params))
@@ -225,8 +319,10 @@ async def run(args, ifaces: dict[str, dict]) -> int:
             rp.apply()
         if fallback is not None:
             await loop.run_in_executor(None, fallback.install)
+        await loop.run_in_executor(None, host.install, ifaces)
         driver.start(loop)
         monitor.start(loop)
+        collector = loop.create_task(collect_addresses(loop, host))
         if args.control and args.control != "none":
             control = ControlServer(args.control, proxy, driver, ifaces, pm)
             try:
@@ -250,11 +346,17 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
+        if "collector" in locals():
+            collector.cancel()
         if control is not None:
             try:
                 await control.stop()
             except Exception:
                 log.exception("stopping the control socket failed")
+        try:
+            await loop.run_in_executor(None, host.remove)
+        except Exception:
+            log.exception("removing the routes and kept addresses failed")
         if fallback is not None:
             try:
                 await loop.run_in_executor(None, fallback.remove)
@@ -267,6 +369,10 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                 log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))
 
 
+def _prefix_pattern(p: str) -> bool:
+    return p.endswith("*") and len(p) > 1 and not any(c in p[:-1] for c in "*?[")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -277,13 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         return fail(EXIT_NOT_ROOT, "must run as root (NFQUEUE, iptables and raw sockets)")
-    from .links import read_ifaces
+    from .links import is_pattern, matching_ifaces, read_ifaces
+    bad = [p for p in args.iface if is_pattern(p) and not _prefix_pattern(p)]
+    if bad:
+        return fail(EXIT_USAGE, f"interface pattern {bad[0]!r}: only 'PREFIX*' is supported "
+                                "(netfilter matches interface names by prefix)")
+    names = [n for n in args.iface if not is_pattern(n)]
     try:
-        ifaces = read_ifaces(args.iface)
+        names += [n for n in matching_ifaces([p for p in args.iface if is_pattern(p)])
+                  if n not in names]
+        ifaces = read_ifaces(names, allow_missing=True)
     except ValueError as e:
         return fail(EXIT_IFACE, str(e))
     except Exception as e:
         return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
+    missing = [n for n, info in ifaces.items() if info.get("missing")]
+    if missing:
+        log.warning("interface(s) %s do not exist (yet): used when they appear",
+                    ", ".join(missing))
     try:
         return asyncio.run(run(args, ifaces))
     except KeyboardInterrupt:

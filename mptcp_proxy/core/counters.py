@@ -69,7 +69,7 @@ COUNTERS: dict[str, str] = {
     "MPJoinDenied": "joins not attempted: the peer asked for none to its address (C flag)",
     "MPJoinLimit": "joins not attempted: subflow limit reached",
     "MPJoinTooEarly": "joins not attempted: not fully established (no DATA_ACK yet)",
-    "MPJoinSkippedClosing": "joins not attempted: our DATA_FIN is out (the peer refuses)",
+    "MPJoinSkippedClosing": "joins not attempted: a DATA_FIN is out (the peer refuses)",
     # -- signalling (RFC 8684 §3.3.8, §3.4)
     "AddAddrTx": "ADD_ADDR sent",
     "AddAddrRx": "ADD_ADDR received with a valid HMAC",

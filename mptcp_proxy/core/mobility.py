@@ -66,6 +66,9 @@ class Mobility:
                 due.append(when)
         if p.frozen_at is not None:
             due.append(p.frozen_at + cfg.freeze_max)
+            tick = freeze.tick(conn, now, cfg.freeze_icmp)
+            if tick is not None:
+                due.append(tick)
         if conn.state == ConnState.ESTABLISHED and due:
             p.timer = max(min(due), now + 1e-3)
 
@@ -194,7 +197,7 @@ class Mobility:
             if other is not sf and self._can_carry(other) and (
                     other.iface != sf.iface or other.laddr != sf.laddr):
                 return True
-        if conn.snd_data_fin is not None:
+        if conn.snd_data_fin is not None or conn.rcv_data_fin is not None:
             return False
         for i in self.ifaces.values():
             addr = i.addr_for(conn.v6)

@@ -40,6 +40,7 @@ __all__ = ["LocalIface", "PmConfig", "PathManager"]
 
 PORT_BASE = 40000  # our own subflows' source ports without a driver's allocator
 PORT_SPAN = 20000
+PRIO_DEFER = 0.05  # seconds between a REMOVE_ADDR and the MP_PRIO of a break (see switch)
 
 
 @dataclass
@@ -179,7 +180,7 @@ class PathManager(Mobility):
         if not conn.fully_established:
             conn.counters.inc("MPJoinTooEarly")
             return None
-        if conn.snd_data_fin is not None:
+        if conn.snd_data_fin is not None or conn.rcv_data_fin is not None:
             conn.counters.inc("MPJoinSkippedClosing")
             return None
         if sum(1 for s in conn.subflows if not s.gone) >= self.config.max_subflows:
@@ -291,7 +292,7 @@ class PathManager(Mobility):
         if conn.pending_signals:
             signalling.flush_signals(conn, now)
         if sf.prio_at is not None:
-            sf.timer = sf.prio_at
+            sf.timer = sf.prio_at if sf.timer is None else min(sf.timer, sf.prio_at)
 
     # -- which subflow sends -------------------------------------------------------------
     def usable(self, conn: "Connection") -> list[Subflow]:
@@ -328,7 +329,7 @@ class PathManager(Mobility):
         if not signal:
             return
         if defer:
-            sf.prio_at = now + max(0.05, 1.5 * conn.srtt)
+            sf.prio_at = now + PRIO_DEFER
             sf.timer = sf.prio_at if sf.timer is None else min(sf.timer, sf.prio_at)
             conn.rearm()
             return

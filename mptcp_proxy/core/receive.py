@@ -564,10 +564,15 @@ def to_tcp_side(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
 
 def _nothing_new(conn: "Connection", sf: "Subflow", seg: Segment, win: int, d_sacks) -> bool:
     """A pure ACK that tells the TCP side nothing: no DATA_ACK progress, same window and
-    SACK blocks, and not a duplicate ACK it should count."""
+    SACK blocks, and not a duplicate ACK it should count. An answer to our liveness probe,
+    or anything pure on a stale subflow, is consumed whatever it carries (taken in by the
+    stages already): its timestamp echo is as old as our last in-order segment there (a
+    probe is old data), and an ACK of new data with it would give the TCP side an RTT
+    sample as long as the silence (:mod:`.liveness`)."""
+    if sf.probe_at is not None or sf.stale:
+        return True
     dup = (not seg.san_moved and not seg.d_adv and sf.snd_nxt > sf.snd_una
-           and not seg.signalling and not seg.flags & TCP_FIN
-           and sf.probe_at is None)  # (an answer to our liveness probe is no duplicate)
+           and not seg.signalling and not seg.flags & TCP_FIN)
     return not (seg.d_adv or win != conn.shown_win or d_sacks != conn.shown_sacks or dup)
 
 
