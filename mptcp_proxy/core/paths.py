@@ -28,7 +28,7 @@ class ConnPaths:
     TCP side re-sent its oldest unacknowledged byte while frozen (:mod:`.freeze`)."""
 
     __slots__ = ("timer", "ids", "used_ids", "retry", "backoff", "pinned", "frozen_at", "zero_window",
-                 "saved_win", "head_retx", "quoted", "icmp_sent", "icmp_at")
+                 "saved_win", "head_retx", "quoted", "icmp_sent", "icmp_at", "sender")
 
     def __init__(self) -> None:
         self.timer: float | None = None
@@ -44,6 +44,7 @@ class ConnPaths:
         self.quoted = b""  # the start of the latest such retransmission (for an ICMP)
         self.icmp_sent = 0
         self.icmp_at = 0.0  # the next unsolicited ICMP while frozen
+        self.sender = None  # the subflow new data went to last (several senders)
 
     def addr_id(self, addr: bytes, preferred: int, initial: bool) -> int:
         """The address ID for our address ``addr``: the one in use, else ``0`` for the

@@ -299,6 +299,14 @@ class PathManager(Mobility):
         """The subflows that can carry new data now (open, path not stale, link up)."""
         return [s for s in conn.subflows if s.usable and self._iface_up(s)]
 
+    def senders(self, conn: "Connection") -> list[Subflow]:
+        """The subflows that take new data now: with ``--subflows active`` every usable one
+        that neither side marked backup (paper §5.5), else the active one."""
+        if self.config.subflows != "active" or len(conn.subflows) < 2:
+            return [conn.active]
+        out = [s for s in self.usable(conn) if not s.backup and not s.peer_backup]
+        return out or [conn.active]
+
     def _iface_up(self, sf: Subflow) -> bool:
         i = self.ifaces.get(sf.iface)
         return i is None or i.up

@@ -20,10 +20,11 @@ from .subflow import SentMapping, Subflow
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Piece", "assign", "mapped", "find_sent", "sentmaps_over", "record_mapping",
+__all__ = ["Piece", "assign", "pick_sender", "mapped", "find_sent", "sentmaps_over", "record_mapping",
            "forget_acked_mappings", "segment_size"]
 
 MIN_SEGMENT = 500  # bytes: the least payload per forged segment
+SEND_BURST = 16384  # bytes a sender may be ahead of another before new data moves
 
 
 class Piece(NamedTuple):
@@ -52,7 +53,7 @@ def assign(conn: "Connection", d: int, n: int) -> list[Piece]:
     end = d + n
     while cur < end:
         if cur >= conn.d_nxt:
-            pieces.append(_new_data(conn, conn.active, cur, end - cur))
+            pieces.append(_new_data(conn, pick_sender(conn), cur, end - cur))
             conn.d_nxt = end
             break
         if cur == d:
@@ -63,6 +64,25 @@ def assign(conn: "Connection", d: int, n: int) -> list[Piece]:
         _append(pieces, piece)
         cur += piece.n
     return pieces
+
+
+def pick_sender(conn: "Connection") -> Subflow:
+    """The subflow for the TCP side's next new data: the active one, or with several
+    subflows sending at once (``--subflows active``, paper §5.5) the one with the fewest
+    bytes in flight — the shortest queue: a slower path keeps its bytes in flight longer
+    and so gets fewer new ones; the TCP side's one congestion window covers the sum."""
+    senders = conn.proxy.pm.senders(conn)
+    if len(senders) < 2:
+        return conn.active
+    best = min(senders, key=lambda sf: (sf.snd_nxt - sf.snd_una, sf.index))
+    cur = conn.paths.sender
+    # in bursts (as Linux's scheduler): the data level then holds long runs from each
+    # path, and the peer's SACK blocks on one subflow map to few data ranges
+    if cur in senders and (cur.snd_nxt - cur.snd_una) - (best.snd_nxt - best.snd_una) \
+            < SEND_BURST:
+        return cur
+    conn.paths.sender = best
+    return best
 
 
 def _new_data(conn: "Connection", sf: Subflow, d: int, n: int) -> Piece:
