@@ -31,9 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import emission
 from .constants import TCP_ACK
-from .projection import held_ranges
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -176,6 +174,8 @@ def send_probe(conn: "Connection", sf: "Subflow", now: float) -> None:
     """A one-byte segment of old data (the byte below the peer's subflow ACK, a zero:
     the peer drops it as a duplicate) that the peer answers at once with an ACK; with our
     DATA_ACK, no mapping."""
+    from . import emission  # (scheduling imports this module: emission imports scheduling)
+    from .projection import held_ranges
     sf.probes += 1
     sf.probe_at = now
     conn.counters.inc("PathProbeTx")
