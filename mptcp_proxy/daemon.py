@@ -11,7 +11,7 @@ The first ``--iface`` is the primary path. It binds NFQUEUE ``N`` (outbound) and
 MPTCP connections it carries, removes every rule it installed and exits 0.
 
 Exit codes: 0 clean exit; 1 runtime failure; 2 bad command line; 3 not root;
-4 unknown or unusable interface; 5 queue already bound; 6 rules could not be
+4 unusable interface (lo, given twice); 5 queue already bound; 6 rules could not be
 installed.
 """
 
@@ -342,7 +342,7 @@ async def run(args, ifaces: dict[str, dict]) -> int:
         return EXIT_OK
     finally:
         # every step on its own: the rules must go even if another step fails
-        steps = [monitor.stop, driver.unbind, ports.close]
+        steps = [driver.unbind, ports.close]
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
@@ -353,7 +353,8 @@ async def run(args, ifaces: dict[str, dict]) -> int:
                 await control.stop()
             except Exception:
                 log.exception("stopping the control socket failed")
-        try:
+        try:  # (the link monitor first: its thread would put routes back)
+            monitor.stop()
             await loop.run_in_executor(None, host.remove)
         except Exception:
             log.exception("removing the routes and kept addresses failed")

@@ -51,6 +51,7 @@ class HostState:
         self.record = record or (lambda kind, fields: None)
         self.present: set[bytes] = set()
         self.in_use: set[bytes] = set()
+        self.closed = False  # removed: nothing more is changed
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ start, stop
@@ -62,6 +63,7 @@ class HostState:
 
     def remove(self) -> None:
         """Undo every change (daemon exit); each step on its own."""
+        self.closed = True
         for what, step in (("routes", self.routes and self.routes.remove),
                            ("kept addresses", self.kept and self.kept.remove)):
             if step:
@@ -92,6 +94,8 @@ class HostState:
     def after(self, changes: dict) -> None:
         """A batch of link, address or route events was read: routes follow, vanished
         addresses still in use are kept, reappeared ones released."""
+        if self.closed:
+            return
         present = set()
         gone = set()
         for name, (old, new) in changes.items():
