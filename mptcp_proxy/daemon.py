@@ -48,6 +48,9 @@ DEFAULT_MARK = 0x4D500000
 DEFAULT_STATE_DIR = "/run/mptcp-proxy"
 FALLBACK_TABLE_BASE = 10000  # routing table FALLBACK_TABLE_BASE + queue number
 FALLBACK_RULE_PREF = 40000  # after main (32766) and default (32767)
+ROUTE_TABLE_BASE = 1_000_000  # + 16 * queue + interface index (0..14): source routing
+# tables; + 15: the route of last resort out of lo (mptcp_proxy/routing.py)
+ROUTE_RULE_PREF = 30000  # + interface index: before main (32766)
 
 
 def _port(text: str) -> int:
@@ -67,6 +70,16 @@ def _queue(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a queue number: {text!r}") from None
     if not 0 <= v <= 65534:
         raise argparse.ArgumentTypeError(f"queue number out of range 0-65534: {v}")
+    return v
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {v}")
     return v
 
 
@@ -155,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
              "if it exists; 'none': no file)")
     add("--iface", "-i", action="append", default=None, metavar="IF",
         help="interface the proxy may use (repeat; the first is the primary path; "
-             "required here or in the configuration file)")
+             "required here or in the configuration file); one that does not exist yet is "
+             "used when it appears; 'PREFIX*' takes every interface whose name starts "
+             "with PREFIX, now and later")
     add("--port", "-p", action="append", type=_port, default=None, metavar="PORT",
         help="convert only connections to this destination port (repeat; "
              "default: all TCP)")
@@ -183,6 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-fallback-routes", action="store_true",
         help="do not keep the managed interfaces' addresses routable through the "
              "other interfaces when their link is down (a table of last resort)")
+    add("--no-manage-routes", action="store_true",
+        help="do not set up policy routing by source address for the interfaces "
+             "(tables and rules of the daemon's own, following each interface's "
+             "gateway); the host's own routing must then send each address's "
+             "packets out of its interface")
+    add("--no-keep-addresses", action="store_true",
+        help="do not keep an address that vanishes from an interface local (on lo) "
+             "while connections are bound to it")
+    add("--prefer", action="append", default=None, metavar="IF",
+        help="interface preference, most preferred first (repeat; default: the "
+             "--iface order): traffic returns to a preferred interface that comes "
+             "back")
+    add("--no-return", action="store_true",
+        help="stay on the interface failed over to when a preferred one returns")
+    add("--stale-rtos", type=_positive, default=2.0, metavar="N",
+        help="a path is stale when data sent on it is unanswered for N RTOs "
+             "(default 2)")
+    add("--stale-min", type=_positive, default=0.3, metavar="S",
+        help="... and for at least S seconds (default 0.3)")
+    add("--stale-probes", type=_count, default=2, metavar="N",
+        help="a path is stale when N probes go unanswered after the peer's data "
+             "stopped (default 2)")
+    add("--no-detect", action="store_true",
+        help="do not detect silent path failures (only link and address events "
+             "move connections)")
+    add("--freeze-max", type=_positive, default=900.0, metavar="S",
+        help="reset a connection that had no path for S seconds (default 900)")
+    add("--no-freeze-icmp", action="store_true",
+        help="while no path is left, do not answer the local stack's "
+             "retransmissions with ICMP unreachables (they stop its RTO "
+             "back-off, RFC 6069; an application with IP_RECVERR sees them)")
     add("--serve", action="append", type=_port, default=None, metavar="PORT",
         help="also convert incoming MPTCP connections to the local plain TCP listener on "
              "PORT (server role; repeat)")
@@ -243,6 +289,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def host_state(args, names: list[str], proxy, pm, loop, fallback, rp):
+    """Routes and kept addresses per the command line (:mod:`.hoststate`); an anchor on
+    a router manages neither (its routing is the router's)."""
+    from .addresses import KeptAddresses
+    from .hoststate import HostState
+    from .routing import ManagedRoutes
+    routes = None
+    last_resort = None if args.no_fallback_routes or args.anchor else \
+        (ROUTE_TABLE_BASE + 16 * args.queue + 15, FALLBACK_RULE_PREF + 1)
+    manage = not args.no_manage_routes and not args.anchor
+    if manage or last_resort is not None:
+        routes = ManagedRoutes(names, table_base=ROUTE_TABLE_BASE + 16 * args.queue,
+                               pref_base=ROUTE_RULE_PREF,
+                               ignore_tables=(FALLBACK_TABLE_BASE + args.queue,),
+                               manage=manage, last_resort=last_resort)
+    kept = None if args.no_keep_addresses or args.anchor else KeptAddresses(list(names))
+    return HostState(names, proxy, pm, loop, routes=routes, kept=kept, fallback=fallback,
+                     rp=rp)
+
+
+async def collect_addresses(loop, host, every: float = 1.0) -> None:
+    """Now and then: which addresses live connections use; kept ones no longer used go."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if host.collect():
+                await loop.run_in_executor(None, host.release)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("releasing kept addresses failed")
+
+
 def fail(code: int, msg: str) -> int:
     print(f"mptcp-proxy: error: {msg}", file=sys.stderr, flush=True)
     return code
@@ -252,7 +331,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
               argv: list[str] | None = None, ring: RingHandler | None = None,
               group: int | None = None) -> int:
     from .control import ControlServer
-    from .links import FallbackRoutes, LinkMonitor, RpFilter
+    from .links import FallbackRoutes, LinkMonitor, RpFilter, is_pattern
     from .nfqueue import QueueBusyError
     from .recovery import Journal, journal_path, process_age, recover_all
     from .rules import RuleParams, RulesError, RuleSet, load_ruleset
@@ -285,8 +364,10 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         if pool is not None:
             await pool.stop()
         return fail(EXIT_QUEUE, str(e))
-    params = RuleParams(ifaces=list(ifaces), queue_out=args.queue, queue_in=args.queue + 1,
-                        mark=args.mark, ports=sorted(args.port), serve=sorted(args.serve),
+    patterns = [n for n in args.iface if is_pattern(n)]
+    params = RuleParams(ifaces=list(ifaces) + [p[:-1] + "+" for p in patterns],
+                        queue_out=args.queue, queue_in=args.queue + 1, mark=args.mark,
+                        ports=sorted(args.port), serve=sorted(args.serve),
                         workers=args.workers)
     # the queues are ours: undo what a killed daemon of this queue left, then journal ours
     try:
@@ -315,6 +396,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
 
     def on_link(name: str, up: bool, v4: list, v6: list) -> None:
         now = time.monotonic()
+        injector.local_addrs.update(v4 + v6)
         if up:
             pm.link_up(name, now, v4, v6)
         else:
@@ -325,9 +407,13 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
     if not args.no_fallback_routes and not args.anchor:
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
                                   pref=FALLBACK_RULE_PREF, journal=journal)
+    host = host_state(args, list(ifaces), proxy, pm, loop, fallback,
+                      None if args.no_rp_filter else rp)
     monitor = LinkMonitor(list(ifaces), on_link,
                           in_thread=(lambda name, up: fallback.refresh() if up else None)
-                          if fallback is not None else None)
+                          if fallback is not None else None,
+                          patterns=patterns, on_new=host.on_new, after=host.after)
+    collector = None
     try:
         try:
             rules = RuleSet(chains, journal=journal)
@@ -341,8 +427,10 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
             accept_local.apply()
         if fallback is not None:
             await loop.run_in_executor(None, fallback.install)
+        await loop.run_in_executor(None, host.install, ifaces)
         driver.start(loop)
         monitor.start(loop)
+        collector = loop.create_task(collect_addresses(loop, host))
         if args.control and args.control != "none":
             server = ControlServer(args.control, proxy, driver, ifaces, pm, group=group,
                                    workers=pool, snapshot=rt.metrics.snapshot,
@@ -386,7 +474,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         return EXIT_OK
     finally:
         # every step on its own: the rules must go even if another step fails
-        steps = [monitor.stop, driver.unbind, ports.close, rt.metrics.close]
+        steps = [driver.unbind, ports.close, rt.metrics.close]
         if rules is not None:
             steps.append(rules.remove)
         steps += [rp.restore, injector.close]
@@ -397,8 +485,15 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
                 await control.stop()
             except Exception:
                 log.exception("stopping the control socket failed")
+        if collector is not None:
+            collector.cancel()
         if pool is not None:
             await pool.stop()
+        try:  # (the link monitor first: its thread would put routes back)
+            monitor.stop()
+            await loop.run_in_executor(None, host.remove)
+        except Exception:
+            log.exception("removing the routes and kept addresses failed")
         if fallback is not None:
             try:
                 await loop.run_in_executor(None, fallback.remove)
@@ -443,6 +538,10 @@ def cleanup(args) -> int:
     print(f"mptcp-proxy cleanup: queue {args.queue}: {undone} recorded change(s) undone"
           + (f", {len(failed)} could not be" if failed else ""), flush=True)
     return EXIT_FAIL if failed else EXIT_OK
+
+
+def _prefix_pattern(p: str) -> bool:
+    return p.endswith("*") and len(p) > 1 and not any(c in p[:-1] for c in "*?[")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,13 +594,24 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{args.queue + 2 * args.workers - 1} > 65535)")
     if args.cleanup:
         return cleanup(args)
-    from .links import read_ifaces
+    from .links import is_pattern, matching_ifaces, read_ifaces
+    bad = [p for p in args.iface if is_pattern(p) and not _prefix_pattern(p)]
+    if bad:
+        return fail(EXIT_USAGE, f"interface pattern {bad[0]!r}: only 'PREFIX*' is supported "
+                                "(netfilter matches interface names by prefix)")
+    names = [n for n in args.iface if not is_pattern(n)]
     try:
-        ifaces = read_ifaces(args.iface)
+        names += [n for n in matching_ifaces([p for p in args.iface if is_pattern(p)])
+                  if n not in names]
+        ifaces = read_ifaces(names, allow_missing=True)
     except ValueError as e:
         return fail(EXIT_IFACE, str(e))
     except Exception as e:
         return fail(EXIT_IFACE, f"cannot read interfaces: {e}")
+    missing = [n for n, info in ifaces.items() if info.get("missing")]
+    if missing:
+        log.warning("interface(s) %s do not exist (yet): used when they appear",
+                    ", ".join(missing))
     if args.announce:
         from .anchor import endpoint_text, local_addresses
         local = local_addresses()

@@ -17,16 +17,50 @@ log = logging.getLogger("mptcp_proxy.links")
 
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
+RTMGRP_IPV6_ROUTE = 0x400
 
 
 def packed(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
-def read_ifaces(names: list[str]) -> dict[str, dict]:
+IFA_F_TEMPORARY = 0x01
+IFA_F_DADFAILED = 0x08
+IFA_F_DEPRECATED = 0x20
+IFA_F_TENTATIVE = 0x40
+
+
+def _usable_addrs(ipr, index: int) -> tuple[list[bytes], list[bytes]]:
+    """The interface's IPv4 addresses and global IPv6 addresses, those to join from
+    first: IPv6 tentative or failed (DAD) ones left out, stable ones before temporary
+    (privacy) ones, deprecated ones last."""
+    v4, v6 = [], []
+    for a in ipr.get_addr(index=index):
+        addr = a.get_attr("IFA_ADDRESS")
+        flags = a.get_attr("IFA_FLAGS") or a["flags"]
+        if a["family"] == socket.AF_INET:
+            v4.append((0, packed(addr)))
+        elif a["family"] == socket.AF_INET6 and a["scope"] == 0:
+            if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+                continue
+            rank = 2 if flags & IFA_F_DEPRECATED else 1 if flags & IFA_F_TEMPORARY else 0
+            v6.append((rank, packed(addr)))
+    return [a for _r, a in sorted(v4, key=lambda x: x[0])], \
+        [a for _r, a in sorted(v6, key=lambda x: x[0])]
+
+
+def is_pattern(name: str) -> bool:
+    """An interface pattern (``wl*``) rather than a name."""
+    return any(c in name for c in "*?[")
+
+
+def read_ifaces(names: list[str], allow_missing: bool = False) -> dict[str, dict]:
     """Interface name → ``{"index", "up", "v4": [bytes], "v6": [bytes]}`` (global
-    addresses only); raises ValueError for unknown names or ``lo``."""
+    addresses only, in the order to join from); raises ValueError for unknown names
+    (unless ``allow_missing``: they are reported with ``"missing": True``, down) or
+    ``lo``."""
     from pyroute2 import IPRoute
     out: dict[str, dict] = {}
     with IPRoute() as ipr:
@@ -37,31 +71,50 @@ def read_ifaces(names: list[str]) -> dict[str, dict]:
                 raise ValueError(f"interface given twice: {name}")
             idx = ipr.link_lookup(ifname=name)
             if not idx:
-                raise ValueError(f"unknown interface: {name}")
+                if not allow_missing:
+                    raise ValueError(f"unknown interface: {name}")
+                out[name] = {"index": None, "up": False, "v4": [], "v6": [], "missing": True}
+                continue
             link = ipr.get_links(idx[0])[0]
-            info = {"index": idx[0], "up": bool(link["flags"] & 1) and
-                    link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"), "v4": [], "v6": []}
-            for a in ipr.get_addr(index=idx[0]):
-                addr = a.get_attr("IFA_ADDRESS")
-                if a["family"] == socket.AF_INET:
-                    info["v4"].append(packed(addr))
-                elif a["family"] == socket.AF_INET6 and a["scope"] == 0:
-                    info["v6"].append(packed(addr))
-            out[name] = info
+            v4, v6 = _usable_addrs(ipr, idx[0])
+            out[name] = {"index": idx[0], "up": bool(link["flags"] & 1) and
+                         link.get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN"), "v4": v4,
+                         "v6": v6}
     return out
 
 
+def matching_ifaces(patterns: list[str]) -> list[str]:
+    """Names of the existing interfaces (not ``lo``) that match one of ``patterns``."""
+    import fnmatch
+
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    return [n for n in names if n != "lo" and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
 class LinkMonitor:
-    """Watches rtnetlink for link and address changes of the given interfaces and
-    calls ``on_change(name, up, v4, v6)`` in the asyncio loop with the interface's
-    new state. The netlink socket is read in a thread (pyroute2's synchronous API
-    cannot run inside the daemon's event loop)."""
+    """Watches rtnetlink for link, address and route changes of the given interfaces (and
+    of new ones matching ``patterns``) and calls ``on_change(name, up, v4, v6)`` in the
+    asyncio loop with an interface's new state. The netlink socket is read in a thread
+    (pyroute2's synchronous API cannot run inside the daemon's event loop), where
+    ``on_new(name)`` is called first for an interface that appeared and matches a
+    pattern, ``in_thread(name, up)`` for each change, and ``after(changes)`` once per
+    batch of events (``changes``: name → (old state, new state), possibly empty: a route
+    changed), so that host state (routes, kept addresses) follows before the core
+    hears of it."""
 
     def __init__(self, names: list[str], on_change: Callable[[str, bool, list, list], None],
-                 in_thread: Callable[[str, bool], None] | None = None):
+                 in_thread: Callable[[str, bool], None] | None = None,
+                 patterns: list[str] | None = None,
+                 on_new: Callable[[str], None] | None = None,
+                 after: Callable[[dict], None] | None = None):
         self.names = set(names)
+        self.patterns = list(patterns or [])
         self.on_change = on_change
         self.in_thread = in_thread  # called in the watcher thread first (may use pyroute2)
+        self.on_new = on_new
+        self.after = after
         self.loop = None
         self.state: dict[str, tuple] = {}
         self._stop = threading.Event()
@@ -77,7 +130,8 @@ class LinkMonitor:
         from pyroute2 import IPRoute
         try:
             ipr = IPRoute()
-            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                     | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
         except Exception as e:
             log.error("cannot watch links: %s", e)
             return
@@ -91,34 +145,64 @@ class LinkMonitor:
                     break
                 time.sleep(0.1)
                 continue
-            if any(m.get("event") in ("RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR",
-                                      "RTM_DELADDR") for m in msgs):
+            events = {m.get("event") for m in msgs}
+            if events & {"RTM_NEWLINK", "RTM_DELLINK", "RTM_NEWADDR", "RTM_DELADDR",
+                         "RTM_NEWROUTE", "RTM_DELROUTE"}:
                 self.refresh()
+
+    def _discover(self) -> None:
+        """Interfaces that appeared and match a pattern join the watched set."""
+        if not self.patterns:
+            return
+        try:
+            found = matching_ifaces(self.patterns)
+        except Exception:
+            return
+        for name in found:
+            if name not in self.names:
+                self.names.add(name)
+                log.info("%s appeared (matches %s): managed from now on", name,
+                         " ".join(self.patterns))
+                if self.on_new is not None:
+                    try:
+                        self.on_new(name)
+                    except Exception:
+                        log.exception("handling the new interface %s failed", name)
 
     def refresh(self, initial: bool = False) -> None:
         """Re-read every watched interface and report the ones that changed."""
+        self._discover()
         now: dict[str, dict] = {}
-        for name in self.names:
+        for name in sorted(self.names):
             try:
                 now.update(read_ifaces([name]))
             except Exception:
                 now[name] = {"up": False, "v4": [], "v6": []}
+        changes = {}
         for name, info in now.items():
             up = info["up"] and bool(info["v4"] or info["v6"])
             st = (up, info["v4"], info["v6"])
-            if self.state.get(name) != st:
+            old = self.state.get(name)
+            if old != st:
                 self.state[name] = st
-                if initial:
+                if initial and old is None:
                     continue
-                log.info("%s: %s v4=%s", name, "up" if up else "down",
-                         [str(ipaddress.ip_address(a)) for a in info["v4"]])
+                changes[name] = (old, st)
+                log.info("%s: %s v4=%s v6=%s", name, "up" if up else "down",
+                         [str(ipaddress.ip_address(a)) for a in info["v4"]],
+                         [str(ipaddress.ip_address(a)) for a in info["v6"]])
                 if self.in_thread is not None:
                     try:
                         self.in_thread(name, up)
                     except Exception:
                         log.exception("link change handling failed")
-                self.loop.call_soon_threadsafe(self.on_change, name, up, info["v4"],
-                                               info["v6"])
+        if self.after is not None and not initial:
+            try:
+                self.after(changes)
+            except Exception:
+                log.exception("host state update failed")
+        for name, (_old, (up, v4, v6)) in changes.items():
+            self.loop.call_soon_threadsafe(self.on_change, name, up, v4, v6)
 
     def stop(self) -> None:
         self._stop.set()

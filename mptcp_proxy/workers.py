@@ -49,11 +49,24 @@ SUMMED = ("connections", "packets")
 BY_CONNECTION = ("subflows", "add-subflow", "remove-subflow", "prio", "handover")
 
 
+def pm_config(args: argparse.Namespace):
+    """The path manager's settings (:class:`~.core.policy.PmConfig`) from the command
+    line."""
+    from .core.policy import PmConfig
+    return PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
+                    join_announced=args.join_announced, peer_joins=args.peer_joins,
+                    announce=list(args.announce), prefer=tuple(args.prefer),
+                    return_to_preferred=not args.no_return, detect=not args.no_detect,
+                    stale_rtos=args.stale_rtos, stale_min=args.stale_min,
+                    stale_probes=args.stale_probes, freeze_max=args.freeze_max,
+                    freeze_icmp=not args.no_freeze_icmp)
+
+
 def build_worker(args: argparse.Namespace, ifaces: dict[str, dict], index: int):
     """The core and its queue driver for worker ``index`` of ``args.workers``:
     ``(proxy, pm, ports, injector, driver)``; its queues are ``args.queue + 2*index`` and
     the next one."""
-    from .core.policy import LocalIface, PathManager, PmConfig
+    from .core.policy import LocalIface, PathManager
     from .core.proxy import Proxy, ProxyConfig
     from .links import PortReservations
     from .nfqueue import Injector, NfqueueDriver
@@ -68,11 +81,9 @@ def build_worker(args: argparse.Namespace, ifaces: dict[str, dict], index: int):
     ports = PortReservations(None if n == 1 else (lambda p: port_owner(p, n) == index))
     pm = PathManager(
         [LocalIface(name, addr_id=i + 1, v4=list(info["v4"]), v6=list(info["v6"]),
-                    up=info["up"]) for i, (name, info) in enumerate(ifaces.items())],
-        PmConfig(subflows=args.subflows, rejoin=not args.no_rejoin,
-                 join_announced=args.join_announced,
-                 peer_joins=args.peer_joins, announce=list(args.announce)),
-        alloc_port=ports.alloc, release_port=ports.release)
+                    up=info["up"] and bool(info["v4"] or info["v6"]))
+         for i, (name, info) in enumerate(ifaces.items())],
+        pm_config(args), alloc_port=ports.alloc, release_port=ports.release)
     proxy = Proxy(config, random_bytes=os.urandom, pm=pm)
     local_addrs = {a for info in ifaces.values() for a in info["v4"] + info["v6"]}
     injector = Injector(args.mark, local_addrs)

@@ -94,14 +94,15 @@ class MultipathBed:
 
 def build_bed(make_topology: Callable[..., Topology], tmp: Path, stack: contextlib.ExitStack,
               client_links: int = 2, server_links: int = 1, sack: bool = True,
-              server_setup: Callable[[Topology], None] | None = None) -> MultipathBed:
+              server_setup: Callable[[Topology], None] | None = None,
+              **topo_kw: Any) -> MultipathBed:
     """A bed with emulated client paths, a native MPTCP server listening on :data:`PORT`
     and captures running on every server link. ``make_topology`` builds (and later
     removes) the topology; ``stack`` gets the emulation and captures to undo.
     ``sack=False`` turns SACK off on the client, ``server_setup(topo)`` runs before the
-    server starts."""
+    server starts; ``topo_kw``: more :class:`~netns.topology.Topology` arguments."""
     topo = make_topology(client_links=client_links, server_links=server_links,
-                         checksum_offload=False)
+                         checksum_offload=False, **topo_kw)
     emu = stack.enter_context(Emulation(topo))
     for link in range(client_links):
         emu.delay(link, DELAY_MS)

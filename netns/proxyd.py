@@ -190,6 +190,40 @@ def count_proxy_rules(topo: Any, ns: str) -> int:
     return n
 
 
+# what the daemon creates in routing and addresses (mptcp_proxy/daemon.py, routing.py,
+# links.py, addresses.py): tables from 1,000,000 and the fallback table 10000 + queue,
+# rules of priority 30000-30015 and 40000-40001, addresses on lo
+DAEMON_TABLES_FROM = 1_000_000
+DAEMON_RULE_PREFS = set(range(30000, 30016)) | {40000, 40001}
+
+
+def daemon_traces(topo: Any, ns: str, queue: int = 4700) -> list[str]:
+    """What a daemon left in namespace ``ns``: its policy-routing rules and routes, an
+    address kept on lo, its netfilter rules. Empty before a daemon starts and after it
+    stopped cleanly."""
+    out = []
+    for fam in ("-4", "-6"):
+        for line in topo.run(ns, ["ip", fam, "rule"], check=False).stdout.splitlines():
+            pref = line.split(":", 1)[0].strip()
+            if pref.isdigit() and int(pref) in DAEMON_RULE_PREFS:
+                out.append(f"rule {line.strip()}")
+        for line in topo.run(ns, ["ip", fam, "route", "show", "table", "all"],
+                             check=False).stdout.splitlines():
+            words = line.split()
+            if "table" in words:
+                t = words[words.index("table") + 1]
+                if t.isdigit() and (int(t) >= DAEMON_TABLES_FROM or int(t) == 10000 + queue):
+                    out.append(f"route {line.strip()}")
+        for line in topo.run(ns, ["ip", "-o", fam, "addr", "show", "dev", "lo"],
+                             check=False).stdout.splitlines():
+            addr = line.split()[3]
+            if addr not in ("127.0.0.1/8", "::1/128"):
+                out.append(f"address {addr} on lo")
+    if count_proxy_rules(topo, ns):
+        out.append("netfilter rules MPTCP_PROXY")
+    return out
+
+
 def start_proxy(topo: Any, ifaces: Sequence[str] | None = None, extra: Sequence[str] = (),
                 ns: str | None = None, queue: int = 4700, ready: bool = True) -> ProxyHandle:
     """Start the daemon in the client namespace (default: every client link)."""

@@ -238,6 +238,9 @@ class Topology:
             packet on the wire carries its final checksum (else locally sent packets carry a
             partial one; see ``netns.capture``).
         client_rp_filter: ``rp_filter`` for the client namespace (0 off, 1 strict, 2 loose).
+        client_policy_routing: when False, the client has no per-link tables and source
+            rules: one default route per link in the main table (metric ``100 + i``), as a
+            host with DHCP on every link has (the proxy then sets up its own).
 
     Attributes (after :meth:`start`): ``client``, ``router``, ``server`` (namespace names),
     ``client_ifaces`` (``['c0', 'c1', ...]``), ``router_client_ifaces`` (``['rc0', ...]``),
@@ -255,6 +258,7 @@ class Topology:
         offloads: bool = True,
         checksum_offload: bool = True,
         client_rp_filter: int = 0,
+        client_policy_routing: bool = True,
     ) -> None:
         if not (1 <= client_links <= 99 and 1 <= server_links <= 99):
             raise ValueError("client_links and server_links must be in 1..99")
@@ -263,6 +267,8 @@ class Topology:
         self.offloads = offloads
         self.checksum_offload = checksum_offload
         self.client_rp_filter = client_rp_filter
+        self.client_policy_routing = client_policy_routing
+        self.absent_client_links: set[int] = set()  # links removed by remove_client_link
         self.client = f"{PREFIX}-c-{self.tag}"
         self.router = f"{PREFIX}-r-{self.tag}"
         self.server = f"{PREFIX}-s-{self.tag}"
@@ -477,15 +483,23 @@ class Topology:
             (self.server, self.server_ifaces, self.server_addrs, self.server_gateways,
              self.server_addrs6, self.server_gateways6),
         ):
-            policy = ns == self.client or len(ifaces) > 1
+            client = ns == self.client
+            policy = (client and self.client_policy_routing) or (not client and len(ifaces) > 1)
             with self.iproute(ns) as ipr:
                 for i, ifname in enumerate(ifaces):
-                    idx = ipr.link_lookup(ifname=ifname)[0]
+                    found = ipr.link_lookup(ifname=ifname)
+                    if not found or (client and i in self.absent_client_links):
+                        continue
+                    idx = found[0]
+                    if not ipr.get_links(idx)[0]["flags"] & 1:
+                        continue  # (down: its routes come back with it)
                     families = [(AF_INET, addrs[i], gws[i], "0.0.0.0/0", 32)]
                     if self.ipv6:
                         families.append((AF_INET6, addrs6[i], gws6[i], "::/0", 128))
                     for family, addr, gw, default, hostlen in families:
-                        if i == 0:
+                        if client and not self.client_policy_routing:
+                            self._route(ipr, family, default, gw, idx, 254, metric=100 + i)
+                        elif i == 0:
                             self._route(ipr, family, default, gw, idx, 254)
                         if policy:
                             table = CLIENT_TABLE_BASE + i
@@ -493,8 +507,34 @@ class Topology:
                             self._rule(ipr, family, addr, hostlen, table)
 
     @staticmethod
-    def _route(ipr: IPRoute, family: int, dst: str, gw: str, oif: int, table: int) -> None:
-        ipr.route("replace", family=family, dst=dst, gateway=gw, oif=oif, table=table)
+    def _route(ipr: IPRoute, family: int, dst: str, gw: str, oif: int, table: int,
+               metric: int | None = None) -> None:
+        kw = {} if metric is None else {"priority": metric}
+        ipr.route("replace", family=family, dst=dst, gateway=gw, oif=oif, table=table, **kw)
+
+    def remove_client_link(self, i: int) -> None:
+        """Delete client link ``i`` (both veth ends: an interface unplugged); its routes and
+        rules go with it. :meth:`add_client_link` makes it again."""
+        with self.iproute(self.client) as ipr:
+            idx = ipr.link_lookup(ifname=self.client_ifaces[i])
+            if idx:
+                ipr.link("del", index=idx[0])
+        self.absent_client_links.add(i)
+
+    def add_client_link(self, i: int, addr: str | None = None) -> None:
+        """(Re)create client link ``i`` with its addresses (``addr`` instead of the bed's
+        IPv4 address, in the same /24), routes and rules (an interface plugged in)."""
+        ifc, ifr = self.client_ifaces[i], self.router_client_ifaces[i]
+        with self.iproute(self.client) as ipr, self.iproute(self.router) as rtr:
+            if not ipr.link_lookup(ifname=ifc):
+                ipr.link("add", ifname=ifc, kind="veth", index=10 + i + 50,
+                         peer={"ifname": ifr, "net_ns_fd": self.router})
+            self._addr_up(ipr, ifc, addr or self.client_addrs[i], self.client_addrs6[i])
+            self._addr_up(rtr, ifr, self.client_gateways[i], self.client_gateways6[i])
+        self.absent_client_links.discard(i)
+        if self.ipv6:
+            self._wait_ipv6_ready()
+        self.apply_routes()
 
     @staticmethod
     def _rule(ipr: IPRoute, family: int, src: str, src_len: int, table: int) -> None:

@@ -23,13 +23,16 @@ class Transfer:
     (no DATA_FIN from a proxy: joins stay possible) for as long as the download runs; or,
     with ``paced=None``, ``up`` and ``down`` bytes at full speed both ways. The upload is a
     prefix of the stream ``(seed, "up")``: check it with ``expected_sha(seed,
-    record["sent"], "up")``. ``nth``: this connection's index among the server's records."""
+    record["sent"], "up")``. ``nth``: this connection's index among the server's records;
+    ``hold`` (with ``paced=None``): a side with nothing to send half-closes only after the
+    other's end (no DATA_FIN early: the peer would refuse joins)."""
 
     def __init__(self, topo: Any, srv: ServerHandle, addr: str, down: int, seed: int,
                  up: int = 0, paced: float | None = UPLOAD_RATE, timeout: float = 30.0,
-                 nth: int = 0, port: int = 5001) -> None:
+                 nth: int = 0, port: int = 5001, hold: bool = False) -> None:
         self.topo, self.srv, self.addr, self.nth, self.port = topo, srv, addr, nth, port
         self.up, self.down, self.seed, self.paced, self.timeout = up, down, seed, paced, timeout
+        self.hold = hold
         self.cli: dict | None = None
         self.exc: BaseException | None = None
         self.t0 = time.monotonic()
@@ -41,7 +44,8 @@ class Transfer:
             if self.paced is None:
                 (self.cli,) = run_client(self.topo, self.addr, self.port, upload=self.up,
                                          download=self.down, seed=self.seed,
-                                         timeout=self.timeout)
+                                         timeout=self.timeout,
+                                         extra=["--hold"] if self.hold else ())
             else:
                 (self.cli,) = run_client(
                     self.topo, self.addr, self.port, upload=self.up or None,

@@ -47,6 +47,7 @@ from . import (
 )
 from .constants import TCP_ACK, TCP_RST, TCP_SYN
 from .forge import build_segment
+from .paths import ConnPaths
 from .rangeset import RangeSet
 from .seq import MASK32
 from .states import ConnInput, ConnState, SubflowState, conn_next
@@ -87,7 +88,7 @@ class Connection:
         # subflows and paths
         "sf0", "subflows", "active", "last_rx_sf", "next_sf_index", "pending_handover",
         "pending_signals", "remote_addrs", "handovers", "handover_at", "joins_opened",
-        "join_at",
+        "paths",
     )
 
     def __init__(self, proxy: "Proxy", pkt: TcpPacket, now: float, local_key: int,
@@ -151,7 +152,7 @@ class Connection:
         self.handovers = 0
         self.handover_at: float | None = None  # until data flows again (RESUMED)
         self.joins_opened = False
-        self.join_at: float | None = None
+        self.paths = ConnPaths()  # the path policy's state (:mod:`.paths`)
         if client:
             handshake.read_tcp_syn(self, pkt)
         else:
@@ -216,11 +217,13 @@ class Connection:
                 self.counters.inc("LateRstDropped")
                 return DROP
             return closing.local_reset(self, pkt, now)
-        if self.active.state != SubflowState.ESTABLISHED and \
+        active = self.active
+        if (active.state != SubflowState.ESTABLISHED or active.stale) and \
                 not self.proxy.pm.ensure_sender(self, now):
-            if not closing.data_closed(self):
-                self.counters.inc("NoUsableSubflow")
-            return DROP
+            if closing.data_closed(self):
+                return DROP
+            self.counters.inc("NoUsableSubflow")
+            return self.proxy.pm.frozen_segment(self, pkt, now)
         return transmit.transmit(self, pkt, now)
 
     def on_inbound(self, pkt: TcpPacket, sf: Subflow, now: float):
@@ -285,18 +288,12 @@ class Connection:
 
     # -- joins and timers ----------------------------------------------------------------
     def open_joins(self, now: float) -> None:
-        """The connection is fully established: the path manager may open subflows (once)."""
+        """The connection is fully established (the peer's first DATA_ACK: before it, the
+        peer may not know our token, and Linux refuses such joins,
+        ``MPJoinNoTokenFound``): the path manager may open subflows (once)."""
         if not self.joins_opened:
             self.joins_opened = True
             self.proxy.pm.on_established(self, now)
-
-    def schedule_joins(self, now: float) -> None:
-        """Our third ACK went out: joins wait until the peer has surely processed it (else
-        our token is unknown to it, ``MPJoinNoTokenFound``); its first DATA_ACK also opens
-        them."""
-        if not self.joins_opened and self.join_at is None:
-            self.join_at = now + max(0.02, 1.5 * self.srtt)
-            self.rearm()
 
     def set_timer(self, when: float | None) -> None:
         self.timer = when
@@ -304,10 +301,11 @@ class Connection:
             self.proxy.schedule(self, when)
 
     def rearm(self) -> None:
-        """The connection's timer at its earliest due subflow timer, join or idle check."""
+        """The connection's timer at its earliest due subflow timer, path timer or idle
+        check."""
         due = [sf.timer for sf in self.subflows if sf.timer is not None]
-        if self.join_at is not None and not self.joins_opened:
-            due.append(self.join_at)
+        if self.paths.timer is not None:
+            due.append(self.paths.timer)
         idle = self._idle_due()
         if idle is not None:
             due.append(idle)
@@ -353,8 +351,6 @@ class Connection:
                 self.transition(ConnInput.EXPIRED)
                 return True
             return False
-        if self.join_at is not None and not self.joins_opened and now >= self.join_at - EPS:
-            self.open_joins(now)
         idle = self._idle_due()
         if idle is not None and now >= idle - EPS:
             self._idle_probe(now)
@@ -367,6 +363,9 @@ class Connection:
                 else:
                     self.proxy.pm.subflow_timer(self, sf, now)
         closing.maybe_finished(self, now)
+        pt = self.paths.timer
+        if pt is not None and pt <= now + EPS and self.state == ConnState.ESTABLISHED:
+            self.proxy.pm.path_timer(self, now)
         if self.state == ConnState.ESTABLISHED:
             if len(self.subflows) > 1:
                 self.proxy.pm.prune(self, now)

@@ -94,7 +94,8 @@ COUNTERS: dict[str, str] = {
     "MPJoinTimeout": "MP_JOIN handshakes given up after retransmissions",
     "MPJoinDenied": "joins not attempted: the peer asked for none to its address (C flag)",
     "MPJoinLimit": "joins not attempted: subflow limit reached",
-    "MPJoinSkippedClosing": "joins not attempted: our DATA_FIN is out (the peer refuses)",
+    "MPJoinTooEarly": "joins not attempted: not fully established (no DATA_ACK yet)",
+    "MPJoinSkippedClosing": "joins not attempted: a DATA_FIN is out (the peer refuses)",
     # -- the peer's joins, the proxy as listener (RFC 8684 §3.2)
     "MPJoinSynRx": "MP_JOIN SYNs received for one of our tokens",
     "MPJoinSynBackupRx": "MP_JOIN SYNs for one of our tokens asking for a backup subflow",
@@ -132,6 +133,18 @@ COUNTERS: dict[str, str] = {
     "RmSubflowTx": "subflows closed on command",
     "LinkDown": "managed interfaces that went down or lost their address",
     "LinkUp": "managed interfaces that came back",
+    "SubflowStale": "subflows whose path showed no progress (silent failure detected)",
+    "SubflowAlive": "stale paths that answered again",
+    "PathProbeTx": "liveness probes sent (one byte of old data, answered by an ACK)",
+    "JoinRetry": "joins tried again after a failed or refused one (with back-off)",
+    "PreferredReturn": "connections moved back to a preferred interface that returned",
+    "SubflowReplaced": "stale subflows replaced by a fresh join on a path that returned",
+    "ConnFrozen": "times a connection had no path left and its local stack was frozen",
+    "FrozenSegments": "local segments that arrived while no path could carry them",
+    "ZeroWindowTx": "zero windows shown to the local stack (freeze, nothing in flight)",
+    "UnreachableTx": "ICMP unreachables answering a frozen local stack's retransmission "
+                     "(RFC 6069)",
+    "FreezeTimeout": "connections reset after staying frozen longer than the bound",
     # -- close and reset (RFC 8684 §3.5, §3.6)
     "MPFastcloseTx": "MP_FASTCLOSE sent (local reset)",
     "MPFastcloseRx": "MP_FASTCLOSE received with our key",

@@ -142,6 +142,8 @@ def rewrite_onto(conn: "Connection", pkt: TcpPacket, sf: Subflow, d: int, s: int
         pkt.set_dport(sf.rport)
     pkt.set_options(opts)
     sf.last_tx = now
+    if n and sf.tx_at <= sf.answer_at:
+        _unanswered_from(conn, sf, now)
     ents = sf.rcv_map.entries
     if ents and ents[0][0] + ents[0][2] <= san:
         sf.rcv_map.prune_below_key(san)
@@ -166,6 +168,16 @@ def send_pieces(conn: "Connection", pieces: list, d: int, payload: bytes,
             sf.rcv_acked = san
             conn.proxy.send(forge_segment(conn, sf, sf.snd_wire(p.s + off), TCP_ACK, opts,
                                           chunk))
+        if sf.tx_at <= sf.answer_at:
+            _unanswered_from(conn, sf, now)
+
+
+def _unanswered_from(conn: "Connection", sf: Subflow, now: float) -> None:
+    """Our data goes out on ``sf`` after the peer's last answer: the clock of
+    :mod:`.liveness` starts, and the connection's path timer is armed."""
+    sf.tx_at = now
+    if conn.paths.timer is None:
+        conn.proxy.pm.watch(conn, now)
 
 
 def forge_segment(conn: "Connection", sf: Subflow, seq_wire: int, flags: int, opts: bytes,

@@ -34,8 +34,12 @@ class EventKind(str, Enum):
     SF_CLOSING = "SF_CLOSING"  # a subflow is being closed on command (FIN)
     SF_SUSPENDED = "SF_SUSPENDED"  # its link is down and there is nowhere else to go
     SF_CLOSED = "SF_CLOSED"  # a subflow ended (reason says why)
+    SF_STALE = "SF_STALE"  # its path shows no progress (reason says why): not used for data
+    SF_ALIVE = "SF_ALIVE"  # a stale path answered again
     HANDOVER = "HANDOVER"  # new data moved to another subflow
     RESUMED = "RESUMED"  # first data delivered after a HANDOVER (elapsed: the gap)
+    FROZEN = "FROZEN"  # no path can carry new data: the local stack is kept waiting
+    THAWED = "THAWED"  # a path carries data again (elapsed: how long it was frozen)
 
 
 # Events worth a line at INFO level; the routine per-connection ones are DEBUG (at a
@@ -43,6 +47,7 @@ class EventKind(str, Enum):
 INFO_EVENTS = frozenset({
     EventKind.FALLBACK, EventKind.ANNOUNCED, EventKind.REMOVED, EventKind.SF_ESTABLISHED,
     EventKind.SF_PRIO, EventKind.SF_CLOSED, EventKind.SF_SUSPENDED, EventKind.HANDOVER,
+    EventKind.SF_STALE, EventKind.SF_ALIVE, EventKind.FROZEN, EventKind.THAWED,
 })
 
 
@@ -59,7 +64,7 @@ class Event:
     ``backup``: the subflow's backup flag as we send it, ``iface``: the local interface,
     ``reason``: why (``SF_CLOSED``, ``FALLBACK``, ``CLOSED``), ``from_subflow``: the
     previous active subflow (``HANDOVER``), ``elapsed``: seconds (``ESTABLISHED``: since
-    the SYN; ``RESUMED``: since the handover).
+    the SYN; ``RESUMED``: since the handover; ``THAWED``: how long it was frozen).
     """
 
     kind: EventKind

@@ -50,3 +50,27 @@ def reply_rst_for(pkt: TcpPacket) -> bytearray:
         return build_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, pkt.ack, 0, TCP_RST, 0)
     return build_segment(pkt.dst, pkt.src, pkt.dport, pkt.sport, 0, pkt.end_seq,
                          TCP_RST | TCP_ACK, 0)
+
+
+IPPROTO_ICMP = 1
+IPPROTO_ICMPV6 = 58
+
+
+def build_unreachable(quoted: bytes | bytearray, src: bytes, dst: bytes,
+                      ttl: int = DEFAULT_TTL) -> bytearray:
+    """An ICMP destination unreachable from ``src`` to ``dst`` quoting ``quoted`` (the
+    start of the packet it refers to: its IP header and the first bytes of its TCP
+    header). IPv4: type 3 code 0, net unreachable (RFC 792); IPv6: type 1 code 0, no
+    route to destination (RFC 4443 §3.1). Linux reverts one step of the quoted
+    connection's RTO back-off for either (RFC 6069; docs/platform.md §10)."""
+    from .checksum import fold_checksum, ones_sum
+    body = bytearray(struct.pack("!BBHI", 1 if len(src) == 16 else 3, 0, 0, 0)) + quoted
+    if len(src) == 16:
+        pseudo = int.from_bytes(src, "big") + int.from_bytes(dst, "big") + len(body) \
+            + IPPROTO_ICMPV6
+        struct.pack_into("!H", body, 2, fold_checksum(pseudo + ones_sum(body)))
+        return bytearray(_IPV6.pack(6 << 28, len(body), IPPROTO_ICMPV6, ttl, src, dst)) + body
+    struct.pack_into("!H", body, 2, fold_checksum(ones_sum(body)))
+    ip = bytearray(_IPV4.pack(0x45, 0, 20 + len(body), 0, 0, ttl, IPPROTO_ICMP, 0, src, dst))
+    struct.pack_into("!H", ip, 10, ipv4_header_checksum(ip))
+    return ip + body

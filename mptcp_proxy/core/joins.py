@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import closing, crypto, joins_listener
+from . import closing, crypto, joins_listener, liveness
 from .constants import (
     MPTCP_RST_EMPTCP,
     MPTCP_RST_EUNSPEC,
@@ -40,7 +40,7 @@ __all__ = ["JOIN_SYN_RTO", "JOIN_ACK_RTO", "start_join", "join_segment", "join_t
 
 JOIN_SYN_RTO = 1.0  # seconds, doubled per retry (RFC 6298 initial RTO)
 JOIN_SYN_RETRIES = 3
-JOIN_ACK_RTO = 0.2  # third-ACK retransmission until the fourth ACK
+JOIN_ACK_RTO = liveness.RTO_MIN  # third-ACK retransmission (at least; the path's RTO)
 JOIN_ACK_RETRIES = 5
 
 
@@ -51,6 +51,7 @@ def start_join(conn: "Connection", sf: Subflow, now: float) -> None:
     sf.snd_wscale = max(conn.tcp_wscale, 0)
     sf.retries = 0
     sf.rto = JOIN_SYN_RTO
+    sf.syn_at = now
     _send_syn(conn, sf, now)
     conn.counters.inc("MPJoinSynTx")
     conn.proxy.emit_event(EventKind.SF_OPENING, conn, sf)
@@ -111,7 +112,7 @@ def join_segment(conn: "Connection", sf: Subflow, pkt: TcpPacket, now: float):
         sf.transition(SubflowInput.HANDSHAKE_DONE)
         sf.est_once = True
         sf.timer = None
-        sf.last_rx = now
+        sf.last_rx = sf.answer_at = now
         conn.counters.inc("MPJoinEstab")
         conn.proxy.emit_event(EventKind.SF_ESTABLISHED, conn, sf)
         conn.proxy.pm.join_established(conn, sf, now)
@@ -141,8 +142,10 @@ def _synack(conn: "Connection", sf: Subflow, pkt: TcpPacket, now: float):
     sf.ts_ok = peer["ts"] and conn.tcp_ts_ok
     sf.join_hmac = crypto.join_ack_hmac(conn.local_key, conn.remote_key, sf.nonce, join.nonce)
     sf.transition(SubflowInput.JOIN_SYNACK)
+    if sf.retries == 0:  # (Karn: not from a retransmitted SYN)
+        liveness.rtt_sample(sf, now - sf.syn_at)
     sf.retries = 0
-    sf.rto = JOIN_ACK_RTO
+    sf.rto = max(JOIN_ACK_RTO, liveness.path_rto(conn, sf))
     sf.last_rx = now
     _send_third_ack(conn, sf, now)
     conn.counters.inc("MPJoinAckTx")
@@ -176,6 +179,8 @@ def _reset_join(conn: "Connection", sf: Subflow, now: float, reason: int) -> Non
                                   TCP_RST, 0, opt, ttl=conn.ip_ttl, tos=conn.ip_tos))
     conn.counters.inc("MPRstTx")
     closing.subflow_gone(conn, sf, now, "join failed")
+    if reason == MPTCP_RST_EMPTCP:  # a protocol failure (HMAC): not tried again
+        conn.paths.retry.pop(sf.iface, None)
 
 
 def join_timer(conn: "Connection", sf: Subflow, now: float) -> bool:

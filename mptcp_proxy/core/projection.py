@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "subflow_ack", "held_ranges", "note_forwarded", "note_tcp_ack", "data_ack_wire",
-    "tcp_sacks", "order_sacks", "subflow_ahead", "pick_ack_subflow", "subflows_to_ack",
+    "tcp_sacks", "in_flight_elsewhere", "order_sacks", "subflow_ahead", "pick_ack_subflow",
+    "subflows_to_ack",
     "ts_to_tcp", "window_to_tcp",
 ]
 
@@ -119,6 +120,13 @@ def subflow_ack(sf: "Subflow", r_ack: int, held: list[Range]) -> tuple[int, list
 
 
 def _subflow_sacks(sf: "Subflow", s: int, r_ack: int, held: list[Range]) -> list[Range]:
+    # (arrived bytes from s up to rcv_contig count as acknowledged here: data contiguous
+    # with the TCP side's ACK that it has not acknowledged yet would otherwise be a hole
+    # below the blocks, and the peer would resend it: subflow bytes arrive in subflow
+    # order, but the data they carry may lie below others' at the data level)
+    if sf.rcv_contig > s:
+        rc = sf.rcv_map.map_range(s, sf.rcv_contig - s)
+        held = merge_ranges(list(held) + [(ra, ra + n) for _sa, ra, n in rc])
     acked_or_held = [(-(1 << 64), r_ack), *held]
     sacks = []
     for sa, ra, n in sf.rcv_map.entries:
@@ -218,9 +226,33 @@ def tcp_sacks(conn: "Connection", sf: "Subflow", peer_sacks) -> list[Range] | No
         s_ranges.append((max(0, sf.snd_una - _FAR), sf.snd_una))
     if not s_ranges:
         return None
-    out = [(max(lo, conn.d_una), hi) for lo, hi in sf.send_map.project(s_ranges)
-           if hi > conn.d_una]
+    top = in_flight_elsewhere(conn, sf)
+    out = [(max(lo, conn.d_una), min(hi, top)) for lo, hi in sf.send_map.project(s_ranges)
+           if hi > conn.d_una and lo < top]
     return merge_ranges(out) or None
+
+
+def in_flight_elsewhere(conn: "Connection", sf: "Subflow") -> int:
+    """The lowest data byte (relative) still in flight on another live subflow that no
+    longer takes new data (sent, not acknowledged there: it drains after a handover); no
+    SACK block from ``sf`` may go above it. Those bytes are
+    not lost, only on a slower path: a SACK above them would make the TCP side count them
+    as lost after its reordering window and resend them (every make-before-break upload
+    did, at the queue's delay: ~120 spurious retransmissions here). If that path is dead,
+    its subflow is abandoned (:mod:`.liveness`) and the SACK blocks come back. Without
+    another subflow in flight: no limit."""
+    top = 1 << 62
+    if len(conn.subflows) == 1:
+        return top
+    d_una = conn.d_una
+    senders = conn.proxy.pm.senders(conn)
+    for o in conn.subflows:
+        if o is sf or o.stale or o.snd_nxt <= o.snd_una or not o.can_send or o in senders:
+            continue
+        for _s, d, n in o.send_map.map_range(o.snd_una, o.snd_nxt - o.snd_una):
+            if d + n > d_una:
+                top = min(top, max(d, d_una))
+    return top
 
 
 def order_sacks(sf: "Subflow", d_sacks: list[Range], newest: Range | None,

@@ -40,6 +40,7 @@ from .constants import (
 )
 from .emission import fill_acked_hole, send_ack
 from .events import EventKind
+from .liveness import note_acked, note_rx_data
 from .options import Dss, parse_dss
 from .projection import (
     held_ranges,
@@ -197,6 +198,8 @@ def steady(conn: "Connection", sf: "Subflow", pkt: TcpPacket, now: float):
     sf.ts_off = 0
     conn.shown_tsval = tsval
     take_subflow_ack(sf, san)
+    if not plen:
+        sf.answer_at = now  # (a pure ACK answers our data: :mod:`.liveness`)
     conn.counters["DSSRx"] += 1
     if d_adv:
         take_data_ack(conn, dack)
@@ -354,6 +357,8 @@ def subflow_ack(conn: "Connection", sf: "Subflow", seg: Segment) -> None:
     if not seg.flags & TCP_ACK:
         return
     seg.san_moved = take_subflow_ack(sf, unwrap(seg.pkt.ack, sf.snd_base, sf.snd_una))
+    if not seg.plen:
+        sf.answer_at = sf.last_rx  # (a pure ACK answers our data: :mod:`.liveness`)
 
 
 def take_subflow_ack(sf: "Subflow", san: int) -> bool:
@@ -363,6 +368,7 @@ def take_subflow_ack(sf: "Subflow", san: int) -> bool:
     if not sf.snd_una < san <= top:
         return False
     sf.snd_una = san
+    note_acked(sf, san)
     forget_acked_mappings(sf)
     if sf.fin_sent is not None and san > sf.fin_sent:
         sf.fin_acked = True
@@ -530,6 +536,9 @@ def take_payload(conn: "Connection", sf: "Subflow", s: int, r: int, n: int,
     if r + n > conn.r_high:
         conn.r_high = r + n
     note_forwarded(conn, r, r + n)
+    note_rx_data(sf, now)
+    if conn.paths.timer is None:
+        conn.proxy.pm.watch(conn, now)
     if conn.handover_at is not None:
         conn.proxy.emit_event(EventKind.RESUMED, conn, sf, elapsed=now - conn.handover_at)
         conn.handover_at = None
@@ -599,7 +608,13 @@ def to_tcp_side(conn: "Connection", sf: "Subflow", seg: Segment, now: float):
 
 def _nothing_new(conn: "Connection", sf: "Subflow", seg: Segment, win: int, d_sacks) -> bool:
     """A pure ACK that tells the TCP side nothing: no DATA_ACK progress, same window and
-    SACK blocks, and not a duplicate ACK it should count."""
+    SACK blocks, and not a duplicate ACK it should count. An answer to our liveness probe,
+    or anything pure on a stale subflow, is consumed whatever it carries (taken in by the
+    stages already): its timestamp echo is as old as our last in-order segment there (a
+    probe is old data), and an ACK of new data with it would give the TCP side an RTT
+    sample as long as the silence (:mod:`.liveness`)."""
+    if sf.probe_at is not None or sf.stale:
+        return True
     dup = (not seg.san_moved and not seg.d_adv and sf.snd_nxt > sf.snd_una
            and not seg.signalling and not seg.flags & TCP_FIN)
     return not (seg.d_adv or win != conn.shown_win or d_sacks != conn.shown_sacks or dup)

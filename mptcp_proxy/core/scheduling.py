@@ -13,17 +13,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from .liveness import forget_timing, note_new_data
 from .states import SubflowState
 from .subflow import SentMapping, Subflow
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Piece", "assign", "mapped", "find_sent", "sentmaps_over", "record_mapping",
-           "forget_acked_mappings", "segment_size"]
+__all__ = ["Piece", "assign", "pick_sender", "mapped", "find_sent", "sentmaps_over",
+           "record_mapping", "forget_acked_mappings", "segment_size"]
 
 MIN_SEGMENT = 500  # bytes: the least payload per forged segment
 MAX_SEGMENT = 0xFFFF - 40 - 60  # bytes: the most (IPv6 header, TCP header with options)
+SEND_BURST = 16384  # bytes a sender may be ahead of another before new data moves
 
 
 class Piece(NamedTuple):
@@ -52,9 +54,11 @@ def assign(conn: "Connection", d: int, n: int) -> list[Piece]:
     end = d + n
     while cur < end:
         if cur >= conn.d_nxt:
-            pieces.append(_new_data(conn, conn.active, cur, end - cur))
+            pieces.append(_new_data(conn, pick_sender(conn), cur, end - cur))
             conn.d_nxt = end
             break
+        if cur == d:
+            forget_timing(conn)  # a retransmission (Karn)
         piece, lim = _where_sent(conn, cur, min(end, conn.d_nxt) - cur)
         if piece is None:
             piece = _new_data(conn, conn.active, cur, lim)
@@ -63,11 +67,36 @@ def assign(conn: "Connection", d: int, n: int) -> list[Piece]:
     return pieces
 
 
+def pick_sender(conn: "Connection") -> Subflow:
+    """The subflow for the TCP side's next new data: the active one, or with several
+    subflows sending at once (``--subflows active``, paper §5.5) the one with the fewest
+    bytes in flight — the shortest queue: a slower path keeps its bytes in flight longer
+    and so gets fewer new ones; the TCP side's one congestion window covers the sum."""
+    senders = conn.proxy.pm.senders(conn)
+    if len(senders) < 2:
+        return conn.active
+    best = min(senders, key=lambda sf: (sf.snd_nxt - sf.snd_una, sf.index))
+    cur = conn.paths.sender
+    # in bursts (as Linux's scheduler): the data level then holds long runs from each
+    # path, and the peer's SACK blocks on one subflow map to few data ranges
+    if cur in senders and (cur.snd_nxt - cur.snd_una) - (best.snd_nxt - best.snd_una) \
+            < SEND_BURST:
+        return cur
+    conn.paths.sender = best
+    return best
+
+
 def _new_data(conn: "Connection", sf: Subflow, d: int, n: int) -> Piece:
     s0 = sf.snd_nxt
     sf.send_map.add(s0, d, n)
     sf.snd_nxt = s0 + n
+    _watch(conn, sf, s0, s0 + n)
     return Piece(sf, d, s0, n)
+
+
+def _watch(conn: "Connection", sf: Subflow, s: int, end: int) -> None:
+    """New subflow bytes go out: one may be timed (RTT, :mod:`.liveness`)."""
+    note_new_data(sf, s, end, conn.proxy.now)
 
 
 def assign_new(conn: "Connection", d: int, n: int) -> SentMapping:
@@ -79,6 +108,7 @@ def assign_new(conn: "Connection", d: int, n: int) -> SentMapping:
     sf.send_map.add(s0, d, n)
     sf.snd_nxt = s0 + n
     conn.d_nxt = d + n
+    _watch(conn, sf, s0, s0 + n)
     m = SentMapping(s0, d, n)
     sf.sent.append(m)  # (above every mapping sent: in subflow order)
     return m

@@ -47,13 +47,16 @@ RM_PROBE_TIMEOUT = 1.0  # s: a REMOVE_ADDR probe unanswered this long ends the s
 class PendingSignal:
     """A connection-level signal waiting for a usable subflow or its next repeat."""
 
-    __slots__ = ("option", "counter", "left", "echoed_by")
+    __slots__ = ("option", "counter", "left", "echoed_by", "removes", "sent_at")
 
-    def __init__(self, option: bytes, counter: str, left: int, echoed_by: int | None) -> None:
+    def __init__(self, option: bytes, counter: str, left: int, echoed_by: int | None,
+                 removes: tuple[int, ...] = ()) -> None:
         self.option = option  # the whole MPTCP option
         self.counter = counter  # the counter bumped per transmission
         self.left = left  # transmissions left (ADD_ADDR: until echoed)
         self.echoed_by = echoed_by  # ADD_ADDR: its address ID, cancelled by the echo
+        self.removes = removes  # REMOVE_ADDR: the address IDs it carries
+        self.sent_at: float | None = None  # its last copy went out then
 
 
 def receive_options(conn: "Connection", sf: "Subflow", pkt: "TcpPacket", others: list,
@@ -208,28 +211,54 @@ def flush_signals(conn: "Connection", now: float) -> None:
         return
     sf = conn.active if conn.active in live else live[0]
     keep = []
+    gap = max(SIGNAL_RTO_MIN, sf.rto)
+    due = None
     for p in conn.pending_signals:
+        if p.sent_at is not None and now < p.sent_at + gap - 1e-9:
+            keep.append(p)  # (a repeat is due an RTO after the last copy, not sooner)
+            due = p.sent_at + gap if due is None else min(due, p.sent_at + gap)
+            continue
         send_signal(conn, sf, p.option, now)
         conn.counters.inc(p.counter)
+        p.sent_at = now
         p.left -= 1
         if p.left > 0:
             keep.append(p)
+            due = now + gap if due is None else min(due, now + gap)
     conn.pending_signals = keep
-    if keep:
-        sf.timer = now + max(SIGNAL_RTO_MIN, sf.rto)
+    if due is not None:
+        sf.timer = due if sf.timer is None else min(sf.timer, due)
         conn.rearm()
 
 
 def cancel_remove(conn: "Connection", addr_id: int) -> None:
     """The address is back: a queued REMOVE_ADDR for its ID would kill a new join there."""
-    rm = push_option(RemoveAddr((addr_id,)))
-    conn.pending_signals = [p for p in conn.pending_signals if p.option != rm]
+    keep = []
+    for p in conn.pending_signals:
+        if addr_id in p.removes:
+            p.removes = tuple(i for i in p.removes if i != addr_id)
+            if not p.removes:
+                continue
+            p.option = push_option(RemoveAddr(p.removes))
+        keep.append(p)
+    conn.pending_signals = keep
 
 
 def remove_addr(conn: "Connection", addr_id: int, now: float) -> None:
     """Tell the peer our address ``addr_id`` is gone (it reinjects what was in flight
-    there, §3.4.2)."""
-    queue_signal(conn, push_option(RemoveAddr((addr_id,))), now, "RmAddrTx")
+    there, §3.4.2). IDs removed together go in one option: Linux drops a REMOVE_ADDR
+    that arrives while it still handles the previous one (``RmAddrDrop``)."""
+    for p in conn.pending_signals:
+        if p.removes and addr_id not in p.removes:
+            p.removes = (*p.removes, addr_id)
+            p.option = push_option(RemoveAddr(p.removes))
+            p.left = SIGNAL_REPEATS
+            p.sent_at = None  # (the new ID goes out now)
+            flush_signals(conn, now)
+            return
+    conn.pending_signals.append(PendingSignal(push_option(RemoveAddr((addr_id,))), "RmAddrTx",
+                                              SIGNAL_REPEATS, None, (addr_id,)))
+    flush_signals(conn, now)
 
 
 def announce(conn: "Connection", addr_id: int, addr: bytes, now: float, port: int = 0) -> None:

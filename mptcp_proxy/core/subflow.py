@@ -64,6 +64,9 @@ class Subflow:
         "rcv_contig", "rcv_ooo", "est_once", "fill_time", "prio_at", "sent",
         "rcv_wnd_edge", "max_snd_wnd", "last_challenge", "rm_probe_at",
         "passive", "join_echo",
+        # path liveness (:mod:`.liveness`)
+        "srtt", "rttvar", "rtt_seq", "rtt_t", "tx_at", "answer_at", "rx_data_at", "rx_count",
+        "rx_seen", "probe_at", "probes", "stale", "replaces", "syn_at",
     )
 
     def __init__(self, index: int, laddr: bytes, lport: int, raddr: bytes, rport: int,
@@ -124,6 +127,20 @@ class Subflow:
         self.rm_probe_at: float | None = None  # a REMOVE_ADDR probe is out until then
         self.passive = False  # opened by the peer's MP_JOIN (we are its listener)
         self.join_echo = False  # passive, established: the peer may repeat its third ACK
+        self.srtt = 0.0  # smoothed RTT of this path (s; 0: no sample yet)
+        self.rttvar = 0.0
+        self.rtt_seq: int | None = None  # a timed subflow byte: its ACK is an RTT sample
+        self.rtt_t = 0.0
+        self.tx_at = 0.0  # our first data segment here since the peer's last answer
+        self.answer_at = 0.0  # the peer's last answer here: a pure ACK, or its ACK moved
+        self.rx_data_at = 0.0  # the peer's last data segment here
+        self.rx_count = 0  # the peer's data segments here
+        self.rx_seen = 0  # rx_count when the path was last known alive in silence
+        self.probe_at: float | None = None  # an unanswered liveness probe went out then
+        self.probes = 0  # unanswered probes in a row
+        self.stale = False  # its path shows no progress: not used for new data
+        self.replaces: "Subflow | None" = None  # a stale subflow this join takes over from
+        self.syn_at = 0.0  # our SYN went out (the join's handshake RTT)
 
     def __repr__(self) -> str:
         return f"<Subflow {self.index} {self.state.name} {self.iface or ''}>"
@@ -152,6 +169,11 @@ class Subflow:
         st = self.state
         return st == SubflowState.ESTABLISHED or (st == SubflowState.CLOSING
                                                   and self.fin_sent is None)
+
+    @property
+    def usable(self) -> bool:
+        """It may carry new data: our direction open and its path not stale."""
+        return self.can_send and not self.stale
 
     @property
     def alive(self) -> bool:

@@ -82,7 +82,6 @@ def transmit(conn: "Connection", pkt: TcpPacket, now: float):
         seg.carrier = sf
         verdict = rewrite_onto(conn, pkt, sf, d, sf.seq_nxt, 0, bool(fin), seg.tsval,
                                seg.held, seg.extra, now)
-        conn.schedule_joins(now)
     if new_fin:
         closing.data_fin_elsewhere(conn, seg.carrier, now)
     if infinite and not conn.infinite_pending:

@@ -12,6 +12,7 @@ import tempfile
 from typing import Any
 
 from . import __doc__ as DOC
+from . import mobility  # noqa: F401  (registers the mobility kinds)
 from . import trace as tr
 from .kinds import KINDS
 from .report import build_report, summary
@@ -92,8 +93,19 @@ def _kind_options(p: argparse.ArgumentParser) -> None:
 
 
 def _output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--native", action="store_true",
-                   help="no proxy: native MPTCP client with the kernel path manager")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--native", action="store_true",
+                     help="no proxy: native MPTCP client with the kernel path manager")
+    who.add_argument("--plain", action="store_true",
+                     help="no proxy, no MPTCP: a plain TCP client (the server falls back)")
+    p.add_argument("--ipv6", action="store_true",
+                   help="the transfer over IPv6 (the bed is dual stack)")
+    p.add_argument("--no-user-routing", action="store_true",
+                   help="no policy routing by source address in the client (one default "
+                        "route per link, as DHCP leaves it): only the proxy's own")
+    p.add_argument("--proxy-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for mptcp-proxy (repeat; e.g. --proxy-arg=--prefer "
+                        "--proxy-arg=c1)")
     p.add_argument("--plot", metavar="PNG", help="write the DSN/DAN plot here")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON here")
     p.add_argument("--keep-pcap", metavar="DIR",

@@ -15,8 +15,8 @@ from ..nstat import ERROR_COUNTERS
 from .captures import capture_metrics, decode_captures
 from .kinds import KINDS
 from .plot import plot
-from .stacks import STACKS
-from .trace import read_trace, trace_metrics
+from .stacks import STACKS, stack_name
+from .trace import read_trace, return_metrics, trace_metrics
 
 if TYPE_CHECKING:
     from .scenario import Run
@@ -53,7 +53,7 @@ PROXY_ERRORS = ("DSSNoMapping", "DSSNoMatchTCP", "DSSNotMatching", "DSSPartialMa
 
 
 def title(a: argparse.Namespace) -> str:
-    who = STACKS["native" if a.native else "proxy"].label
+    who = STACKS[stack_name(a)].label
     return (f"{who}: {KINDS[a.kind].title(a)}, {'SACK' if a.sack else 'no SACK'}, "
             f"{a.direction}, {a.delay_ms:g} ms one-way, {a.rate_mbit:g} Mbit/s per path")
 
@@ -76,8 +76,9 @@ def scenario(run: Run) -> dict[str, Any]:
     a = run.a
     return {"kind": a.kind, "sack": a.sack, "delay_ms": a.delay_ms, "rate_mbit": a.rate_mbit,
             "direction": a.direction, "duration_s": a.duration, "at_s": a.at,
-            **KINDS[a.kind].scenario(a), "native": a.native,
-            "proxy_subflows": None if a.native else run.subflows,
+            **KINDS[a.kind].scenario(a), "native": a.native, "plain": a.plain,
+            "client": stack_name(a), "ipv6": a.ipv6, "user_routing": not a.no_user_routing,
+            "proxy_subflows": None if a.native or a.plain else run.subflows,
             "fallback_route": a.fallback_route, "router_rp_filter": 1, "commit": _commit(),
             "cc": run.cc}
 
@@ -161,6 +162,11 @@ def _trace(run: Run, report: dict[str, Any], times: list[float], sizes: list[int
                        "t_h": run.t_h, "clock_offset": run.offset}, f, indent=1)
     report["bytes"] = m["bytes"]
     report.update({k: m[k] for k in TRACE_KEYS})
+    t_ret = run.handover.pop("t_return", None)
+    if t_ret is not None:
+        run.handover["return_at_s"] = round(t_ret - run.t0, 4)
+        report["after_return"] = return_metrics(times, sizes, run.t_h, t_ret,
+                                                receiver.get("t_end"))
     report["trace"] = {k: m[k] for k in ("recv_calls", "first_byte_s", "last_byte_s",
                                          "max_gap_overall_from_s")}
     if m["recovery_s"] is None:
@@ -251,6 +257,11 @@ def summary(r: dict, a: argparse.Namespace) -> str:
         f"({cap.get('old_path_data_after')} segments)",
         f"  error counters   {'none' if r['errors_ok'] else r['error_counters']}",
     ]
+    ar = r.get("after_return")
+    if ar:
+        lines.append(f"  after the return first byte {_fmt(ar['first_byte_s'], ' s')}, back to "
+                     f"90 % of the previous rate {_fmt(ar['recovery_s'], ' s')} (80 % of the "
+                     f"path rate {_fmt(ar.get('recovery_nominal_s'), ' s')})")
     if r.get("proxy_stats") is not None:
         lines.append(f"  proxy counters   {r['proxy_stats']}")
     if r["plot"]:

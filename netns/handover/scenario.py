@@ -23,7 +23,7 @@ from ..nstat import read_counters
 from ..peer import PeerError, PeerProcess, start_client, start_server
 from ..topology import Topology
 from .kinds import KINDS
-from .stacks import STACKS
+from .stacks import STACKS, stack_name
 
 __all__ = ["PORT", "Run", "clock_offset"]
 
@@ -54,12 +54,13 @@ class Run:
     def __init__(self, a: argparse.Namespace, workdir: str, pcap_dir: str) -> None:
         self.a = a
         self.kind = KINDS[a.kind]
-        self.client_stack = STACKS["native" if a.native else "proxy"]
+        self.client_stack = STACKS[stack_name(a)]
         self.subflows = a.proxy_subflows or self.kind.proxy_subflows(a)
         self.warnings: list[str] = []
         self.traces = {role: os.path.join(workdir, f"{role}.trace")
                        for role in ("server", "client")}
-        self.pcaps = {i: os.path.join(pcap_dir, f"{i}.pcap") for i in ("c0", "c1")}
+        self.pcaps = {i: os.path.join(pcap_dir, f"{i}.pcap")
+                      for i in getattr(self.kind, "capture_ifaces", ("c0", "c1"))}
         self.offset = clock_offset()
         self.stack = contextlib.ExitStack()
         self.topo: Topology | Any = None
@@ -82,7 +83,8 @@ class Run:
             self._bed()
             self.kind.setup_bed(self)
             self.client_stack.prepare(self)
-            srv = start_server(self.topo, PORT, mptcp=True, bind="0.0.0.0", count=1,
+            srv = start_server(self.topo, PORT, mptcp=True,
+                               bind="::" if self.a.ipv6 else "0.0.0.0", count=1,
                                timeout=PEER_TIMEOUT,
                                extra=["--trace", self.traces["server"]])
             self.stack.callback(srv.stop)
@@ -99,7 +101,8 @@ class Run:
 
     def _client_args(self) -> list[Any]:
         a = self.a
-        args: list[Any] = ["--addr", self.topo.server_addr, "--port", PORT, "--seed", 1,
+        server = self.topo.server_addr6 if a.ipv6 else self.topo.server_addr
+        args: list[Any] = ["--addr", server, "--port", PORT, "--seed", 1,
                            "--timeout", PEER_TIMEOUT, "--events", "--hold",
                            "--trace", self.traces["client"]]
         args += (["--download-seconds", a.duration] if a.direction == "down"
@@ -145,7 +148,8 @@ class Run:
     def _bed(self) -> None:
         a = self.a
         self.topo = self.stack.enter_context(
-            Topology(client_links=2, server_links=1, ipv6=False, offloads=False))
+            Topology(client_links=2, server_links=1, ipv6=a.ipv6, offloads=False,
+                     client_policy_routing=not a.no_user_routing))
         topo = self.topo
         self.emu = self.stack.enter_context(Emulation(topo))
         for link in (0, 1):

@@ -16,7 +16,8 @@ from ..nstat import read_counters
 if TYPE_CHECKING:
     from .scenario import Run
 
-__all__ = ["Stack", "ProxyStack", "NativeStack", "STACKS", "register"]
+__all__ = ["Stack", "ProxyStack", "NativeStack", "PlainStack", "STACKS", "register",
+           "stack_name"]
 
 
 class Stack:
@@ -60,6 +61,11 @@ def register(stack: Stack) -> Stack:
     return stack
 
 
+def stack_name(a) -> str:
+    """The client stack the command line asks for."""
+    return "native" if a.native else "plain" if getattr(a, "plain", False) else "proxy"
+
+
 def _delta(before: dict, after: dict, group: str) -> dict[str, int]:
     b, a = before.get(group, {}), after.get(group, {})
     return {k: a.get(k, 0) - b.get(k, 0) for k in a}
@@ -75,7 +81,8 @@ class ProxyStack(Stack):
     def start(self, run: Run) -> None:
         from ..proxyd import start_proxy
         run.px = start_proxy(run.topo, ["c0", "c1"], ["--subflows", run.subflows,
-                                                      "--log-level", run.a.proxy_log_level])
+                                                      "--log-level", run.a.proxy_log_level,
+                                                      *run.a.proxy_arg])
         run.stack.callback(run.px.stop)
         run.proxy_before = run.px.stats()
 
@@ -124,8 +131,23 @@ class NativeStack(Stack):
         return {"ip": "endpoint change id 2 nobackup; id 1 backup"}
 
 
+class PlainStack(Stack):
+    """Plain TCP, no proxy and no MPTCP on the client (the server's MPTCP socket falls
+    back to TCP): what an unmodified host does, for comparison. It cannot switch."""
+
+    name = "plain"
+    label = "plain TCP"
+
+    def path_ready(self, run: Run, iface: str, before: dict) -> bool:
+        return False
+
+    def switch(self, run: Run, to: str, brk: bool) -> dict[str, Any]:
+        return {"switch": "none (plain TCP has one path)"}
+
+
 register(ProxyStack())
 register(NativeStack())
+register(PlainStack())
 
 
 def wait_path(run: Run, iface: str, before: dict, timeout: float = 5.0) -> float:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 __all__ = [
     "REF_WINDOW_S", "RATE_WINDOW_S", "RATE_FRACTION", "GAP_WINDOW_S", "NEAR_AFTER_S",
-    "NOMINAL_FRACTION", "write_trace", "read_trace", "trace_metrics",
+    "NOMINAL_FRACTION", "write_trace", "read_trace", "trace_metrics", "return_metrics",
 ]
 
 REF_WINDOW_S = 2.0     # reference rate: the 2 s before the handover
@@ -161,4 +161,31 @@ def _rates(times: Sequence[float], cum: Sequence[int], t_h: float,
     if end > lo:
         after = _bytes_between(times, cum, lo, end, lo_closed=False) / (end - lo)
         out["rate_after_mbit"] = round(after * 8 / 1e6, 3)
+    return out
+
+
+def return_metrics(times: Sequence[float], sizes: Sequence[int], t_h: float, t_ret: float,
+                   t_recv_end: float | None = None,
+                   nominal_mbit: float | None = None) -> dict[str, Any]:
+    """Delivery after a path came back at ``t_ret`` (an event that began at ``t_h``):
+    ``first_byte_s``: first data-returning ``recv()`` after ``t_ret``, minus ``t_ret``;
+    ``recovery_s``: from ``t_ret`` until a 0.25 s window carries 90 % of the rate of the
+    2 s before ``t_h`` (as ``recovery_s`` of :func:`trace_metrics`); ``recovery_nominal_s``
+    the same with 80 % of ``nominal_mbit``; ``bytes_during``: delivered in
+    ``(t_h, t_ret]``. None where it never happened."""
+    cum = [0]
+    for s in sizes:
+        cum.append(cum[-1] + s)
+    i = bisect.bisect_right(times, t_ret)
+    first = times[i] - t_ret if i < len(times) else None
+    ref = _bytes_between(times, cum, t_h - REF_WINDOW_S, t_h, lo_closed=False) / REF_WINDOW_S
+    out: dict[str, Any] = {
+        "first_byte_s": None if first is None else round(first, 6),
+        "recovery_s": _recovery(times, cum, t_ret, RATE_FRACTION * ref),
+        "recovery_nominal_s": (_recovery(times, cum, t_ret,
+                                         NOMINAL_FRACTION * nominal_mbit * 1e6 / 8)
+                               if nominal_mbit else None),
+        "bytes_during": _bytes_between(times, cum, t_h, t_ret, lo_closed=False),
+        "rate_before_mbit": round(ref * 8 / 1e6, 3),
+    }
     return out

@@ -259,7 +259,8 @@ def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, mode: 
     fails over to c1 (backup: the backup subflow; manual: a join after the break, paper
     §5.4), sends REMOVE_ADDR for address ID 0 (the server's RmAddr rises), and c1 carries
     the rest intact. With ``--subflows backup`` (rejoin on), c0 comes back up and the proxy
-    joins on it again: MPJoinAckRx rises again, no MPJoinRejected."""
+    joins on it again: MPJoinAckRx rises again, no MPJoinRejected, and the traffic returns
+    to c0 (the preferred interface)."""
     bed = mp_bed(sack=sack)
     topo = bed.topo
     px = run_proxy(topo, extra=_opts("--subflows", mode))
@@ -316,7 +317,10 @@ def test_link_cut_failover_and_rejoin(mp_bed, run_proxy, record_property, mode: 
         assert rejoin is not None
         assert out.sd["MPJoinAckRx"] == joins_before + 1 == 2, nonzero(out.sd)
         assert out.pd["LinkUp"] == 1, nonzero(out.pd)
-        assert active(after_up)["iface"] == "c1", brief(after_up)
+        # c0 is the preferred interface (the first given): traffic returns to it once its
+        # new subflow is up (docs/mobility.md §3)
+        assert active(after_up)["iface"] == "c0", brief(after_up)
+        assert out.pd["PreferredReturn"] == 1, nonzero(out.pd)
         facts["rejoin_s"] = round(t_rejoin - t_up, 3)
     report(record_property, **facts)
 

@@ -88,6 +88,8 @@ A1 = bytes([10, 0, 1, 1])  # client, interface c1 (path 1)
 P0 = bytes([10, 9, 0, 2])  # server, main address (address ID 0)
 P1 = bytes([10, 9, 1, 2])  # server, second address (announced with ADD_ADDR)
 LOCAL_PORT = 40000
+# Linux tcp_model_timeout(15 retries, 200 ms): 0.2 s doubled up to 120 s
+RETRIES2_TIMEOUT = sum(min(0.2 * 2 ** k, 120.0) for k in range(16))
 SERVER_PORT = 8080
 
 
@@ -241,6 +243,8 @@ class TcpSender:
         self.rexmit_segs = 0
         self.consecutive_rtos = 0
         self.reneged = 0
+        self.rto_at = 0.0
+        self.first_rto_at = 0.0
 
     # -- accounting
     @property
@@ -400,6 +404,8 @@ class TcpSender:
 
     def on_rto(self, now: float) -> None:
         self.rto_count += 1
+        if not self.consecutive_rtos:
+            self.first_rto_at = now
         self.consecutive_rtos += 1
         if self.sacked.covers(self.una, self.una + 1):
             # Linux tcp_timeout_mark_lost: a SACKed head means the receiver reneged;
@@ -420,6 +426,17 @@ class TcpSender:
         self.backoff += 1
         self.rto = min(self.max_rto, self.rto * 2)
         self.deadline = now + self.rto if self.outstanding > 0 else None
+        self.rto_at = now
+
+    def revert_backoff(self, now: float) -> bool:
+        """RFC 6069 as Linux ``tcp_ld_RTO_revert``: an ICMP unreachable for the oldest
+        byte during back-off undoes one doubling; True when the retransmission is due."""
+        if self.backoff <= 0 or self.outstanding <= 0:
+            return False
+        self.backoff -= 1
+        self.rto = min(self.max_rto, self.base_rto * 2 ** self.backoff)
+        self.deadline = self.rto_at + self.rto
+        return self.deadline <= now
 
 
 class Timer:
@@ -497,6 +514,9 @@ class LocalTcp:
         self.delack_timer = Timer(net, self._delack_fire)
         self.rto_timer = Timer(net, self._rto_fire)
         self.syn_timer = Timer(net, self._syn_fire)
+        self.persist_timer = Timer(net, self._persist_fire)
+        self.persist_backoff = 0
+        self.window_probes = 0
         self.syn_tries = 0
         # observations
         self.progress: list[tuple[float, int]] = []  # (time, rcv_nxt) on in-order progress
@@ -506,6 +526,7 @@ class LocalTcp:
         self.reset = False
         self.paws_drops = 0
         self.sacks_seen = 0
+        self.icmp_rcvd = 0
 
     # -- helpers
     def swire(self, rel: int) -> int:
@@ -624,6 +645,23 @@ class LocalTcp:
             s = tx.nxt
             n = min(mss, end - s, self.snd_wnd_edge - s)
             self._emit_range(s, n, False)
+        if tx.outstanding <= 0 and tx.nxt < end and tx.nxt >= self.snd_wnd_edge:
+            if self.persist_timer.deadline is None:  # persist mode (RFC 9293 §3.8.6.1)
+                self.persist_timer.arm(self.net.now + tx.base_rto * 2 ** self.persist_backoff)
+        else:
+            self.persist_timer.arm(None)
+            self.persist_backoff = 0
+
+    def _persist_fire(self) -> None:
+        """A zero-window probe, as Linux tcp_send_probe0: no data, SND.UNA - 1."""
+        tx = self.tx
+        if self.state != "ESTABLISHED" or tx is None or tx.nxt < self.snd_wnd_edge:
+            return
+        self.window_probes += 1
+        self._send(0, tx.una - 1)
+        self.persist_backoff = min(self.persist_backoff + 1, 9)
+        self.persist_timer.arm(self.net.now + min(tx.base_rto * 2 ** self.persist_backoff,
+                                                  120.0))
 
     def ack_now(self) -> None:
         seq = self.tx.nxt if self.tx is not None else 0
@@ -637,8 +675,10 @@ class LocalTcp:
         tx = self.tx
         if tx is None or tx.outstanding <= 0 or self.state != "ESTABLISHED":
             return
-        if tx.consecutive_rtos >= 15:
-            self.violate("connection timed out (15 RTOs without progress)")
+        if tx.consecutive_rtos and self.net.now - tx.first_rto_at >= RETRIES2_TIMEOUT:
+            # Linux retransmits_timed_out: the time 15 backed-off RTOs would take from the
+            # first retransmission (tcp_retries2), however many there really were
+            self.violate("connection timed out (tcp_retries2's time without progress)")
             self.state = "DEAD"
             return
         tx.on_rto(self.net.now)
@@ -648,6 +688,9 @@ class LocalTcp:
 
     # -- input
     def receive(self, buf: bytes) -> None:
+        if buf[0] >> 4 == 4 and buf[9] == 1:
+            self._on_icmp(buf)
+            return
         s = parse_seg(buf)
         if not s.csum_ok:
             self.violate(f"bad checksum {s!r}")
@@ -705,6 +748,28 @@ class LocalTcp:
             self._on_data(s, r)
         self.output()
 
+    def _on_icmp(self, buf: bytes) -> None:
+        """An ICMP error: only destination unreachable quoting our oldest byte matters
+        (Linux tcp_v4_err → tcp_ld_RTO_revert); anything else is a model violation."""
+        ihl = (buf[0] & 15) * 4
+        icmp = buf[ihl:]
+        q = icmp[8:]
+        qihl = (q[0] & 15) * 4
+        self.icmp_rcvd += 1
+        if icmp[0] != 3 or q[12:16] != self.addr or q[16:20] != self.raddr or \
+                struct.unpack_from("!HH", q, qihl) != (self.port, self.rport):
+            self.violate(f"unexpected ICMP {icmp[:2].hex()} quoting {q[:qihl + 8].hex()}")
+            return
+        seq = struct.unpack_from("!I", q, qihl + 4)[0]
+        tx = self.tx
+        if tx is None or self.state != "ESTABLISHED" or seq != self.swire(tx.una):
+            return
+        if tx.revert_backoff(self.net.now):
+            self.net.note("local_rto_reverted_now")
+            self._rto_fire()
+        else:
+            self.rto_timer.arm(tx.deadline)
+
     def _on_synack(self, s) -> None:
         if s.rst or s.flags & (SYN | ACK) != SYN | ACK or s.ack != self.swire(0):
             return
@@ -749,8 +814,8 @@ class LocalTcp:
             self.dup_acks_rcvd += 1
         tx.on_ack(max(a, tx.una), blocks, self.net.now, dup)
         edge = max(a, tx.una) + win
-        if edge > self.snd_wnd_edge:
-            self.snd_wnd_edge = edge
+        if edge > self.snd_wnd_edge or win == 0:  # (a zero window closes it: Linux
+            self.snd_wnd_edge = edge              # tcp_ack_update_window takes any)
         self.rto_timer.arm(tx.deadline)
 
     def _on_data(self, s, r: int) -> None:
@@ -987,7 +1052,7 @@ class MpPeer:
                  rcv_buf: int = 1 << 22, map_segs: int = 1, init_cwnd: int = 10,
                  max_cwnd: int = 64, add_addr_timeout: float = 1.0, min_rto: float = 0.2,
                  dl_rto_min: float = 0.5, bad_join_hmac: bool = False,
-                 join_backup: bool = False) -> None:
+                 join_backup: bool = False, join_limit: int | None = None) -> None:
         self.net = net
         self.rng = random.Random(net.seed * 7919 + 1)
         self.addrs: dict[bytes, int] = {P0: 0}
@@ -1007,6 +1072,8 @@ class MpPeer:
         self.dl_rto_min = dl_rto_min
         self.bad_join_hmac = bad_join_hmac
         self.join_backup = join_backup  # B flag of our SYN/ACKs
+        self.join_limit = join_limit  # joins accepted at most (live ones), then RST
+        self.joins_refused = 0
         self.state = "LISTEN"
         self.remote_key = 0
         self.remote_idsn = 0
@@ -1210,6 +1277,12 @@ class MpPeer:
             return
         if s.mpc is not None:
             self.violate("MP_CAPABLE and MP_JOIN on one SYN", s)
+        if self.join_limit is not None and sum(
+                1 for x in self.subs if x.is_join and x.state != "CLOSED") >= self.join_limit:
+            self.joins_refused += 1  # (Linux: limits reached, the join is reset)
+            self.net.peer_out(bytes(build_segment(s.dst, s.src, s.dport, s.sport, 0,
+                                                  (s.seq + 1) & M32, RST | ACK, 0)))
+            return
         sub = self._new_sub(s, True)
         sub.remote_id = addr_id
         sub.backup = backup

@@ -357,7 +357,10 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
     (``r < r_ack``) or holds (``r`` in ``held``); never beyond ``rcv_high`` nor below
     ``rcv_acked``; plus the peer's FIN once everything before it is covered. SACK (only
     when something is held: here every subflow byte arrived, so there is no subflow hole):
-    the received subflow bytes above that ACK whose data bytes are acknowledged or held."""
+    the received subflow bytes above that ACK whose data bytes are acknowledged or held,
+    and those that arrived in subflow order (below ``rcv_contig``, here ``rcv_high``: they
+    were forwarded, the local stack has them even if it has not acknowledged them yet;
+    leaving them out would show the peer a hole it does not have)."""
     held_set = covered(held)
     s = rcv_acked
     while s in model and (model[s] < r_ack or model[s] in held_set):
@@ -367,8 +370,7 @@ def model_project_ack(model, rcv_acked, rcv_high, peer_fin, sack_ok, r_ack, held
         cum = peer_fin + 1
     sacks: list[tuple[int, int]] = []
     if sack_ok and held:
-        sacks = to_ranges(x for x, r in model.items()
-                          if (r < r_ack or r in held_set) and cum <= x < rcv_high)
+        sacks = to_ranges(x for x, r in model.items() if cum <= x < rcv_high)
     return cum, sacks
 
 
@@ -436,11 +438,12 @@ class TestProjectAck:
         assert subflow_ack(sf, 20, []) == (10, [])
         assert subflow_ack(sf, 40, []) == (30, [])
         assert subflow_ack(sf, 20, [(30, 40)]) == (30, [])  # r 30..39 held: s 10..19 covered
-        # r 35..39 held (s 15..19), r 10..19 already acknowledged (s 20..29)
-        assert subflow_ack(sf, 20, [(35, 40)]) == (10, [(15, 30)])
-        assert subflow_ack(sf, 5, [(12, 15), (35, 37)]) == (5, [(15, 17), (22, 25)])
-        assert subflow_ack(sf, 3, [(3, 8)]) == (8, [])  # held data extends the ACK
-        assert subflow_ack(sf, 2, [(2, 5), (6, 9)]) == (5, [(6, 9)])
+        # r 35..39 held (s 15..19), r 10..19 already acknowledged (s 20..29); s 10..14
+        # arrived in subflow order (forwarded, not acknowledged yet): SACKed, no hole
+        assert subflow_ack(sf, 20, [(35, 40)]) == (10, [(10, 30)])
+        assert subflow_ack(sf, 5, [(12, 15), (35, 37)]) == (5, [(5, 30)])
+        assert subflow_ack(sf, 3, [(3, 8)]) == (8, [(8, 30)])  # held data extends the ACK
+        assert subflow_ack(sf, 2, [(2, 5), (6, 9)]) == (5, [(5, 30)])
         sf.sack_ok = False
         assert subflow_ack(sf, 5, [(12, 15)]) == (5, [])
 

@@ -76,6 +76,7 @@ class ProxyTx:
         self.errors: list[str] = []
         self.nonmono: set[tuple] = set()
         self.last_by_tuple: dict[tuple, tuple[int, int]] = {}
+        self.probes = 0
         net.taps.append(self)
 
     def __call__(self, hop: str, p: bytes, now: float) -> None:
@@ -90,6 +91,10 @@ class ProxyTx:
         if sub is None:
             return
         srel = sdiff(s.seq, sub.irs + 1)
+        if s.plen == 1 and s.mpc is None and (s.dss is None or s.dss.dsn is None) \
+                and srel < sub.rcv_nxt:
+            self.probes += 1  # a liveness probe: one byte of old data, no mapping
+            return
         idsn = self.net.peer.remote_idsn
         if s.dss is not None and s.dss.dsn is not None:
             mdsn = (s.dss.dsn - idsn - 1) & M64
@@ -607,16 +612,21 @@ def test_lost_add_addr_echo_makes_the_peer_repeat_it_without_a_second_join():
 
 
 # =========================================== regressions of fixed defects
-def test_first_segment_from_a_join_has_a_paws_consistent_tsval():
-    """Regression (fixed in 17063df): Connection.in_synack did not set ts_shown from the
-    SYN/ACK TSval it passes through, so the first join segment that reached the local
-    stack before any other initial-subflow segment got ts_off=0 (_ts_to_local) and
-    carried its raw TSval from the join's own clock; the local stack PAWS-dropped it."""
-    # the app is silent until the join is up: the peer's fourth ACK on the join is
-    # the first segment after the SYN/ACK that the proxy hands the local stack
+def test_joins_wait_for_full_establishment_and_the_first_join_segment_is_paws_consistent():
+    """RFC 8684 §3.1/§3.2: our MP_JOINs go out only once the connection is fully
+    established (the peer's first DATA_ACK: before it, the peer may not have processed
+    our third ACK and would not know our token). With both applications silent no join
+    is opened; the first byte the local stack sends brings the DATA_ACK, then the join.
+    Regression (fixed in 17063df) kept: the first segment from the join that reaches the
+    local stack carries a PAWS-consistent TSval."""
     net = MpNet(21, subflows="backup")
     net.connect()
+    net.run(net.now + 2.0)
+    assert net.proxy.counters["MPJoinSynTx"] == 0
+    assert not net.conn.fully_established
+    net.local.write(b"x")
     net.wait_subflows(2)
+    assert net.conn.fully_established
     net.run_transfer(blob(100_000, 60), blob(100_000, 61))
     assert net.local.paws_drops == 0
     net.assert_clean()
