@@ -45,7 +45,7 @@ from . import (
     receive,
     transmit,
 )
-from .constants import TCP_ACK, TCP_RST, TCP_SYN
+from .constants import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .forge import build_segment
 from .paths import ConnPaths
 from .rangeset import RangeSet
@@ -197,6 +197,9 @@ class Connection:
         flags = pkt.flags
         if st == ConnState.SYN_SENT:
             if flags & TCP_SYN and not flags & TCP_ACK:
+                if flags & (TCP_FIN | TCP_RST):  # no TCP stack sends these with a SYN
+                    self.counters.inc("PktMalformed")
+                    return DROP
                 return handshake.send_syn(self, pkt, now)
             if flags & TCP_RST:
                 closing.close(self, now, reset=True)

@@ -238,3 +238,24 @@ def fill_acked_hole(conn: "Connection", sf: Subflow, now: float) -> None:
         s += k
         d += k
         n -= k
+
+
+def ack_tcp_side(conn: "Connection", win: int | None = None) -> None:
+    """An ACK to the TCP side from the peer's side of its 4-tuple: acknowledging what the
+    peer has (DATA_ACK), at the next byte it expects (RFC 9293 acceptable), with the
+    timestamp it last saw (PAWS); ``win``: the window shown (bytes, unscaled as on the
+    wire; default: the one last shown)."""
+    la, lp, ra, rp = conn.key
+    top = conn.r_ack
+    fwd = conn.r_fwd
+    if fwd and fwd[0][0] <= top:
+        top = max(top, fwd[0][1])
+    if win is None:
+        win = conn.shown_win if conn.shown_win >= 0 else 0xFFFF
+    opts = b""
+    if conn.tcp_ts_ok and conn.shown_tsval is not None:
+        opts = build_ts(conn.shown_tsval, conn.tcp_tsval)
+    conn.shown_win = win
+    conn.proxy.send(build_segment(ra, la, rp, lp, (conn.tcp_rcv_base + top) & MASK32,
+                                  (conn.tcp_snd_base + conn.d_una) & MASK32, TCP_ACK, win,
+                                  opts))

@@ -29,11 +29,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .constants import TCP_ACK, TCP_FIN, TCPOPT_TIMESTAMP
+from .emission import ack_tcp_side
 from .events import EventKind
 from .forge import build_segment, build_unreachable
 from .projection import note_tcp_ack
 from .seq import MASK32, unwrap
-from .tcp import build_ts
 from .verdict import DROP
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def frozen_segment(conn: "Connection", pkt: "TcpPacket", now: float, icmp: bool)
     conn.counters.inc("FrozenSegments")
     if not seq_len:
         if p.zero_window and d < conn.d_una:  # a zero-window probe (SND.UNA - 1)
-            _send_ack(conn, 0)
+            ack_tcp_side(conn, 0)
         return DROP
     if p.zero_window:
         # it sent before our zero window reached it: data in flight now, so back to an
@@ -150,29 +150,11 @@ def _zero_window(conn: "Connection", zero: bool) -> None:
     if zero:
         p.saved_win = conn.shown_win if conn.shown_win >= 0 else 0xFFFF
         p.zero_window = True
-        _send_ack(conn, 0)
+        ack_tcp_side(conn, 0)
         conn.counters.inc("ZeroWindowTx")
     else:
         p.zero_window = False
-        _send_ack(conn, p.saved_win)
-
-
-def _send_ack(conn: "Connection", win: int) -> None:
-    """An ACK to the TCP side from the peer's side of its 4-tuple: acknowledging what the
-    peer has (DATA_ACK), at the next byte it expects (RFC 9293 acceptable), with the
-    timestamp it last saw (PAWS)."""
-    la, lp, ra, rp = conn.key
-    top = conn.r_ack
-    fwd = conn.r_fwd
-    if fwd and fwd[0][0] <= top:
-        top = max(top, fwd[0][1])
-    opts = b""
-    if conn.tcp_ts_ok and conn.shown_tsval is not None:
-        opts = build_ts(conn.shown_tsval, conn.tcp_tsval)
-    conn.shown_win = win
-    conn.proxy.send(build_segment(ra, la, rp, lp, (conn.tcp_rcv_base + top) & MASK32,
-                                  (conn.tcp_snd_base + conn.d_una) & MASK32, TCP_ACK, win,
-                                  opts))
+        ack_tcp_side(conn, p.saved_win)
 
 
 def _unreachable(conn: "Connection", quoted: bytes) -> None:

@@ -11,7 +11,9 @@ Two signals, per established subflow:
   side's retransmission) and for ``stale_rtos`` RTOs (at least ``stale_min`` seconds)
   nothing answered it — no ACK that moved, no pure ACK (a duplicate ACK proves the path
   too). Silence while nothing was sent is no sign: the TCP side may be waiting out its
-  own RTO after a loss;
+  own RTO after a loss. If the peer's data kept arriving meanwhile (its ACK riding on it
+  without moving: a retransmission of ours lost again, not a dead path), probes decide,
+  as below;
 - **silence after the peer's data**: the peer was sending here (a burst of
   :data:`BUSY_SEGMENTS` data segments or more) and then nothing came for about two RTTs:
   a probe goes out, a one-byte segment below the subflow ACK (old data: a TCP receiver
@@ -126,6 +128,11 @@ def check(conn: "Connection", sf: "Subflow", now: float, stale_rtos: float,
         send_probe(conn, sf, now)
         return None, now + rto
     if _unanswered(sf) and now >= sf.tx_at + max(stale_min, stale_rtos * rto) - EPS:
+        if sf.rx_data_at > sf.tx_at:
+            # the peer still sends here (its ACK piggybacked, not moving: our bytes may
+            # just have been lost twice): a probe asks for a pure ACK before judging
+            send_probe(conn, sf, now)
+            return None, now + rto
         return f"data unanswered for {now - sf.tx_at:.2f} s", None
     return None, _watch(conn, sf, now, stale_rtos, stale_min)
 

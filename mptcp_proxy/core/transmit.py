@@ -21,8 +21,17 @@ import struct
 from typing import TYPE_CHECKING
 
 from . import closing, fallback
-from .constants import TCP_ACK, TCP_FIN, TCPOPT_MPTCP, TCPOPT_SACK, TCPOPT_TIMESTAMP
-from .emission import ack_subflows, rewrite_onto, send_pieces
+from .constants import (
+    TCP_ACK,
+    TCP_FIN,
+    TCPOPT_MPTCP,
+    TCPOPT_MSS,
+    TCPOPT_SACK,
+    TCPOPT_SACK_PERM,
+    TCPOPT_TIMESTAMP,
+    TCPOPT_WINDOW,
+)
+from .emission import ack_subflows, ack_tcp_side, rewrite_onto, send_pieces
 from .events import EventKind
 from .projection import held_ranges, note_tcp_ack, pick_ack_subflow
 from .scheduling import assign, assign_new, mapped
@@ -123,11 +132,17 @@ def steady(conn: "Connection", pkt: TcpPacket, now: float):
 
 
 _NONE: list = []  # nothing held (read only)
+# options never carried over from the TCP side's segments: ours to write (MPTCP,
+# timestamps and SACK are translated), or meaningful on a SYN only (MSS, window scale,
+# SACK permitted: RFC 9293 §3.1, RFC 7323 §2.2, RFC 2018 §2)
+_NOT_CARRIED = frozenset((TCPOPT_MPTCP, TCPOPT_TIMESTAMP, TCPOPT_SACK, TCPOPT_MSS,
+                          TCPOPT_WINDOW, TCPOPT_SACK_PERM))
 
 
 def parse_tcp_segment(pkt: TcpPacket) -> TcpSegment | None:
     """The TCP side's options (None: a malformed option list). Its MPTCP options, if any,
-    are dropped (the TCP side is plain TCP; the proxy speaks for it)."""
+    are dropped (the TCP side is plain TCP; the proxy speaks for it), and so are options
+    that belong on a SYN only."""
     b = pkt.buf
     th = pkt.th
     if pkt.hl == 32 and b[th + 20:th + 24] == _TS_PREFIX:  # the steady state: NOP NOP TS
@@ -143,7 +158,7 @@ def parse_tcp_segment(pkt: TcpPacket) -> TcpSegment | None:
             tsval = int.from_bytes(b[off + 2:off + 6], "big")
         elif kind == TCPOPT_SACK:
             sack_wire = read_sack(b, off, olen)
-        elif kind not in (TCPOPT_MPTCP, TCPOPT_TIMESTAMP, TCPOPT_SACK):
+        elif kind not in _NOT_CARRIED:
             extra += bytes(b[off:off + olen])  # (a malformed timestamp or SACK is left out)
     return TcpSegment(pkt, tsval, sack_wire, extra)
 
@@ -185,9 +200,12 @@ def _data(conn: "Connection", seg: TcpSegment, fin: bool, now: float):
     if not fin and d + seg.plen <= conn.d_una:
         # a re-send of bytes the peer already DATA_ACKed (sent before the TCP side saw
         # that DATA_ACK, on its way to it): the peer would drop it as old, and the
-        # mapping it first went under may be forgotten already
+        # mapping it first went under may be forgotten already. The TCP side lacks that
+        # DATA_ACK (the ACK that carried it was consumed or lost): it gets it from us, as
+        # the peer would answer an old segment
         conn.counters.inc("RetransConsumed")
         ack_subflows(conn, None, seg.held, now)
+        ack_tcp_side(conn)
         return DROP
     dfin = d + seg.plen if fin else None
     pieces = mapped(assign(conn, d, seg.plen), dfin)

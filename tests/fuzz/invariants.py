@@ -9,7 +9,8 @@ a verdict per packet, then the forged packets and events are pulled — and chec
 ``verdict_type``
     a verdict is ``None`` (ACCEPT), ``False`` (DROP) or a ``bytearray``.
 ``verdict_malformed`` / ``forged_malformed``
-    a rewritten or forged packet decodes strictly (:func:`.wire.decode`): IP length
+    a rewritten or forged packet decodes strictly (:func:`.wire.decode`; a forged ICMP
+    unreachable, :func:`.wire.decode_unreachable`, must quote a known connection): IP length
     equal to the buffer and at most 65535, header lengths, a well-formed option list
     of at most 40 bytes, TCP and MPTCP option lengths, no duplicate MP_CAPABLE/MP_JOIN/
     DSS, and valid checksums — for a rewritten packet as the csum state allows (GSO: the
@@ -67,6 +68,11 @@ class Violation:
     @property
     def cls(self) -> str:
         return f"{self.invariant}: {self.key}"
+
+
+def _is_icmp(p) -> bool:
+    """An IPv4 ICMP or an IPv6 ICMPv6 packet (no extension headers: the core adds none)."""
+    return len(p) >= 40 and (p[0] >> 4 == 4 and p[9] == 1 or p[0] >> 4 == 6 and p[6] == 58)
 
 
 def _norm(msg: str) -> str:
@@ -250,6 +256,14 @@ class Checker:
         for p in out:
             if not isinstance(p, (bytes, bytearray)):
                 self._v("forged_malformed", "not bytes", f"forged {type(p).__name__}")
+                continue
+            if _is_icmp(p):  # an unreachable for the TCP side (TCP freeze, RFC 6069)
+                t, bad = wire.decode_unreachable(p)
+                for b in bad:
+                    self._v("forged_malformed", _norm(b), f"{b}: {wire.hexdump(p)}")
+                if t is not None and t not in known:
+                    self._v("forged_unknown_tuple", "forged ICMP",
+                            f"an ICMP unreachable for {t}")
                 continue
             seg, bad = wire.decode(p)
             for b in bad:

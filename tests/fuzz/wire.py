@@ -274,6 +274,48 @@ def mptcp_problem(o: bytes, flags: int, plen: int) -> str | None:
     return None
 
 
+def decode_unreachable(buf) -> tuple[tuple | None, list[str]]:
+    """Decode ``buf`` as an ICMP destination unreachable (IPv4 type 3, IPv6 type 1) that
+    quotes a TCP segment. Returns the quoted segment's 4-tuple reversed (the connection
+    the message is for, as ``Seg.tuple`` of a packet toward its sender) and the list of
+    problems: lengths, checksums, type, a quote too short to name the ports."""
+    n = len(buf)
+    v6 = n >= 1 and buf[0] >> 4 == 6
+    hl = 40 if v6 else (buf[0] & 15) * 4 if n else 0
+    if n < hl + 8 + (40 if v6 else 20) + 4:
+        return None, [f"ICMP packet of {n} bytes"]
+    bad: list[str] = []
+    icmp = bytes(buf[hl:])
+    if v6:
+        if 40 + ((buf[4] << 8) | buf[5]) != n:
+            bad.append("IPv6 payload length != packet size")
+        pseudo = bytes(buf[8:40]) + struct.pack("!IxxxB", len(icmp), 58)
+        if ones16(pseudo + icmp) != 0xFFFF:
+            bad.append("bad ICMPv6 checksum")
+        if icmp[0] != 1:
+            bad.append(f"ICMPv6 type {icmp[0]}")
+        q = icmp[8:]
+        qsrc, qdst, qth = q[8:24], q[24:40], 40
+    else:
+        if ((buf[2] << 8) | buf[3]) != n:
+            bad.append(f"IPv4 total length != packet size {n}")
+        if not ipv4_hdr_ok(buf):
+            bad.append("bad IPv4 header checksum")
+        if ones16(icmp) != 0xFFFF:
+            bad.append("bad ICMP checksum")
+        if icmp[0] != 3:
+            bad.append(f"ICMP type {icmp[0]}")
+        q = icmp[8:]
+        qth = (q[0] & 15) * 4
+        qsrc, qdst = q[12:16], q[16:20]
+        if q[9] != IPPROTO_TCP:
+            bad.append(f"ICMP quotes protocol {q[9]}")
+    if len(q) < qth + 4:
+        return None, bad + ["ICMP quote too short for the ports"]
+    sport, dport = struct.unpack_from("!HH", q, qth)
+    return (bytes(qdst), dport, bytes(qsrc), sport), bad
+
+
 def decode(buf, *, require_ip_csum: bool = True, require_tcp_csum: bool = True
            ) -> tuple[Seg | None, list[str]]:
     """Decode ``buf`` as one well-formed TCP segment. Returns the segment (or None) and
