@@ -172,12 +172,21 @@ class Orphans:
         if e.peer_ack is None:
             return
         la, lp, ra, rp = key
-        if e.state == ORPHAN and not e.removed:
+        if e.state == ORPHAN and not e.removed and not self._serving(ra, rp):
             e.removed = True
             self.proxy.send(build_segment(la, ra, lp, rp, e.peer_ack, e.peer_seq, TCP_ACK, 0,
                                           _RM_ALL_OPT))
         self.proxy.send(build_segment(la, ra, lp, rp, e.peer_ack, 0, TCP_RST, 0, _RST_OPT))
         self.proxy.counters.inc("OrphanRstPeer")
+
+    def _serving(self, raddr: bytes, rport: int) -> bool:
+        """A live connection of ours has a subflow to ``raddr:rport``: the orphan may be
+        one of its own retired subflows (closed while its link was down, forgotten after
+        the linger, and the peer still sends there), so no REMOVE_ADDR may go to that
+        peer — its address IDs name the live connection's subflows too. The RST alone
+        closes the tuple."""
+        return any(sf.raddr == raddr and sf.rport == rport
+                   for conn in self.proxy.connections.values() for sf in conn.subflows)
 
     def _probe_local(self, key: tuple, e: _Entry) -> None:
         la, lp, ra, rp = key

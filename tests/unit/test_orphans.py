@@ -167,3 +167,22 @@ def test_an_anchor_forwards_unknown_mptcp_traffic() -> None:
     p = Proxy(ProxyConfig(client=False, anchor=True), random_bytes=os.urandom)
     assert p.inbound(from_peer(), 1.0) is ACCEPT
     assert sent(p) == [] and len(p.orphans) == 0
+
+
+def test_a_retired_subflow_of_a_live_connection_gets_no_remove_addr() -> None:
+    """The proxy closed a join while its link was down and forgot it after the linger;
+    the peer still sends there. The tuple looks like an orphan and is reset, but no
+    REMOVE_ADDR goes to that peer: its address IDs name the live connection's subflows
+    too (a REMOVE_ADDR of all of them would close them)."""
+    p = proxy()
+    syn = build_segment(LOCAL, PEER, LP + 1, RP, 100, 0, TCP_SYN, 500, b"")
+    assert p.outbound(syn, 0.5) is not DROP  # a live connection to PEER:RP
+    sent(p)
+    assert len(p.connections) == 1
+    assert p.inbound(from_peer(seq=5000, ack=9000), 1.0) is DROP
+    sent(p)  # the probe
+    assert p.outbound(from_local(seq=5100, flags=TCP_RST), 1.01) is DROP
+    (rst_peer,) = sent(p)
+    assert (rst_peer.dst, rst_peer.flags, rst_peer.seq) == (PEER, TCP_RST, 9000)
+    assert mptcp_opts(rst_peer) == [MpTcpRst(0, 0)]
+    assert len(p.connections) == 1
