@@ -164,7 +164,7 @@ def test_address_replaced_on_the_active_link(mp_bed, run_proxy, record_property,
         topo.run(topo.client, cmd)
     kept = wait_until(lambda: "10.0.1.1/32" in topo.run(
         topo.client, ["ip", "-o", "-4", "addr", "show", "dev", "lo"]).stdout, 5)
-    moved = wait_until(lambda: [ln for ln in _events(px, "HANDOVER") if f"saddr={new} " in ln],
+    moved = wait_until(lambda: [ln for ln in _events(px, "HANDOVER") if f"saddr4={new} " in ln],
                        15)
     out = finish(bed, px, tr, p0)
     assert kept, "the vanished address was not kept on lo"
@@ -196,7 +196,7 @@ def test_ipv6_address_replaced(mp_bed, run_proxy, record_property) -> None:
         topo.client, ["ip", "-o", "-6", "addr", "show", "dev", "lo"]).stdout, 5)
     out = finish(bed, px, tr, p0)
     assert kept, "the vanished IPv6 address was not kept on lo"
-    assert [ln for ln in _events(px, "HANDOVER") if f"saddr={new} " in ln], px.log[-30:]
+    assert [ln for ln in _events(px, "HANDOVER") if f"saddr6={new} " in ln], px.log[-30:]
     report(record_property, max_gap_s=out.cli["max_gap_s"])
     _stopped_clean(px, topo)
 
