@@ -289,12 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def host_state(args, names: list[str], proxy, pm, loop, fallback, rp):
+def host_state(args, names: list[str], proxy, pm, loop, fallback, rp, journal=None):
     """Routes and kept addresses per the command line (:mod:`.hoststate`); an anchor on
-    a router manages neither (its routing is the router's)."""
+    a router manages neither (its routing is the router's). Every change is recorded in
+    ``journal`` (:class:`~.recovery.Journal`) before it is made."""
     from .addresses import KeptAddresses
     from .hoststate import HostState
     from .routing import ManagedRoutes
+    def record(kind: str, fields: dict) -> None:
+        if journal is not None:
+            journal.record(kind, **fields)
     routes = None
     last_resort = None if args.no_fallback_routes or args.anchor else \
         (ROUTE_TABLE_BASE + 16 * args.queue + 15, FALLBACK_RULE_PREF + 1)
@@ -303,8 +307,9 @@ def host_state(args, names: list[str], proxy, pm, loop, fallback, rp):
         routes = ManagedRoutes(names, table_base=ROUTE_TABLE_BASE + 16 * args.queue,
                                pref_base=ROUTE_RULE_PREF,
                                ignore_tables=(FALLBACK_TABLE_BASE + args.queue,),
-                               manage=manage, last_resort=last_resort)
-    kept = None if args.no_keep_addresses or args.anchor else KeptAddresses(list(names))
+                               manage=manage, last_resort=last_resort, record=record)
+    kept = None if args.no_keep_addresses or args.anchor else \
+        KeptAddresses(list(names), record=record)
     return HostState(names, proxy, pm, loop, routes=routes, kept=kept, fallback=fallback,
                      rp=rp)
 
@@ -408,7 +413,7 @@ async def run(args, ifaces: dict[str, dict], parser: argparse.ArgumentParser | N
         fallback = FallbackRoutes(list(ifaces), table=FALLBACK_TABLE_BASE + args.queue,
                                   pref=FALLBACK_RULE_PREF, journal=journal)
     host = host_state(args, list(ifaces), proxy, pm, loop, fallback,
-                      None if args.no_rp_filter else rp)
+                      None if args.no_rp_filter else rp, journal)
     monitor = LinkMonitor(list(ifaces), on_link,
                           in_thread=(lambda name, up: fallback.refresh() if up else None)
                           if fallback is not None else None,

@@ -208,6 +208,8 @@ def describe(entry: dict[str, Any]) -> str:
         return f"ip rule pref {entry['priority']} lookup {entry['table']}"
     if kind == "route":
         return f"route {entry['dst']}/{entry['dst_len']} table {entry['table']}"
+    if kind == "address":
+        return f"address {entry['address']}/{entry['prefixlen']} on {entry['ifname']}"
     return f"unknown entry {entry!r}"
 
 
@@ -225,6 +227,8 @@ def undo(entry: dict[str, Any]) -> bool:
             return _undo_ip_rule(entry)
         if kind == "route":
             return _undo_route(entry)
+        if kind == "address":
+            return _undo_address(entry)
     except Exception as e:
         log.error("could not undo %s: %s", describe(entry), e)
         return False
@@ -276,16 +280,36 @@ def _undo_route(entry: dict[str, Any]) -> bool:
         for r in ipr.get_routes(family=fam, table=entry["table"]):
             if (r["dst_len"] == entry["dst_len"]
                     and r.get_attr("RTA_OIF") == entry["oif"]
-                    and r.get_attr("RTA_PRIORITY") == entry["priority"]
+                    and r.get_attr("RTA_PRIORITY") == entry.get("priority")
                     and (r.get_attr("RTA_DST") or ("0.0.0.0" if fam == socket.AF_INET
                                                    else "::")) == entry["dst"]):
                 try:
                     ipr.route("del", family=fam, dst=entry["dst"], dst_len=entry["dst_len"],
                               table=entry["table"], oif=entry["oif"],
-                              priority=entry["priority"])
+                              **({"priority": entry["priority"]}
+                                 if entry.get("priority") is not None else {}))
                 except NetlinkError as e:
                     if e.code != 3:  # ESRCH: gone meanwhile
                         raise
+    return True
+
+
+def _undo_address(entry: dict[str, Any]) -> bool:
+    """An address the daemon kept on ``lo`` for a connection (mptcp_proxy/addresses.py):
+    deleted if it is still there (never from another interface)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+    if entry.get("ifname") != "lo":
+        log.error("refusing to remove %s (not on lo)", describe(entry))
+        return False
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.addr("del", index=idx, address=entry["address"],
+                     prefixlen=entry["prefixlen"], family=entry["family"])
+        except NetlinkError as e:
+            if e.code not in (2, 99):  # ENOENT, EADDRNOTAVAIL: gone already
+                raise
     return True
 
 

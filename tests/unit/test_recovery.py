@@ -148,3 +148,33 @@ def test_adopted_entries_are_undone_with_ours(tmp_path, sysroot) -> None:
         other["path"], str(sysroot / "c0" / "rp_filter")]
     assert j.undo_all() == []
     assert (rp(sysroot, "c0"), rp(sysroot, "c2")) == ("1", "1") and not j.path.exists()
+
+
+def test_kept_address_entries_only_ever_remove_from_lo(tmp_path, sysroot) -> None:
+    """An address kept on lo for a connection (mobility) is journaled like the rest; an
+    entry naming another interface is refused (a journal is not trusted to delete the
+    host's own addresses)."""
+    path = journal_path(4700, tmp_path)
+    entry = {"kind": "address", "family": 2, "address": "10.0.1.1", "prefixlen": 32,
+             "ifname": "eth0"}
+    path.write_text(json.dumps({"pid": dead_pid(), "entries": [entry]}))
+    assert recovery.describe(entry) == "address 10.0.1.1/32 on eth0"
+    undone, failed = recover(4700, tmp_path)
+    assert undone == 0 and failed == [entry]
+
+
+def test_the_daemon_journals_its_routes_and_kept_addresses(tmp_path) -> None:
+    """The mobility helpers report each change to the journal before making it."""
+    import argparse
+
+    from mptcp_proxy.daemon import host_state
+    j = Journal(journal_path(4700, tmp_path), 4700)
+    args = argparse.Namespace(no_fallback_routes=False, anchor=False, queue=4700,
+                              no_manage_routes=False, no_keep_addresses=False)
+    host = host_state(args, ["c0"], None, None, None, None, None, j)
+    host.routes.record("ip_rule", {"family": 2, "src": "10.0.1.1", "src_len": 32,
+                                   "table": 1, "priority": 30000})
+    host.kept.record("address", {"family": 2, "address": "10.0.1.1", "prefixlen": 32,
+                                 "ifname": "lo"})
+    assert [e["kind"] for e in j.entries] == ["ip_rule", "address"]
+    j.close()
