@@ -1,8 +1,8 @@
 """``mptcp-proxy`` command line: bad input gets a clear message and the documented exit code
 (mptcp_proxy/daemon.py: 0 ok, 1 runtime, 2 usage, 3 not root, 4 bad interface, 5 queue busy,
-6 rules), and no failed start leaves a netfilter rule behind (DESIGN.md §3.11). Also: a stale
+6 rules), and no failed start leaves a netfilter rule behind (docs/recovery.md). Also: a stale
 chain of a SIGKILLed daemon is replaced by the next start, and reverse-path filtering is
-loosened only while the daemon runs (DESIGN.md §3.10).
+loosened only while the daemon runs (docs/architecture.md §6, docs/platform.md §6).
 
 Every daemon runs in the client namespace of a test bed, never in the host's.
 """
@@ -236,7 +236,7 @@ def _rp(topo: Topology, iface: str) -> int:
 
 
 def test_strict_rp_filter_loosened_while_running(make_topology, run_proxy) -> None:
-    """DESIGN.md §3.10: inbound packets are queued in raw PREROUTING, which needs loose
+    """docs/platform.md §6: inbound packets are queued in raw PREROUTING, which needs loose
     reverse-path filtering on a multihomed host; the daemon sets it and puts it back."""
     topo = make_topology(client_rp_filter=1)
     before = {i: _rp(topo, i) for i in topo.client_ifaces}
