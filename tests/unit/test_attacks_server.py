@@ -328,3 +328,30 @@ def test_anchor_passes_one_mp_capable_to_the_server(extra):
     assert syn.csum_ok
     (mpc,) = syn.mp  # the client's own, the first one
     assert (mpc.length, mpc.flags) == (4, s.mpc.flags) and syn.mpc is mpc, syn.mp
+
+
+# ============================================ found on the way (the client role)
+def test_forged_segments_are_capped_when_the_tcp_side_announced_no_mss():
+    """A TCP side whose SYN carries MSS 0 (or none) counts as announcing RFC 9293
+    §3.7.1's default of 536: a 64 KB segment the proxy must cut (its DSS would not fit
+    the IP length) is sent as segments of at most that size, not as one 64 KB piece
+    sized by a peer MSS of 65,535 (fuzzer finding, trace cli_peer_join)."""
+    from mptcp_proxy.core.proxy import Proxy
+    from mptcp_proxy.core.tcp import CSUM_PARTIAL
+    la, ra = bytes([10, 0, 0, 1]), bytes([10, 0, 1, 2])
+    proxy = Proxy(ProxyConfig(), lambda n: bytes(range(1, n + 1)))
+    ts = struct.pack("!BBII", 8, 10, 100, 0)
+    syn = wire.build(la, ra, 40000, 8080, 1000, 0, SYN, 0xFFFF,
+                     struct.pack("!BBH", 2, 4, 0) + b"\x01\x01" + ts)
+    proxy.outbound(bytearray(syn), 0.0)
+    mpc = bytes((30, 12, 0x01, 0x01)) + (0x1122334455667788).to_bytes(8, "big")
+    synack = wire.build(ra, la, 8080, 40000, 5000, 1001, SYN | 0x10, 0xFFFF,
+                        struct.pack("!BBH", 2, 4, 65535) + b"\x01\x01" + ts + mpc)
+    proxy.inbound(bytearray(synack), 0.0, CSUM_UNVERIFIED)
+    list(proxy.packets_to_send())
+    big = wire.build(la, ra, 40000, 8080, 1001, 5001, 0x18, 0xFFFF, b"\x01\x01" + ts,
+                     blob(65535 - 20 - 32, 13))
+    proxy.outbound(bytearray(big), 0.1, CSUM_PARTIAL)
+    forged = [parse_seg(bytes(p)) for p in proxy.packets_to_send()]
+    assert sum(s.plen for s in forged) == 65535 - 20 - 32
+    assert all(s.plen <= 536 for s in forged), [s.plen for s in forged]
