@@ -355,3 +355,75 @@ def test_forged_segments_are_capped_when_the_tcp_side_announced_no_mss():
     forged = [parse_seg(bytes(p)) for p in proxy.packets_to_send()]
     assert sum(s.plen for s in forged) == 65535 - 20 - 32
     assert all(s.plen <= 536 for s in forged), [s.plen for s in forged]
+
+
+# ================================================ malformed handshake segments
+def test_syn_options_of_a_wrong_length_are_left_out_and_counted():
+    """A peer SYN whose timestamps option has 11 bytes and a server SYN/ACK whose MSS
+    option has 6: neither is carried over (Linux ignores such options too), both counted;
+    the handshake completes."""
+    pair = ServerPair()
+    pair.local.listen()
+    s = parse_seg(pair.peer.syn())
+    opts = s.opt_block.replace(b"\x08\x0a", b"\x08\x0b", 1)
+    opts = opts[:opts.index(b"\x08\x0b") + 11] + opts[opts.index(b"\x08\x0b") + 10:]
+    opts += b"\x00" * (-len(opts) % 4)
+    inject(pair, bytes(build_segment(s.src, s.dst, s.sport, s.dport, s.seq, 0, SYN, s.win,
+                                     opts)))
+    (syn,) = [x for x in pair.segs("to_local") if x.syn]
+    assert syn.opts_ok and syn.ts is None and syn.mpc is None
+    assert pair.proxy.counters["OptMalformed"] == 1
+    conn = pair.conn
+    sa = parse_seg(pair.local.synack())
+    bad = build_segment(sa.src, sa.dst, sa.sport, sa.dport, sa.seq, sa.ack, sa.flags, sa.win,
+                        b"\x02\x06\x05\xb4\x00\x00" + b"\x01\x01")
+    b = bytearray(bad)
+    out = verdict_output(bytes(bad), pair.proxy.outbound(b, pair.now), b)
+    assert out is not None and conn.state == ConnState.SYN_RCVD
+    got = parse_seg(out)
+    assert got.opts_ok and got.mss is None and got.mpc is not None
+    assert pair.proxy.counters["OptMalformed"] == 2
+
+
+def test_synack_with_fin_from_the_server_is_dropped():
+    """A SYN/ACK with FIN is no segment a stack sends: it does not go to the peer with
+    our key, counted; the genuine SYN/ACK then does."""
+    pair = ServerPair()
+    pair.local.listen()
+    syn = pair.peer.connect()[0]
+    b = bytearray(syn)
+    to_server = verdict_output(syn, pair.proxy.inbound(b, pair.now), b)
+    synacks = pair.local.receive(parse_seg(to_server))
+    sa = parse_seg(synacks[0])
+    fin = bytes(build_segment(sa.src, sa.dst, sa.sport, sa.dport, sa.seq, sa.ack,
+                              sa.flags | 0x01, sa.win, sa.opt_block))
+    b = bytearray(fin)
+    assert verdict_output(fin, pair.proxy.outbound(b, pair.now), b) is None
+    assert pair.proxy.counters["PktMalformed"] == 1 and pair.conn.syn_count == 0
+    pair.emit_local(synacks)
+    pair.pump()
+    pair.transfer(blob(2000, 14), blob(2000, 15))
+    pair.assert_clean()
+
+
+def test_first_data_with_mp_capable_and_a_dss_reaches_the_server_with_one_dss():
+    """The client's first data with MP_CAPABLE (data-level length) and a DSS besides: the
+    implied mapping holds, the extra DSS is left out (counted); the server gets the
+    bytes, and no segment with two DSS."""
+    pair = ServerPair()
+    pair.drop("from_peer", lambda s: s.ackf and not s.syn and not s.plen)  # third ACK lost
+    pair.handshake()
+    p = pair.peer
+    p.write(b"GET / HTTP/1.1\r\n\r\n")
+    (first,) = p.push()
+    f = parse_seg(first)
+    opts = f.opt_block + bytes((30, 4, 0x20, 0x00))
+    pkt = build_segment(f.src, f.dst, f.sport, f.dport, f.seq, f.ack, f.flags, f.win, opts,
+                        f.payload)
+    assert len(opts) <= 40
+    inject(pair, bytes(pkt))
+    got = [s for s in pair.segs("to_local") if s.plen][-1]
+    assert got.payload == b"GET / HTTP/1.1\r\n\r\n"
+    assert sum(1 for o in got.mp if type(o).__name__ == "DssOpt") <= 1, got.mp
+    assert pair.proxy.counters["OptMalformed"] == 1
+    assert bytes(pair.local.rcv) == b"GET / HTTP/1.1\r\n\r\n"
