@@ -52,7 +52,7 @@ from .rangeset import RangeSet
 from .seq import MASK32
 from .states import ConnInput, ConnState, SubflowState, conn_next
 from .subflow import Subflow
-from .tcp import TcpPacket, build_ts, ip_tos_ttl
+from .tcp import CSUM_UNVERIFIED, TcpPacket, build_ts, ip_tos_ttl
 from .verdict import ACCEPT, DROP
 
 if TYPE_CHECKING:
@@ -188,7 +188,12 @@ class Connection:
 
     # -- dispatch ----------------------------------------------------------------------------
     def on_outbound(self, pkt: TcpPacket, now: float):
-        """A segment of the TCP side (OUTPUT hook). Returns the verdict."""
+        """A segment of the TCP side (OUTPUT hook). Returns the verdict. An anchor's TCP
+        side is a server across a link: its segments may come unverified, and one whose
+        checksum fails changes nothing (dropped: the server retransmits)."""
+        if pkt.csum_mode == CSUM_UNVERIFIED and not pkt.checksum_ok():
+            self.counters.inc("PktBadChecksum")
+            return DROP
         self.last_activity = self.tcp_seen = now
         self.idle_probes = 0
         st = self.state

@@ -26,8 +26,10 @@ from . import closing, fallback, receive
 from .constants import (
     MPTCP_CAP_CHECKSUM_REQD,
     MPTCP_CAP_HMAC_SHA256,
+    MPTCPOPT_DSS,
     MPTCPOPT_MP_CAPABLE,
     TCP_ACK,
+    TCP_FIN,
     TCP_MAX_OPTION_SPACE,
     TCP_RST,
     TCP_SYN,
@@ -96,13 +98,19 @@ def read_peer_syn(conn: "Connection", pkt: TcpPacket) -> None:
 
 def accept_syn(conn: "Connection", pkt: TcpPacket):
     """The peer's SYN (first or retransmitted) on its way to the TCP side: MSS clamped,
-    MP_CAPABLE stripped unless an anchor waits for the server's answer. Returns the
+    MP_CAPABLE stripped — unless an anchor waits for the server's answer: then the one
+    valid MP_CAPABLE (len 4) stays, and any other MPTCP option goes (a native server
+    must see the SYN the anchor judged, a plain one nothing else of MPTCP). Returns the
     verdict."""
     b = pkt.buf
     keep = bytearray()
     changed = False
+    mpc_kept = False
     for kind, off, olen in pkt.options() or ():
         raw = bytes(b[off:off + olen])
+        if not _length_ok(conn, kind, olen):
+            changed = True
+            continue
         if kind == TCPOPT_MSS and olen == 4:
             mss = (raw[2] << 8) | raw[3]
             clamped = clamp_mss(conn, mss)
@@ -110,14 +118,34 @@ def accept_syn(conn: "Connection", pkt: TcpPacket):
                 raw = raw[:2] + clamped.to_bytes(2, "big")
                 changed = True
                 conn.counters.inc("MssClamped")
-        elif kind == TCPOPT_MPTCP and not conn.anchor:
-            changed = True
-            continue
+        elif kind == TCPOPT_MPTCP:
+            if not conn.anchor or mpc_kept or not _plain_mpc(raw):
+                changed = True
+                continue
+            mpc_kept = True
         keep += raw
     if not changed:
         return ACCEPT
     pkt.set_options(pad_options(bytes(keep)))
     return pkt.finish()
+
+
+_OPT_LEN = {TCPOPT_MSS: 4, TCPOPT_WINDOW: 3, TCPOPT_SACK_PERM: 2, TCPOPT_TIMESTAMP: 10}
+
+
+def _length_ok(conn: "Connection", kind: int, olen: int) -> bool:
+    """Whether a SYN's option of ``kind`` has its one valid length (RFC 9293, RFC 7323,
+    RFC 2018); one that has not is counted and left out (Linux ignores it anyway)."""
+    if _OPT_LEN.get(kind, olen) == olen:
+        return True
+    conn.counters.inc("OptMalformed")
+    return False
+
+
+def _plain_mpc(raw: bytes) -> bool:
+    """A valid MP_CAPABLE of a SYN (len 4, no key)."""
+    o = pull_option(raw, syn=True)
+    return isinstance(o, MpCapable) and o.sndr_key is None
 
 
 # -- the TCP side's SYN/ACK -------------------------------------------------------------------
@@ -131,6 +159,9 @@ def tcp_side_segment(conn: "Connection", pkt: TcpPacket, now: float):
         closing.close(conn, now, reset=True)
         return ACCEPT
     if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+        if flags & TCP_FIN:  # no SYN/ACK a stack sends: the peer must not get it
+            conn.counters.inc("PktMalformed")
+            return DROP
         return _synack(conn, pkt, now)
     return DROP
 
@@ -138,7 +169,7 @@ def tcp_side_segment(conn: "Connection", pkt: TcpPacket, now: float):
 def _synack(conn: "Connection", pkt: TcpPacket, now: float):
     if pkt.ack != conn.tcp_rcv_base:
         return ACCEPT  # not for the peer's SYN: the peer will refuse it
-    keep, tcp, native = _read_synack(pkt)
+    keep, tcp, native = _read_synack(conn, pkt)
     if native and conn.anchor:
         conn.proxy.step_aside(conn, now)  # a native MPTCP server: end to end, untouched
         return ACCEPT
@@ -167,15 +198,17 @@ def _synack(conn: "Connection", pkt: TcpPacket, now: float):
     return pkt.finish()
 
 
-def _read_synack(pkt: TcpPacket) -> tuple[bytearray, dict, bool]:
-    """The SYN/ACK's options without any MPTCP one (to keep), what they negotiate, and
-    whether it carried a valid MP_CAPABLE (its sender speaks MPTCP)."""
+def _read_synack(conn: "Connection", pkt: TcpPacket) -> tuple[bytearray, dict, bool]:
+    """The SYN/ACK's options without any MPTCP one or malformed one (to keep), what they
+    negotiate, and whether it carried a valid MP_CAPABLE (its sender speaks MPTCP)."""
     b = pkt.buf
     keep = bytearray()
     tcp = {"mss": 0, "wscale": -1, "sack": False, "ts": None}
     native = False
     for kind, off, olen in pkt.options() or ():
         raw = bytes(b[off:off + olen])
+        if not _length_ok(conn, kind, olen):
+            continue
         if kind == TCPOPT_MPTCP:
             o = pull_option(raw, syn=True)
             native = native or (isinstance(o, MpCapable) and o.sndr_key is not None)
@@ -251,6 +284,17 @@ def peer_segment(conn: "Connection", pkt: TcpPacket, now: float):
     third ACK / first data that gives its key. Returns the verdict."""
     flags = pkt.flags
     if flags & TCP_RST:
+        if flags & TCP_SYN:  # no RST a stack sends: nothing to act on or to pass
+            conn.counters.inc("PktMalformed")
+            return DROP
+        if pkt.seq != conn.tcp_rcv_base:
+            # RFC 5961 §3.2: an RST counts only at exactly RCV.NXT (the peer's ISN + 1
+            # here). No challenge ACK: without the peer's key there is no DATA_ACK to
+            # put on it, and a Linux client takes a first segment of the listener without
+            # one for a fallback; a peer that did reset answers the server's next SYN/ACK
+            # with an RST at exactly this sequence.
+            conn.counters.inc("PktOutOfWindow")
+            return DROP
         closing.close(conn, now, reset=True)
         return _without_mptcp(pkt)
     if flags & TCP_SYN:
@@ -349,4 +393,16 @@ def first_data(conn: "Connection", pkt: TcpPacket) -> None:
         dss = pack_dss(None, (conn.remote_idsn + 1) & MASK64, 1, o.data_len, o.checksum)
         pkt.patch_bytes(off, b"\x01" * (olen - len(dss)) + dss)
         conn.counters.inc("MPCapableDataRX")
+        _drop_other_dss(conn, pkt, off, off + olen)
         return
+
+
+def _drop_other_dss(conn: "Connection", pkt: TcpPacket, lo: int, hi: int) -> None:
+    """A DSS beside MP_CAPABLE with data is malformed (the implied mapping, now at
+    ``[lo, hi)``, is the one): NOPs in its place, counted, so that one DSS remains."""
+    b = pkt.buf
+    for kind, off, olen in pkt.options() or ():
+        if kind == TCPOPT_MPTCP and not lo <= off < hi and olen >= 3 and \
+                b[off + 2] >> 4 == MPTCPOPT_DSS:
+            pkt.patch_bytes(off, b"\x01" * olen)
+            conn.counters.inc("OptMalformed")

@@ -206,7 +206,10 @@ def _fourth_ack(conn: "Connection", sf: Subflow, now: float) -> None:
 def after_join(conn: "Connection", sf: Subflow, pkt: TcpPacket, now: float):
     """A segment on a passive subflow just established: the peer repeats its third ACK
     until our fourth ACK arrives (then it is answered again and consumed); anything else
-    shows the fourth ACK arrived, and goes the usual way (None)."""
+    shows the fourth ACK arrived, and goes the usual way (None). A segment whose checksum
+    fails shows nothing: it goes the usual way too, which counts and drops it."""
+    if not pkt.checksum_ok():
+        return None
     if not pkt.plen and pkt.flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK \
             and _join_ack(pkt) is not None:
         _fourth_ack(conn, sf, now)

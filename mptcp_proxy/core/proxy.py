@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 from . import closing, crypto, handshake_server, joins_listener
 from .connection import Connection
-from .constants import TCP_ACK, TCP_RST, TCP_SYN
+from .constants import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 from .counters import Counters
 from .events import Event, EventKind
 from .options import MpCapable, MpJoinSyn
@@ -298,7 +298,9 @@ class Proxy:
                 v = self.orphans.outbound(pkt, now)
                 if v is not None:
                     return v
-            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN or not self.config.client:
+            # (a SYN with FIN is no connection request: Linux drops it in LISTEN)
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN \
+                    or not self.config.client:
                 self.counters.inc("PktUnknownConn")
                 return ACCEPT
             ports = self.config.ports
@@ -329,8 +331,9 @@ class Proxy:
             return _checked(pkt, self._unknown_inbound(pkt, now))
         conn, sf = entry
         if pkt.flags & TCP_SYN and conn.role != "client" and sf is conn.sf0 \
-                and pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN \
-                and conn.state in (ConnState.CLOSED, ConnState.FALLBACK):
+                and pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN \
+                and conn.state in (ConnState.CLOSED, ConnState.FALLBACK) \
+                and pkt.checksum_ok():
             self.forget(conn)  # a new connection on the 4-tuple of one that ended
             return _checked(pkt, self._unknown_inbound(pkt, now))
         try:
@@ -392,8 +395,15 @@ class Proxy:
         role takes on, an MP_JOIN SYN (the listener side of joins), or the path
         manager's to judge."""
         cfg = self.config
-        if pkt.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN and \
-                (cfg.serve or cfg.anchor or self.tokens) and pkt.checksum_ok():
+        flags = pkt.flags
+        if flags & TCP_SYN and flags & (TCP_RST | TCP_FIN) and (cfg.serve or cfg.anchor):
+            self.counters.inc("PktUnknownConn")  # no connection request: nothing to take on
+            return ACCEPT
+        if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN and \
+                (cfg.serve or cfg.anchor or self.tokens):
+            if not pkt.checksum_ok():  # no state from it (the receiver's TCP drops it too)
+                self.counters.inc("PktBadChecksum")
+                return DROP
             o = handshake_server.syn_option(pkt)
             if isinstance(o, MpJoinSyn) and o.token in self.tokens:
                 return joins_listener.join_syn(self, pkt, o, now)

@@ -24,6 +24,7 @@ __all__ = ["Piece", "assign", "pick_sender", "mapped", "find_sent", "sentmaps_ov
            "record_mapping", "forget_acked_mappings", "segment_size"]
 
 MIN_SEGMENT = 500  # bytes: the least payload per forged segment
+DEFAULT_MSS = 536  # bytes: RFC 9293 §3.7.1, the send MSS without an MSS option
 MAX_SEGMENT = 0xFFFF - 40 - 60  # bytes: the most (IPv6 header, TCP header with options)
 SEND_BURST = 16384  # bytes a sender may be ahead of another before new data moves
 
@@ -215,8 +216,9 @@ def forget_acked_mappings(sf: Subflow) -> None:
 def segment_size(conn: "Connection", sf: Subflow) -> int:
     """Payload bytes per segment we forge on ``sf``: the path's MSS (already lowered by
     our option overhead, never above the TCP side's own MSS, which its link allows) minus
-    the timestamps option."""
+    the timestamps option. A TCP side that announced no MSS (or 0) counts as announcing
+    the RFC 9293 §3.7.1 default of 536: nothing tells what its links carry."""
     mss = sf.mss or conn.sf0.mss or 1200
-    if conn.tcp_mss:  # the TCP side's own MSS tells what the local links carry
-        mss = min(mss, conn.tcp_mss)
+    # the TCP side's own MSS tells what the local links carry
+    mss = min(mss, conn.tcp_mss or DEFAULT_MSS)
     return min(max(mss - (12 if sf.ts_ok else 0), MIN_SEGMENT), MAX_SEGMENT)

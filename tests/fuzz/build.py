@@ -5,10 +5,14 @@ exact proxy a trace was recorded with::
 
     {"kind": "pair" | "mp",          # one connection, or with a PathManager
      "seed": 7,                      # the random_bytes stream (keys, ISNs, nonces)
-     "config": {...},                # ProxyConfig fields
-     "pm": {...},                    # PmConfig fields (kind "mp")
+     "config": {...},                # ProxyConfig fields (client, serve, anchor, limits...)
+     "pm": {...},                    # PmConfig fields (kind "mp"; kind "pair": a path
+                                     # manager of its own, e.g. announce or peer_joins)
      "ifaces": [["c0", 1, ["0a000001"]], ...],   # LocalIface(name, addr_id, v4) (kind "mp")
      "port_base": 50000}             # first port - 1 of the join subflows (kind "mp")
+
+Addresses in ``pm.announce`` are hex strings (``[["0a0001fe", 9000], ...]``). Without a
+``pm`` a "pair" proxy has the core's default path manager, as the unit-test pairs have.
 
 :func:`verdict_of` reads a verdict the same way through the same change (the core's
 verdicts became an enum). The random source and the port allocator are small objects
@@ -92,12 +96,29 @@ def config_dict(cfg) -> dict:
     return out
 
 
+def pm_config_dict(cfg) -> dict:
+    """The fields of a :class:`PmConfig` as a JSON-able dict (announced addresses in hex)."""
+    out = config_dict(cfg)
+    if "announce" in out:
+        out["announce"] = [[bytes(a).hex(), port] for a, port in out["announce"]]
+    return out
+
+
 def _proxy_config(d: dict) -> ProxyConfig:
     d = dict(d)
-    if "ports" in d:
-        d["ports"] = frozenset(d["ports"])
+    for name in ("ports", "serve"):
+        if name in d:
+            d[name] = frozenset(d[name])
     known = {f.name for f in fields(ProxyConfig)}
     return ProxyConfig(**{k: v for k, v in d.items() if k in known})
+
+
+def _pm_config(d: dict) -> PmConfig:
+    d = dict(d)
+    if "announce" in d:
+        d["announce"] = [(bytes.fromhex(a), port) for a, port in d["announce"]]
+    known = {f.name for f in fields(PmConfig)}
+    return PmConfig(**{k: v for k, v in d.items() if k in known})
 
 
 def make_pm(ifaces: list, config: PmConfig, alloc_port=None, proxy: Proxy | None = None):
@@ -119,15 +140,17 @@ def attach_pm(proxy: Proxy, ifaces: list, config: PmConfig):
 
 
 def make_proxy(setup: dict) -> tuple[Proxy, PathManager | None]:
-    """Build the proxy (and for kind "mp" its path manager) of ``setup``."""
+    """Build the proxy (and for kind "mp", or with a "pm", its path manager) of ``setup``."""
     cfg = _proxy_config(setup.get("config", {}))
     rb = SeededBytes(setup["seed"])
     if setup["kind"] != "mp":
-        return Proxy(cfg, rb), None
+        if "pm" not in setup:
+            return Proxy(cfg, rb), None
+        pm = make_pm([], _pm_config(setup["pm"]))
+        return Proxy(cfg, rb, pm=pm), pm
     ifaces = [LocalIface(name, addr_id, v4=[bytes.fromhex(a) for a in v4])
               for name, addr_id, v4 in setup["ifaces"]]
-    known = {f.name for f in fields(PmConfig)}
-    pmc = PmConfig(**{k: v for k, v in setup.get("pm", {}).items() if k in known})
+    pmc = _pm_config(setup.get("pm", {}))
     ports = PortCounter(setup["port_base"])
     if PM_GIVEN_TO_PROXY:
         pm = make_pm(ifaces, pmc, ports)

@@ -8,6 +8,7 @@ models' own helpers, independent of the core's codec).
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from . import wire
 from .wire import ACK, M32, M64
@@ -32,6 +33,11 @@ class SfView:
         self.ts_recent = _g(sf, "ts_recent")
         self.remote_id = _g(sf, "remote_id")
         self.index = _g(sf, "index")
+        st = _g(sf, "state", None)
+        self.state = getattr(st, "name", str(st))
+        self.passive = bool(_g(sf, "passive", False))  # the peer's join (we are listener B)
+        self.snd_isn, self.rcv_isn = _g(sf, "snd_isn"), _g(sf, "rcv_isn")
+        self.nonce, self.remote_nonce = _g(sf, "nonce"), _g(sf, "remote_nonce")
 
 
 def _g2(obj, *names, default=0):
@@ -59,6 +65,11 @@ class ConnView:
         self.remote_token = _g(conn, "remote_token")
         self.ts_local = _g2(conn, "tcp_tsval", "ts_local")
         self.subflows = [SfView(s) for s in _g(conn, "subflows", [])]
+        self.role = _g(conn, "role", "client")
+        self.anchor = bool(_g(conn, "anchor", False))
+        self.csum = bool(_g(conn, "csum", False))
+        # the server role's handshake: the peer's ISN, the TCP side's SYN/ACK ISN
+        self.tcp_rcv_isn, self.tcp_snd_isn = _g(conn, "tcp_rcv_isn"), _g(conn, "tcp_snd_isn")
 
     @property
     def data_ack(self) -> int:
@@ -83,6 +94,17 @@ class Ctx:
             return [ConnView(c) for c in list(self.proxy.connections.values())]
         except Exception:  # noqa: BLE001 - crafting must not fail on odd state
             return []
+
+
+@dataclass
+class Input:
+    """One packet to inject: ``direction`` "out" (the TCP side -> proxy) or "in" (the
+    network -> proxy), its bytes, checksum state and the label it is counted under."""
+
+    direction: str
+    data: bytes
+    csum: int
+    label: str
 
 
 # ------------------------------------------------------------------ packet edits

@@ -67,6 +67,7 @@ class Stats:
     seconds: float = 0.0  # fuzzing time (the slowest job), trace recording excluded
     wall: float = 0.0  # whole run, recording and process start included
     labels: Counter = field(default_factory=Counter)
+    scenarios: Counter = field(default_factory=Counter)  # trace name -> episodes
     counts: Counter = field(default_factory=Counter)  # violation class -> occurrences
     first: dict = field(default_factory=dict)  # class -> reproducer dict
     core_counters: Counter = field(default_factory=Counter)  # the proxy's own counters
@@ -79,6 +80,7 @@ class Stats:
         self.branches += o.branches
         self.seconds = max(self.seconds, o.seconds)
         self.labels.update(o.labels)
+        self.scenarios.update(o.scenarios)
         self.counts.update(o.counts)
         self.core_counters.update(o.core_counters)
         for k, v in o.first.items():
@@ -183,6 +185,7 @@ class Fuzzer:
         rng = self.rng
         st = self.stats
         st.episodes += 1
+        st.scenarios[trace.name] += 1
         self.setup, self.trace_name = trace.setup, trace.name
         proxy, pm = make_proxy(trace.setup)
         main = _Run(self, proxy, pm, Checker(proxy, pm), [])
@@ -240,10 +243,12 @@ class Fuzzer:
 
     def run(self, packets: int, deadline: float | None = None) -> Stats:
         t0 = time.monotonic()
+        first = list(self.traces)  # every trace once (in a random order), then at random:
+        self.rng.shuffle(first)  # a short run still covers every scenario and role
         while self.stats.packets < packets:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            self.episode(self.rng.choice(self.traces))
+            self.episode(first.pop() if first else self.rng.choice(self.traces))
         self.stats.seconds = time.monotonic() - t0
         return self.stats
 

@@ -19,16 +19,17 @@ a verdict per packet, then the forged packets and events are pulled — and chec
     (low severity) a defect of the input packet (a bad option length, odd flags) that
     the proxy carried over into its rewritten packet.
 ``csum_laundered``
-    a rewritten packet whose input had a bad TCP checksum leaves with a valid one (the
-    local stack would then take corrupted bytes).
+    a rewritten packet whose (received) input had a bad TCP checksum leaves with a valid
+    one (the local stack would then take corrupted bytes).
 ``accept_modified``
     ACCEPT means the driver passes the original bytes: the core must not have changed
     the buffer (beyond trimming bytes past the IP length).
 ``bad_csum_state_change`` / ``bad_csum_output``
-    an inbound segment with a bad TCP checksum that nothing verified before the queue
+    a received segment with a bad TCP checksum that nothing verified before the queue
     (``CSUM_OK`` before the restructuring, ``CSUM_UNVERIFIED`` after it; the checker
     feeds a corrupt segment in that state) changes no state (:mod:`.snapshot`) and makes
-    the proxy send nothing and report no event.
+    the proxy send nothing and report no event. Received: inbound segments in every role,
+    and on an anchor also the servers' (outbound: its TCP side is across a link).
 ``unconverted_passthrough``
     a packet of an MPTCP connection the proxy carries (IPv4 fragment, IPv6 extension
     headers, BIG TCP length 0, ...) is not passed on unconverted.
@@ -40,8 +41,12 @@ a verdict per packet, then the forged packets and events are pulled — and chec
     after ``handle_timer(now)``, ``get_timer()`` is None or later than ``now`` (a
     driver would spin otherwise).
 ``unbounded_state``
-    no container held by a core object grows past ``container_limit`` entries, and
-    there are at most ``conn_limit`` connections.
+    no container held by a core object grows past ``container_limit`` entries (or the
+    documented cap of its own, :data:`CAPPED`), there are at most ``conn_limit``
+    connections, and the configured limits hold in both roles: ``max_connections``,
+    ``max_syn_sent`` (half-open: SYN_SENT or SYN_RCVD, and the proxy's count of them is
+    exact), ``PmConfig.max_subflows`` live subflows per connection (the peer's joins
+    included).
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ from . import wire
 from .build import CSUM_UNVERIFIED, FULL_CSUM, IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, verdict_of
 
 ESTABLISHED = "ESTABLISHED"
+
+# containers with a documented cap of their own above the generic limit (1,024): the
+# anchor's stepped-aside 4-tuples (proxy.PASSED_MAX), the orphan table (orphans.MAX_ENTRIES)
+CAPPED = {"Proxy.passed": 4096, "Orphans.table": 4096}
 
 
 @dataclass
@@ -186,6 +195,7 @@ class Checker:
         self.violations: list[Violation] = []
         self.forged: list[bytes] = []  # forged packets of the last call
         self.events: list = []
+        self._anchor = bool(getattr(getattr(proxy, "config", None), "anchor", False))
 
     # ---------------------------------------------------------------- helpers
     def _v(self, invariant: str, key: str, message: str) -> None:
@@ -208,12 +218,14 @@ class Checker:
                 return conn.state.name, False
         return None
 
-    def _where(self, lo, data: bytes) -> str:
-        """" on CONNSTATE/SUBFLOWSTATE" for an inbound segment of a known subflow."""
+    def _where(self, lo, data: bytes, direction: str = "in") -> str:
+        """" on CONNSTATE/SUBFLOWSTATE" for a segment of a known subflow."""
         if lo is None or lo.th < 0:
             return ""
         th = lo.th
-        key = (lo.dst, (data[th + 2] << 8) | data[th + 3], lo.src, (data[th] << 8) | data[th + 1])
+        sport, dport = (data[th] << 8) | data[th + 1], (data[th + 2] << 8) | data[th + 3]
+        key = (lo.dst, dport, lo.src, sport) if direction == "in" else \
+            (lo.src, sport, lo.dst, dport)
         conns = getattr(self.proxy, "conns", None)
         e = conns.get(key) if isinstance(conns, dict) else None
         if e is None:
@@ -287,7 +299,38 @@ class Checker:
         if n > self.conn_limit:
             self._v("unbounded_state", "Proxy.connections", f"{n} connections")
         for name, size in snap.containers(self.proxy, self.container_limit):
-            self._v("unbounded_state", name, f"{name} holds {size} entries")
+            if size > CAPPED.get(name, 0):
+                self._v("unbounded_state", name, f"{name} holds {size} entries")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """The configured limits hold: connections (``max_connections``), half-open ones
+        (``max_syn_sent``: SYN_SENT in the client role, SYN_RCVD in the server role, and
+        the proxy's count of them equals what is there: a count that drifts up would
+        refuse every new connection one day), live subflows per connection
+        (``PmConfig.max_subflows``: the peer's joins included)."""
+        cfg = getattr(self.proxy, "config", None)
+        conns = list(self.proxy.connections.values())
+        half = sum(1 for c in conns if c.state.name in ("SYN_SENT", "SYN_RCVD"))
+        limit = getattr(cfg, "max_connections", 0)
+        if limit and len(conns) > limit:
+            self._v("unbounded_state", "connections over max_connections",
+                    f"{len(conns)} connections, max_connections {limit}")
+        limit = getattr(cfg, "max_syn_sent", 0)
+        if limit and half > limit:
+            self._v("unbounded_state", "half-open connections over max_syn_sent",
+                    f"{half} half-open connections, max_syn_sent {limit}")
+        count = getattr(self.proxy, "syn_sent", None)
+        if count is not None and count != half:
+            self._v("unbounded_state", "half-open count differs from the connections",
+                    f"Proxy.syn_sent {count}, {half} connections half open")
+        pmc = getattr(getattr(self.proxy, "pm", None), "config", None)
+        limit = getattr(pmc, "max_subflows", 0)
+        for c in conns:
+            live = sum(1 for sf in c.subflows if not getattr(sf, "gone", False))
+            if limit and live > limit:
+                self._v("unbounded_state", "live subflows over max_subflows",
+                        f"connection {c.id}: {live} live subflows, max_subflows {limit}")
 
     # ------------------------------------------------------------------ inputs
     def packet(self, direction: str, data: bytes, now: float, csum: int | None = None):
@@ -305,15 +348,22 @@ class Checker:
             ip_ok = lo.v6 or wire.ipv4_hdr_ok(data)
             tcp_ok = (not lo.frag and lo.end - lo.th >= 20
                       and wire.tcp_csum_ok(lo.src, lo.dst, data[lo.th:lo.end]))
-        if direction == "out" and lo is not None and lo.th >= 0 and data[lo.th + 13] & 0x12 \
-                == 0x02:
+        if direction == "out" and lo is not None and lo.th >= 0 and data[lo.th + 13] & 0x02:
+            # the TCP side's SYN (client role) or SYN/ACK (server role): its MSS is what
+            # its link carries
             self._note_local_syn(data, lo.th, lo.end)
-        bad_in = (direction == "in" and self.check_bad_csum and csum in FULL_CSUM
+        # received over a link: the network's segments, and on an anchor also the
+        # servers' (its TCP side is across a link too; the queue may not have verified
+        # their checksums either)
+        received = direction == "in" or self._anchor
+        bad_in = (received and self.check_bad_csum and csum in FULL_CSUM
                   and lo is not None and lo.th >= 0 and not tcp_ok)
         if bad_in and CSUM_UNVERIFIED is not None:
             csum = CSUM_UNVERIFIED  # (a corrupt segment cannot come marked as verified)
         before = snap.snapshot(self.proxy) if bad_in else None
-        where = self._where(lo, data) if bad_in else ""
+        where = self._where(lo, data, direction) if bad_in else ""
+        if bad_in and direction == "out":
+            where = " from the TCP side" + where
         try:
             if direction == "out":
                 v = verdict_of(self.proxy.outbound(buf, now, csum), buf)
@@ -440,11 +490,16 @@ class Checker:
             self._v(inv, f"{direction}: {_norm(b)}",
                     f"{b} (csum state {csum}): {wire.hexdump(v)}")
         if direction == "in" and seg is not None:
-            leaked = sorted({o[2] >> 4 for o in seg.mptcp() if len(o) > 2 and o[2] >> 4 != 2})
+            # an anchor leaves MP_CAPABLE in the peer's SYN: the server may speak MPTCP
+            # itself (then the anchor steps aside); nothing else but a DSS reaches it
+            mpc_ok = self._anchor and seg.flags & 0x12 == 0x02
+            leaked = sorted({o[2] >> 4 for o in seg.mptcp() if len(o) > 2 and o[2] >> 4 != 2
+                             and not (mpc_ok and o[2] >> 4 == 0 and len(o) == 4)})
             if leaked:
                 self._v("verdict_malformed", "in: MPTCP option other than DSS to the local stack",
                         f"subtypes {leaked} in a rewritten segment: {wire.hexdump(v)}")
-        if direction == "in" and not tcp_ok and csum in FULL_CSUM and seg is not None:
+        if (direction == "in" or self._anchor) and not tcp_ok and csum in FULL_CSUM \
+                and seg is not None:
             if wire.tcp_csum_ok(seg.src, seg.dst, bytes(v[seg.th:])):
                 self._v("csum_laundered", direction,
                         "a segment with a bad TCP checksum was rewritten with a valid one")

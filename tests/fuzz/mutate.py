@@ -23,7 +23,6 @@ option generators live in :mod:`.craft`.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from mptcp_proxy.core.tcp import CSUM_GSO, CSUM_OK, CSUM_PARTIAL
 
@@ -31,6 +30,7 @@ from . import wire
 from .craft import (
     ConnView,
     Ctx,
+    Input,
     SfView,
     gen_dss,
     gen_mptcp,
@@ -42,15 +42,8 @@ from .craft import (
     tcp_flags,
     ts_option,
 )
+from .mutate_server import m_server_craft, m_server_flood
 from .wire import ACK, FIN, M32, M64, PSH, RST, SYN
-
-
-@dataclass
-class Input:
-    direction: str  # "out" (local stack -> proxy) or "in" (network -> proxy)
-    data: bytes
-    csum: int
-    label: str
 
 
 # ---------------------------------------------------------------------- mutators
@@ -486,10 +479,11 @@ MUTATORS = [
     (m_flags, 5), (m_rst_syn_data, 3), (m_dup, 3), (m_stale, 4), (m_truncate, 3),
     (m_oversize, 4), (m_big_tcp, 2), (m_fragment, 2), (m_ext_header, 2),
     (m_csum_state, 4), (m_syn_opts, 3), (m_craft, 12), (m_flood, 0.25),
+    (m_server_craft, 10), (m_server_flood, 0.2),
 ]
 
 
-_INLINE = [m for m in MUTATORS if m[0] is not m_flood]
+_INLINE = [m for m in MUTATORS if m[0] not in (m_flood, m_server_flood)]
 
 
 def pick(rng, inline: bool = False):

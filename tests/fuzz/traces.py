@@ -11,9 +11,11 @@ A trace is the setup of the proxy plus its ordered inputs::
 with a digest of every verdict and of the forged packets, so a replay can prove it
 reproduced the recorded run exactly (the fuzzer's branches then start from real
 states). The models are tests/unit/peer_model.py (one connection, lockstep, a
-Linux-like peer) and tests/unit/mp_model.py (timed multipath network); they are
-only driven here, never changed: the recorder wraps the instance methods of the
-proxy and path manager they built.
+Linux-like peer) and tests/unit/mp_model.py (timed multipath network) for the client
+role, and tests/unit/server_model.py for the server role, the anchor, the peer's joins
+and proxy↔proxy (:mod:`.traces_server`); they are only driven here, never changed: the
+recorder wraps the instance methods of the proxy and path manager they built. Every
+setup carries the same connection limits (:data:`.traces_server.LIMITS`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from .build import IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, config_dict, verdict_of
+from . import traces_server
+from .build import IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, config_dict, pm_config_dict, verdict_of
 
 PM_OPS = ("link_down", "link_up", "handover", "remove_subflow", "set_prio", "abort_all")
 
@@ -182,7 +185,8 @@ def _pair_trace(name: str, seed: int, script, **kw) -> Trace:
     from peer_model import ProxyPair
 
     from mptcp_proxy.core.proxy import ProxyConfig
-    cfg = kw.pop("config", None) or ProxyConfig(checksum=kw.get("checksum", False))
+    cfg = traces_server.limited(kw.pop("config", None) or
+                                ProxyConfig(checksum=kw.get("checksum", False)))
     pair = ProxyPair(seed=seed, config=cfg, **kw)
     tr = Trace(name, {"kind": "pair", "seed": seed, "config": config_dict(cfg)})
     Recorder(tr, pair.proxy)
@@ -193,9 +197,12 @@ def _pair_trace(name: str, seed: int, script, **kw) -> Trace:
 def _mp_trace(name: str, seed: int, script, *, subflows: str = "backup",
               pm_kw: dict | None = None, **kw) -> Trace:
     from mp_model import MpNet
-    net = MpNet(seed, subflows=subflows, pm_kw=pm_kw, **kw)
+
+    from mptcp_proxy.core.proxy import ProxyConfig
+    net = MpNet(seed, subflows=subflows, pm_kw=pm_kw,
+                proxy_config=traces_server.limited(ProxyConfig()), **kw)
     setup = {"kind": "mp", "seed": seed, "config": config_dict(net.proxy.config),
-             "pm": config_dict(net.pm.config),
+             "pm": pm_config_dict(net.pm.config),
              "ifaces": [[i.name, i.addr_id, [a.hex() for a in i.v4]] for i in net.ifaces],
              "port_base": net._port}
     tr = Trace(name, setup)
@@ -327,6 +334,7 @@ SCENARIOS = {
     "mp_announce": lambda s: _mp_trace("mp_announce", s, _s_mp_announce, subflows="manual"),
     "mp_active_loss": lambda s: _mp_trace("mp_active_loss", s, _s_mp_active_loss,
                                           subflows="active"),
+    **traces_server.SERVER_SCENARIOS,
 }
 
 

@@ -21,17 +21,26 @@ Two parties, built on the independent models of :mod:`peer_model`:
 :class:`ServerPair` wires them like :class:`~peer_model.ProxyPair`: the plain server is
 ``pair.local`` (its segments go to ``proxy.outbound``: from the TCP side), the client is
 ``pair.peer`` (its segments to ``proxy.inbound``: from the MPTCP side).
+
+Also here: :class:`JoinOpener`, host A of one MP_JOIN subflow toward the proxy, scripted
+(tests/unit/test_joins_listener.py, the fuzzer's traces), and :class:`ProxyProxyPair`, a
+plain client behind a client-role proxy talking to a plain server behind a server-role
+proxy (proxy↔proxy: neither end host speaks MPTCP).
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 
+from mp_model import decode_other, join_ack_hmac, join_synack_thmac
 from peer_model import (
     ACK,
     CAP_A,
     CAP_H,
     M32,
+    PSH,
+    RST,
     SYN,
     V4,
     V6,
@@ -46,12 +55,15 @@ from peer_model import (
     key_sha,
     mpc_opt,
     opt_mss,
+    opt_ts,
     pad4,
     parse_seg,
+    seeded_random_bytes,
+    verdict_output,
 )
 
 from mptcp_proxy.core.forge import build_segment
-from mptcp_proxy.core.proxy import ProxyConfig
+from mptcp_proxy.core.proxy import Proxy, ProxyConfig
 
 SERVER_PORT = 8080
 CLIENT_PORT = 50000
@@ -272,9 +284,6 @@ class ServerPair(ElsewhereMixin, ProxyPair):
                                  serve=frozenset() if anchor else frozenset({SERVER_PORT}))
         super().__init__(config=config, seed=seed, v6=v6)
         if pm is not None:
-            from peer_model import seeded_random_bytes
-
-            from mptcp_proxy.core.proxy import Proxy
             self.proxy = Proxy(config, seeded_random_bytes(seed), pm=pm)
         sa, ca = V6 if v6 else V4
         mss = 1440 if v6 else 1460  # (the 40-byte IPv6 header)
@@ -296,5 +305,170 @@ class ServerPair(ElsewhereMixin, ProxyPair):
         return conns[0]
 
 
-__all__ = ["PlainServer", "LinuxClient", "ServerPair", "ElsewhereMixin", "SERVER_PORT",
-           "CLIENT_PORT", "Mpc", "dss_opt"]
+class JoinOpener:
+    """Host A of one MP_JOIN subflow, scripted (Linux's option layout)."""
+
+    def __init__(self, pair, src: bytes, sport: int, dst: bytes, dport: int, key_a: int,
+                 key_b: int, isn: int = 0x40000000, nonce: int = 0x0BADCAFE,
+                 backup: bool = False, join_id: int = 2) -> None:
+        self.pair = pair
+        self.src, self.sport, self.dst, self.dport = src, sport, dst, dport
+        self.key_a, self.key_b = key_a, key_b
+        self.iss, self.nonce, self.backup, self.join_id = isn, nonce, backup, join_id
+        self.irs = 0
+        self.r_b = 0
+        self.ts_peer = 0
+
+    def _seg(self, flags, seq, ack, opts, payload=b"") -> bytes:
+        return bytes(build_segment(self.src, self.dst, self.sport, self.dport, seq, ack, flags,
+                                   0x2000, pad4(opts), payload))
+
+    def syn(self) -> bytes:
+        token = key_sha(self.key_b)[0]
+        mpj = bytes((30, 12, 0x10 | (1 if self.backup else 0), self.join_id)) + \
+            struct.pack("!II", token, self.nonce)
+        opts = struct.pack("!BBH", 2, 4, 1460) + b"\x04\x02" + \
+            struct.pack("!BBII", 8, 10, 5000, 0) + b"\x01\x03\x03\x07" + mpj
+        return self._seg(SYN, self.iss, 0, opts)
+
+    def take_synack(self, s) -> tuple:
+        """The SYN/ACK's MP_JOIN, checked like subflow_thmac_valid."""
+        assert s.syn and s.ackf and s.ack == (self.iss + 1) & M32, s
+        assert s.csum_ok and s.opts_ok
+        (mp,) = [x for x in s.mp if isinstance(x, OtherMp)]
+        d = decode_other(mp)
+        assert d[0] == "join_synack", d
+        _name, backup, addr_id, thmac, r_b = d
+        assert thmac == join_synack_thmac(self.key_b, self.key_a, r_b, self.nonce)
+        self.irs, self.r_b = s.seq, r_b
+        self.ts_peer = s.ts[0] if s.ts else 0
+        return backup, addr_id
+
+    def third_ack(self, good: bool = True) -> bytes:
+        h = join_ack_hmac(self.key_a, self.key_b, self.nonce, self.r_b)
+        if not good:
+            h = bytes([h[0] ^ 1]) + h[1:]
+        opts = opt_ts(5001, self.ts_peer) + bytes((30, 24, 0x10, 0)) + h
+        return self._seg(ACK, self.iss + 1, self.irs + 1, opts)
+
+    def data(self, dsn: int, ssn: int, payload: bytes, data_ack: int | None = None) -> bytes:
+        opts = opt_ts(5002, self.ts_peer) + dss_opt(data_ack=data_ack, dsn=dsn, ssn=ssn,
+                                                    dll=len(payload))
+        return self._seg(ACK | PSH, self.iss + ssn, self.irs + 1, opts, payload)
+
+    def rst(self) -> bytes:
+        return self._seg(RST, self.iss + 1, 0, b"")
+
+    def ack_with(self, mp: bytes, ack_rel: int = 1) -> bytes:
+        return self._seg(ACK, self.iss + 1, self.irs + ack_rel, opt_ts(5003, self.ts_peer) + mp)
+
+
+class _ServerHost:
+    """The far end of :class:`ProxyProxyPair` as the pair's ``peer``: a plain server behind
+    a server-role proxy. Packets from the wire go through that proxy's ``inbound`` to the
+    server, the server's through its ``outbound`` back to the wire; what the proxy forges
+    goes to the server or to the wire by address."""
+
+    def __init__(self, pair: "ProxyProxyPair", proxy: Proxy, server: PlainServer) -> None:
+        self.pair, self.proxy, self.server = pair, proxy, server
+        self.addr = server.addr
+
+    @property
+    def violations(self) -> list[str]:
+        return self.server.violations
+
+    @property
+    def all_acked(self) -> bool:
+        return self.server.all_acked
+
+    def write(self, data: bytes, **_kw) -> None:
+        self.server.write(data)
+
+    def push(self, window: int | None = None) -> list[bytes]:
+        return self.run([("out", p) for p in self.server.push(window)])
+
+    def retransmit(self, only_first: bool = False) -> list[bytes]:
+        return self.run([("out", p) for p in self.server.retransmit(only_first)])
+
+    def receive(self, s: Seg) -> list[bytes]:
+        return self.run([("in", s.raw)])
+
+    def run(self, items) -> list[bytes]:
+        """Run ``items`` ("in": from the wire, "out": from the server, "srv": to the
+        server) until quiet; the packets for the wire."""
+        q = deque(items)
+        wire: list[bytes] = []
+        now = self.pair.now
+        self._forged(q, wire)
+        while q:
+            kind, buf = q.popleft()
+            if kind == "srv":
+                q.extend(("out", r) for r in self.server.receive(parse_seg(buf)))
+                continue
+            b = bytearray(buf)
+            if kind == "in":
+                res = verdict_output(buf, self.proxy.inbound(b, now), b)
+                if res is not None:
+                    q.append(("srv", res))
+            else:
+                res = verdict_output(buf, self.proxy.outbound(b, now), b)
+                if res is not None:
+                    wire.append(res)
+            self._forged(q, wire)
+        return wire
+
+    def _forged(self, q: deque, wire: list) -> None:
+        for p in self.proxy.packets_to_send():
+            if parse_seg(p).dst == self.server.addr:
+                q.append(("srv", bytes(p)))
+            else:
+                wire.append(bytes(p))
+        for _e in self.proxy.events():
+            pass
+
+
+class ProxyProxyPair(ProxyPair):
+    """Plain client ↔ Proxy (client role) ↔ wire ↔ Proxy (server role, ``--serve 8080``) ↔
+    plain server, on a fake clock (issue 10: proxy↔proxy). ``pair.proxy`` is the client's
+    proxy, ``pair.server_proxy`` the server's; ``pair.local`` the plain client,
+    ``pair.server`` the plain server; ``pair.peer`` stands for the server's whole host."""
+
+    def __init__(self, seed: int = 1, v6: bool = False, config: ProxyConfig | None = None,
+                 server_config: ProxyConfig | None = None, local_kw: dict | None = None,
+                 server_kw: dict | None = None) -> None:
+        super().__init__(seed=seed, v6=v6, config=config, local_kw=local_kw)
+        la, ra = V6 if v6 else V4
+        mss = 1440 if v6 else 1460
+        self.server_config = server_config or ProxyConfig(client=False,
+                                                          serve=frozenset({SERVER_PORT}))
+        self.server_proxy = Proxy(self.server_config, seeded_random_bytes(seed + 1000))
+        self.server = PlainServer(self, ra, SERVER_PORT, la, self.local.port, 0x7000F000,
+                                  **{"mss": mss, **(server_kw or {})})
+        self.peer = _ServerHost(self, self.server_proxy, self.server)
+
+    def handshake(self) -> None:
+        self.server.listen()
+        super().handshake()
+
+    def advance(self, dt: float) -> None:
+        """Move the clock, firing both proxies' timers at their exact times."""
+        end = self.now + dt
+        while True:
+            due = [(t, i) for i, p in enumerate((self.proxy, self.server_proxy))
+                   if (t := p.get_timer()) is not None and t <= end]
+            if not due:
+                break
+            t, i = min(due)
+            self.now = max(self.now, t)
+            if i == 0:
+                self.proxy.handle_timer(self.now)
+                self._forged()
+            else:
+                self.server_proxy.handle_timer(self.now)
+                self.emit_peer(self.peer.run([]))
+            self.pump()
+        self.now = end
+
+
+__all__ = ["PlainServer", "LinuxClient", "ServerPair", "ElsewhereMixin", "JoinOpener",
+           "ProxyProxyPair", "SERVER_PORT", "CLIENT_PORT", "Mpc", "dss_opt"]

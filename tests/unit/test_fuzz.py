@@ -162,13 +162,18 @@ def bounded_run():
 
 
 def test_bounded_run_is_clean(bounded_run):
-    """About 30,000 packets (recorded traces of every scenario, mutated and crafted
+    """About 30,000 packets (recorded traces of every scenario, each at least once: client
+    and server roles, anchor, the peer's joins, proxy<->proxy; mutated and crafted
     packets, floods) through the core: every invariant of tests/fuzz/invariants.py is
     checked after every packet, and none is violated -- no exception, no malformed
     forged packet, no laundered checksum, no stuck timer, no forged packet to an unknown
     4-tuple or above the link's size, no unbounded state, exact replays."""
     st_ = bounded_run
     assert st_.packets >= PACKETS and st_.mutants > PACKETS // 10
+    # every scenario had an episode: the client role, the server role (--serve), the
+    # anchor, the peer's joins and proxy<->proxy (tests/fuzz/traces_server.py)
+    assert set(st_.scenarios) == set(traces.SCENARIOS), set(traces.SCENARIOS) - set(st_.scenarios)
+    assert {"srv_joins", "anchor_announce", "pp_server", "cli_peer_join"} <= set(st_.scenarios)
     first = {cls: rep["message"].splitlines()[0] for cls, rep in st_.first.items()}
     assert not st_.counts, (dict(st_.counts.most_common(10)), first)
 

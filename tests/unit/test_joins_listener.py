@@ -1,34 +1,26 @@
 """The peer's MP_JOIN subflows, the proxy as listener B (RFC 8684 §3.2; docs/protocol.md
 §3.3, §4.2): in the server role (the native client joins from its second address, to the
 server's address or to one we announced) and in the client role (a Linux server opening a
-join toward the client: issue 9 item 9). The joining side is scripted here, its HMACs
-computed with tests/unit/mp_model.py's own implementation.
+join toward the client: issue 9 item 9). The joining side is scripted
+(server_model.JoinOpener), its HMACs computed with tests/unit/mp_model.py's own
+implementation.
 """
 
 from __future__ import annotations
 
-import struct
-
 import pytest
-from mp_model import add_addr_hmac8, decode_other, join_ack_hmac, join_synack_thmac, prio_opt
+from mp_model import add_addr_hmac8, decode_other, prio_opt
 from peer_model import (
-    ACK,
     M32,
     M64,
-    PSH,
     RST,
-    SYN,
     OtherMp,
     ProxyPair,
     TcpRst,
-    dss_opt,
     key_sha,
-    opt_ts,
-    pad4,
 )
-from server_model import CLIENT_PORT, SERVER_PORT, ElsewhereMixin, ServerPair
+from server_model import CLIENT_PORT, SERVER_PORT, ElsewhereMixin, JoinOpener, ServerPair
 
-from mptcp_proxy.core.forge import build_segment
 from mptcp_proxy.core.policy import PathManager, PmConfig
 from mptcp_proxy.core.proxy import ProxyConfig
 from mptcp_proxy.core.states import SubflowState
@@ -36,64 +28,6 @@ from mptcp_proxy.core.verdict import Verdict
 
 CLIENT2 = bytes([10, 0, 2, 2])  # the native client's second address
 ANNOUNCED = bytes([10, 0, 1, 254])  # an address of the proxy's host, announced
-
-
-class JoinOpener:
-    """Host A of one MP_JOIN subflow, scripted (Linux's option layout)."""
-
-    def __init__(self, pair, src: bytes, sport: int, dst: bytes, dport: int, key_a: int,
-                 key_b: int, isn: int = 0x40000000, nonce: int = 0x0BADCAFE,
-                 backup: bool = False, join_id: int = 2) -> None:
-        self.pair = pair
-        self.src, self.sport, self.dst, self.dport = src, sport, dst, dport
-        self.key_a, self.key_b = key_a, key_b
-        self.iss, self.nonce, self.backup, self.join_id = isn, nonce, backup, join_id
-        self.irs = 0
-        self.r_b = 0
-        self.ts_peer = 0
-
-    def _seg(self, flags, seq, ack, opts, payload=b"") -> bytes:
-        return bytes(build_segment(self.src, self.dst, self.sport, self.dport, seq, ack, flags,
-                                   0x2000, pad4(opts), payload))
-
-    def syn(self) -> bytes:
-        token = key_sha(self.key_b)[0]
-        mpj = bytes((30, 12, 0x10 | (1 if self.backup else 0), self.join_id)) + \
-            struct.pack("!II", token, self.nonce)
-        opts = struct.pack("!BBH", 2, 4, 1460) + b"\x04\x02" + \
-            struct.pack("!BBII", 8, 10, 5000, 0) + b"\x01\x03\x03\x07" + mpj
-        return self._seg(SYN, self.iss, 0, opts)
-
-    def take_synack(self, s) -> tuple:
-        """The SYN/ACK's MP_JOIN, checked like subflow_thmac_valid."""
-        assert s.syn and s.ackf and s.ack == (self.iss + 1) & M32, s
-        assert s.csum_ok and s.opts_ok
-        (mp,) = [x for x in s.mp if isinstance(x, OtherMp)]
-        d = decode_other(mp)
-        assert d[0] == "join_synack", d
-        _name, backup, addr_id, thmac, r_b = d
-        assert thmac == join_synack_thmac(self.key_b, self.key_a, r_b, self.nonce)
-        self.irs, self.r_b = s.seq, r_b
-        self.ts_peer = s.ts[0] if s.ts else 0
-        return backup, addr_id
-
-    def third_ack(self, good: bool = True) -> bytes:
-        h = join_ack_hmac(self.key_a, self.key_b, self.nonce, self.r_b)
-        if not good:
-            h = bytes([h[0] ^ 1]) + h[1:]
-        opts = opt_ts(5001, self.ts_peer) + bytes((30, 24, 0x10, 0)) + h
-        return self._seg(ACK, self.iss + 1, self.irs + 1, opts)
-
-    def data(self, dsn: int, ssn: int, payload: bytes, data_ack: int | None = None) -> bytes:
-        opts = opt_ts(5002, self.ts_peer) + dss_opt(data_ack=data_ack, dsn=dsn, ssn=ssn,
-                                                    dll=len(payload))
-        return self._seg(ACK | PSH, self.iss + ssn, self.irs + 1, opts, payload)
-
-    def rst(self) -> bytes:
-        return self._seg(RST, self.iss + 1, 0, b"")
-
-    def ack_with(self, mp: bytes, ack_rel: int = 1) -> bytes:
-        return self._seg(ACK, self.iss + 1, self.irs + ack_rel, opt_ts(5003, self.ts_peer) + mp)
 
 
 def inject(pair, pkt: bytes) -> Verdict:
