@@ -1,3 +1,3 @@
 """mptcp-proxy: a lightweight MPTCP v1 (RFC 8684) proxy on an NFQUEUE."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
