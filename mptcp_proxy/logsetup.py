@@ -14,6 +14,12 @@ events are logged.
 Whatever the target, the last :data:`RING_LINES` lines are also kept in memory for
 ``mptcpctl debug-dump`` (:class:`RingHandler`).
 
+The journal and syslog are sockets that can block (a datagram queue full while journald
+or the syslog daemon lags: ``net.unix.max_dgram_qlen`` is 10 by default): their records
+go through a queue to a thread of their own (:class:`Background`), so that no thread of
+the daemon — the packet path least of all — ever waits for the log. At exit the thread
+gets :data:`FLUSH_TIMEOUT` seconds to send what is left.
+
 A connection event is one line shaped like ``ip mptcp monitor``
 (:func:`~mptcp_proxy.eventfmt.format_event`): at INFO level for the kinds in
 :data:`~mptcp_proxy.core.events.INFO_EVENTS`, DEBUG for the routine per-connection ones
@@ -24,10 +30,13 @@ them). Nothing per packet is logged above DEBUG.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
+import queue
 import socket
 import sys
+import threading
 from collections import deque
 
 from .core.events import INFO_EVENTS, Event
@@ -40,6 +49,7 @@ TARGETS = ("stderr", "journal", "syslog")
 LEVELS = ("debug", "info", "warning", "error")
 RING_LINES = 2000
 SYSLOG_ADDRESS = "/dev/log"
+FLUSH_TIMEOUT = 2.0  # seconds the log thread may take at exit
 IDENTIFIER = "mptcp-proxy"
 
 # the root logger: pyroute2's warnings go to the same place (daemon.py keeps its debug out)
@@ -67,6 +77,31 @@ class RingHandler(logging.Handler):
 
     def lines(self, n: int) -> list[str]:
         return list(self.buf)[-n:]
+
+
+class Background(logging.handlers.QueueHandler):
+    """Hands records to ``target`` from a thread of its own (the caller never blocks);
+    :meth:`close` sends what is queued, for at most :data:`FLUSH_TIMEOUT` seconds."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(queue.SimpleQueue())
+        self.target = target
+        self.thread = threading.Thread(target=self._run, name="log", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def _run(self) -> None:
+        while True:
+            record = self.queue.get()
+            if record is None:
+                return
+            self.target.handle(record)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join(FLUSH_TIMEOUT)
+        super().close()
 
 
 def _journal_handler() -> logging.Handler:
@@ -108,9 +143,9 @@ def configure(target: str, level: str, ring: RingHandler | None = None,
         h: logging.Handler = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     elif target == "journal":
-        h = _journal_handler()
+        h = Background(_journal_handler())
     elif target == "syslog":
-        h = _syslog_handler(syslog_address)
+        h = Background(_syslog_handler(syslog_address))
     else:
         raise ValueError(f"unknown log target: {target}")
     for old in list(root.handlers):
