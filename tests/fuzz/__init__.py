@@ -7,7 +7,7 @@
 - :mod:`.snapshot`: a snapshot of the proxy's state read from public attributes.
 - :mod:`.invariants`: the checks run around every call into the core.
 - :mod:`.traces`: real packet traces recorded from the unit-test peer models
-  (tests/unit/peer_model.py, tests/unit/mp_model.py), replayable into a fresh proxy.
+  (tests/unit/lockstep/, tests/unit/mpnet/), replayable into a fresh proxy.
 - :mod:`.craft`: the live-state view crafters use, option edits, MPTCP option generators.
 - :mod:`.mutate`: mutations of trace packets and crafted packets.
 - :mod:`.fork`: a fast independent copy of a live proxy (the fuzzer's branches).

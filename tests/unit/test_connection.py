@@ -1,7 +1,7 @@
 """The proxy's connection logic end to end, on a fake network with a fake clock.
 
 A scripted local TCP stack and a model of a Linux 6.18 native MPTCP server sit
-around one :class:`~mptcp_proxy.core.proxy.Proxy` (tests/unit/peer_model.py).
+around one :class:`~mptcp_proxy.core.proxy.Proxy` (tests/unit/lockstep/).
 The peer model validates every packet the proxy puts on the wire as Linux would
 (docs/protocol.md §1–§5) and records deviations in ``violations``; the local stack
 checks what the proxy hands it. ``pair.assert_clean()`` asserts there are none.
@@ -15,7 +15,9 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer_model import (
+from lockstep.decode import Fastclose, OtherMp, TcpRst, parse_seg
+from lockstep.pair import ProxyPair, seeded_random_bytes
+from lockstep.wire import (
     CAP_A,
     CAP_H,
     DSS_A,
@@ -26,18 +28,12 @@ from peer_model import (
     MTU,
     PSH,
     DSS_m,
-    Fastclose,
-    OtherMp,
-    ProxyPair,
-    TcpRst,
     dss_csum,
     dss_csum_ok,
     dss_opt,
     key_sha,
     mpc_opt,
-    parse_seg,
     sdiff,
-    seeded_random_bytes,
 )
 
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig
@@ -1121,7 +1117,8 @@ def test_unanswered_syn_is_forgotten_after_syn_timeout():
 
 
 def test_four_tuple_reused_while_the_old_connection_lingers():
-    from peer_model import LinuxPeer, LocalStack
+    from lockstep.linux_peer import LinuxPeer
+    from lockstep.local_stack import LocalStack
     pair = established()
     pair.transfer(b"a" * 100, b"b" * 100)
     pair.emit_local(pair.local.rst())

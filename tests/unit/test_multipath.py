@@ -1,6 +1,6 @@
 """Multipath end to end: joins, handovers, break before make, multipath reception,
 peer-driven signalling, random schedules and table bounds, on the fake network of
-tests/unit/mp_model.py (a real-ish local TCP stack, a Linux-like native MPTCP peer
+tests/unit/mpnet/ (a real-ish local TCP stack, a Linux-like native MPTCP peer
 with several subflows, two lossy/reordering paths, a fake clock).
 
 Every test checks the byte streams both ways (each byte is compared with the
@@ -23,8 +23,10 @@ from bisect import bisect_right
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mp_model import A0, A1, P0, P1, MpNet
-from peer_model import TcpRst, parse_seg, sdiff
+from lockstep.decode import TcpRst, parse_seg
+from lockstep.wire import sdiff
+from mpnet.addresses import A0, A1, P0, P1
+from mpnet.network import MpNet
 
 from mptcp_proxy.core.events import EventKind
 from mptcp_proxy.core.subflow import SubflowState
