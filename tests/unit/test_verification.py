@@ -4,9 +4,9 @@ passes unconverted. Each test drives the sans-I/O core with the Linux-like peer 
 
 import struct
 
+from connection_kit import blob, counters, established
 from lockstep.pair import ProxyPair, seeded_random_bytes
 from lockstep.wire import M64, PSH, dss_opt
-from test_connection import blob, counters, established
 
 from mptcp_proxy.core.constants import TCP_ACK, TCP_RST, TCP_SYN
 from mptcp_proxy.core.forge import build_segment

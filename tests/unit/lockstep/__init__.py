@@ -1,5 +1,5 @@
 """A fake network around a :class:`~mptcp_proxy.core.proxy.Proxy` (end-host mode,
-one subflow) on a fake clock, for tests/unit/test_connection.py.
+one subflow) on a fake clock, for tests/unit/test_conn_*.py.
 
 Three parties:
 
