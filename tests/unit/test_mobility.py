@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from mpnet.addresses import A0, A1
 from mpnet.network import MpNet
-from test_multipath import blob, started
+from multipath_kit import blob, started
 
 from mptcp_proxy.core.events import EventKind
 from mptcp_proxy.core.subflow import SubflowState

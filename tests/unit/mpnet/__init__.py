@@ -1,6 +1,6 @@
 """A multipath fake network around a :class:`~mptcp_proxy.core.proxy.Proxy` and its
 :class:`~mptcp_proxy.core.policy.PathManager`, on a fake clock with a seeded RNG, for
-tests/unit/test_multipath.py.
+tests/unit/test_mp_*.py and tests/unit/test_mobility.py.
 
 Parties (all event driven on one heap of ``(time, seq, callback)``):
 
