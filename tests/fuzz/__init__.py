@@ -22,5 +22,5 @@ from pathlib import Path
 
 _UNIT = str(Path(__file__).resolve().parent.parent / "unit")
 if _UNIT not in sys.path:
-    # the peer models are top-level modules of tests/unit (as pytest imports them)
+    # the peer models are top-level packages and modules of tests/unit (as pytest imports them)
     sys.path.append(_UNIT)
