@@ -3,7 +3,7 @@
 ``Proxy.outbound``/``Proxy.inbound`` on a recorded, realistic packet sequence.
 
 It records one established single-subflow connection of the unit-test model
-(tests/unit/peer_model.py: a Linux-like MPTCP peer and a local TCP stack) doing an
+(tests/unit/lockstep/: a Linux-like MPTCP peer and a local TCP stack) doing an
 upload and a download of MSS-sized segments, then replays the exact same input
 sequence into a fresh proxy (same seed, so keys and ISNs match) and times it.
 The figures are the core's own per-packet cost, the part of the ~20 µs above the
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
 
 def _recording_pair():
-    from peer_model import ProxyPair
+    from lockstep.pair import ProxyPair
     pair = ProxyPair(seed=7)
     pair.handshake()
     pair.transfer(b"x" * 2000, b"y" * 2000)  # fully established, both ways
@@ -58,7 +58,7 @@ def record(nbytes: int):
 
 
 def fresh():
-    from peer_model import ProxyPair
+    from lockstep.pair import ProxyPair
     pair = ProxyPair(seed=7)
     pair.handshake()
     pair.transfer(b"x" * 2000, b"y" * 2000)

@@ -7,7 +7,7 @@
 - :mod:`.snapshot`: a snapshot of the proxy's state read from public attributes.
 - :mod:`.invariants`: the checks run around every call into the core.
 - :mod:`.traces`: real packet traces recorded from the unit-test peer models
-  (tests/unit/peer_model.py, tests/unit/mp_model.py), replayable into a fresh proxy.
+  (tests/unit/lockstep/, tests/unit/mpnet/), replayable into a fresh proxy.
 - :mod:`.craft`: the live-state view crafters use, option edits, MPTCP option generators.
 - :mod:`.mutate`: mutations of trace packets and crafted packets.
 - :mod:`.fork`: a fast independent copy of a live proxy (the fuzzer's branches).
@@ -22,5 +22,5 @@ from pathlib import Path
 
 _UNIT = str(Path(__file__).resolve().parent.parent / "unit")
 if _UNIT not in sys.path:
-    # the peer models are top-level modules of tests/unit (as pytest imports them)
+    # the peer models are top-level packages and modules of tests/unit (as pytest imports them)
     sys.path.append(_UNIT)

@@ -62,7 +62,7 @@ class SeededBytes:
 
 
 class PortCounter:
-    """``alloc_port`` for the path manager: base+1, base+2, ... (as tests/unit/mp_model)."""
+    """``alloc_port`` for the path manager: base+1, base+2, ... (as tests/unit/mpnet)."""
 
     def __init__(self, base: int) -> None:
         self.port = base

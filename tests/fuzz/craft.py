@@ -185,7 +185,7 @@ def gen_mptcp(rng, cv: ConnView | None, *, plen: int = 0, flags: int = ACK) -> b
     """One MPTCP option of a random subtype and shape: mostly well-formed with fields
     near the connection's live values (valid keys and HMACs half of the time), some
     with wrong lengths or garbage."""
-    from mp_model import add_addr_hmac8, join_synack_thmac
+    from mpnet.options import add_addr_hmac8, join_synack_thmac
     r = rng.random
     ck = cv is not None and r() < 0.6  # use the real keys/values
     lk = cv.local_key if ck else rng.getrandbits(64)

@@ -447,7 +447,7 @@ def m_flood(rng, ctx, d, buf, csum):
     if sv.key is None:
         return []
     la, lp, ra, rp = sv.key
-    from mp_model import add_addr_hmac8
+    from mpnet.options import add_addr_hmac8
     for i in range(n):
         if kind == "rst":
             p = wire.build(ra, la, rp, lp, (sv.rcv_nxt + 1 + i * 97) & M32, 0, RST, 0)

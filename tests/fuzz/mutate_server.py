@@ -16,7 +16,7 @@ in the style of :mod:`.mutate` (same signature, same :class:`~.craft.Input` resu
   window of SYN_RCVD connections.
 
 HMACs and DSS checksums are computed with the unit-test models' own helpers
-(tests/unit/mp_model.py, peer_model.py), independent of the core's codec.
+(tests/unit/mpnet/, tests/unit/lockstep/), independent of the core's codec.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _third_ack(rng, cv: ConnView, sv: SfView, plen: int) -> tuple[bytes, str]:
 def _with_csum(opt: bytes, cv: ConnView, payload: bytes, right: bool) -> bytes:
     """Fill the DSS checksum of an MP_CAPABLE with data (len 24): the implied mapping is
     DSN = the peer's IDSN + 1, SSN 1 (RFC 8684 §3.1, §3.3.1)."""
-    from peer_model import dss_csum
+    from lockstep.wire import dss_csum
     if len(opt) != 24:
         return opt
     dll = struct.unpack_from("!H", opt, 20)[0]
@@ -103,7 +103,7 @@ def _with_csum(opt: bytes, cv: ConnView, payload: bytes, right: bool) -> bytes:
 def _join_ack(rng, cv: ConnView, sv: SfView) -> tuple[bytes, str]:
     """MP_JOIN of the peer's third ACK on its half-open join: the right 160-bit HMAC, or
     one with a bit flipped, or random."""
-    from mp_model import join_ack_hmac
+    from mpnet.options import join_ack_hmac
     h = join_ack_hmac(cv.remote_key, cv.local_key, sv.remote_nonce, sv.nonce)
     how = rng.choice(("good", "good", "flip", "random"))
     if how == "flip":

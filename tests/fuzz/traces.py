@@ -10,8 +10,8 @@ A trace is the setup of the proxy plus its ordered inputs::
 
 with a digest of every verdict and of the forged packets, so a replay can prove it
 reproduced the recorded run exactly (the fuzzer's branches then start from real
-states). The models are tests/unit/peer_model.py (one connection, lockstep, a
-Linux-like peer) and tests/unit/mp_model.py (timed multipath network) for the client
+states). The models are tests/unit/lockstep/ (one connection, lockstep, a
+Linux-like peer) and tests/unit/mpnet/ (timed multipath network) for the client
 role, and tests/unit/server_model.py for the server role, the anchor, the peer's joins
 and proxy↔proxy (:mod:`.traces_server`); they are only driven here, never changed: the
 recorder wraps the instance methods of the proxy and path manager they built. Every
@@ -182,7 +182,7 @@ def _blob(n: int, seed: int) -> bytes:
 
 
 def _pair_trace(name: str, seed: int, script, **kw) -> Trace:
-    from peer_model import ProxyPair
+    from lockstep.pair import ProxyPair
 
     from mptcp_proxy.core.proxy import ProxyConfig
     cfg = traces_server.limited(kw.pop("config", None) or
@@ -196,7 +196,7 @@ def _pair_trace(name: str, seed: int, script, **kw) -> Trace:
 
 def _mp_trace(name: str, seed: int, script, *, subflows: str = "backup",
               pm_kw: dict | None = None, **kw) -> Trace:
-    from mp_model import MpNet
+    from mpnet.network import MpNet
 
     from mptcp_proxy.core.proxy import ProxyConfig
     net = MpNet(seed, subflows=subflows, pm_kw=pm_kw,
@@ -299,7 +299,7 @@ def _s_mp_break(net) -> None:
 
 
 def _s_mp_announce(net) -> None:
-    from mp_model import P1
+    from mpnet.addresses import P1
     _mp_started(net, 41, join=False)
     net.peer.announce(P1, 1)
     net.run(net.now + 0.3)

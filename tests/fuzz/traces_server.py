@@ -203,7 +203,7 @@ def _s_anchor_announce(pair) -> None:
 
 def _join_data(pair, j, data: bytes) -> None:
     """The client's data on join ``j`` (its data level kept in step)."""
-    from peer_model import M64, key_sha
+    from lockstep.wire import M64, key_sha
     d0 = pair.peer.d_nxt
     pair.peer.dsnd += data
     pair.peer.d_nxt += len(data)
@@ -216,8 +216,8 @@ def _s_srv_joins(pair) -> None:
     sending there), one with a wrong HMAC (reset), one left half open (SYN/ACK
     retransmitted, then reset), one to another port (refused), one with an unknown
     token (passed on)."""
-    from mp_model import prio_opt
-    from peer_model import M32
+    from lockstep.wire import M32
+    from mpnet.options import prio_opt
     from server_model import SERVER_PORT, JoinOpener
     pair.handshake()
     pair.transfer(_blob(4000, 126), _blob(4000, 127))
@@ -275,7 +275,8 @@ def _s_srv_refuse(pair) -> None:
 def _cli_join_trace(name: str, seed: int) -> traces.Trace:
     """The client role, whose Linux server opens a join toward the client's address
     (accepted), with data on it, then one to another port (refused)."""
-    from peer_model import M64, ProxyPair
+    from lockstep.pair import ProxyPair
+    from lockstep.wire import M64
     from server_model import ElsewhereMixin, JoinOpener
 
     from mptcp_proxy.core.proxy import ProxyConfig

@@ -12,8 +12,10 @@ from __future__ import annotations
 import random
 import struct
 
-from mp_model import MpNet
-from peer_model import ACK, M64, PSH, ProxyPair, parse_seg
+from lockstep.decode import parse_seg
+from lockstep.pair import ProxyPair
+from lockstep.wire import ACK, M64, PSH
+from mpnet.network import MpNet
 
 from mptcp_proxy.core.connection import ConnState
 from mptcp_proxy.core.forge import build_segment
@@ -106,7 +108,7 @@ def raw_from_peer(net: MpNet, sub, mp: bytes, payload: bytes = b"", seq_off: int
                    ack_off: int = 0, flags: int = ACK) -> bytes:
     """A segment on the peer's subflow ``sub`` (valid sequence and ACK numbers unless
     offset), not sent by the peer model: it goes straight to the proxy."""
-    from peer_model import opt_ts, pad4
+    from lockstep.wire import opt_ts, pad4
     opts = (opt_ts(sub.tsval(), sub.ts_recent) if sub.ts_ok else b"") + pad4(mp)
     return bytes(build_segment(sub.laddr, sub.raddr, sub.lport, sub.rport,
                                sub.swire(sub.tx.nxt + seq_off), sub.rwire(sub.rcv_nxt + ack_off),

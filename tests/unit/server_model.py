@@ -2,11 +2,11 @@
 (``--serve`` on an end host, or an anchor on a router), for tests/unit/test_server_role.py
 and test_joins_listener.py.
 
-Two parties, built on the independent models of :mod:`peer_model`:
+Two parties, built on the independent models of :mod:`lockstep`:
 
 - :class:`PlainServer`: a plain TCP listener with Linux's habits (the TCP side): it answers
   the SYN with MSS, SACK_PERM, timestamps and window scale in Linux's order, then behaves as
-  :class:`~peer_model.LocalStack` (checks checksums, no MPTCP option reaching it, PAWS,
+  :class:`~lockstep.local_stack.LocalStack` (checks checksums, no MPTCP option reaching it, PAWS,
   RFC 5961 exact RSTs, the bytes themselves). With ``mpc_answer`` it answers an MP_CAPABLE
   SYN with MP_CAPABLE itself (a native MPTCP server behind an anchor).
 - :class:`LinuxClient`: a native MPTCP v1 client modelled on Linux 6.18 (docs/protocol.md
@@ -16,9 +16,9 @@ Two parties, built on the independent models of :mod:`peer_model`:
   (len 22/24) instead of a DSS; fully established only by a DATA_ACK or an ADD_ADDR on the
   first in-sequence segment from the listener — anything else is recorded as the fallback
   Linux would make (``MPCapableDataFallback``). Its data level and its checks of every
-  DSS, DATA_ACK and DATA_FIN are :class:`~peer_model.LinuxPeer`'s.
+  DSS, DATA_ACK and DATA_FIN are :class:`~lockstep.linux_peer.LinuxPeer`'s.
 
-:class:`ServerPair` wires them like :class:`~peer_model.ProxyPair`: the plain server is
+:class:`ServerPair` wires them like :class:`~lockstep.pair.ProxyPair`: the plain server is
 ``pair.local`` (its segments go to ``proxy.outbound``: from the TCP side), the client is
 ``pair.peer`` (its segments to ``proxy.inbound``: from the MPTCP side).
 
@@ -33,8 +33,11 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from mp_model import decode_other, join_ack_hmac, join_synack_thmac
-from peer_model import (
+from lockstep.decode import Mpc, OtherMp, Seg, parse_seg
+from lockstep.linux_peer import LinuxPeer, PeerSeg
+from lockstep.local_stack import LocalStack
+from lockstep.pair import V4, V6, ProxyPair, seeded_random_bytes, verdict_output
+from lockstep.wire import (
     ACK,
     CAP_A,
     CAP_H,
@@ -42,25 +45,14 @@ from peer_model import (
     PSH,
     RST,
     SYN,
-    V4,
-    V6,
-    LinuxPeer,
-    LocalStack,
-    Mpc,
-    OtherMp,
-    PeerSeg,
-    ProxyPair,
-    Seg,
     dss_opt,
     key_sha,
     mpc_opt,
     opt_mss,
     opt_ts,
     pad4,
-    parse_seg,
-    seeded_random_bytes,
-    verdict_output,
 )
+from mpnet.options import decode_other, join_ack_hmac, join_synack_thmac
 
 from mptcp_proxy.core.forge import build_segment
 from mptcp_proxy.core.proxy import Proxy, ProxyConfig

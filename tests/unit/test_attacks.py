@@ -31,14 +31,10 @@ from attack_kit import (
     streams_intact,
     with_pm,
 )
-from mp_model import MpNet
-from peer_model import (
-    ACK,
-    RST,
-    ProxyPair,
-    dss_opt,
-    parse_seg,
-)
+from lockstep.decode import parse_seg
+from lockstep.pair import ProxyPair
+from lockstep.wire import ACK, RST, dss_opt
+from mpnet.network import MpNet
 
 from mptcp_proxy.core.connection import ConnState
 from mptcp_proxy.core.forge import build_segment

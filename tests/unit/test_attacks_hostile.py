@@ -26,21 +26,11 @@ from attack_kit import (
     streams_intact,
     with_pm,
 )
-from mp_model import MpNet, add_addr_hmac8
-from peer_model import (
-    ACK,
-    FIN,
-    M32,
-    PSH,
-    RST,
-    SYN,
-    ProxyPair,
-    dss_opt,
-    fastclose_opt,
-    key_sha,
-    mpc_opt,
-    parse_seg,
-)
+from lockstep.decode import parse_seg
+from lockstep.pair import ProxyPair
+from lockstep.wire import ACK, FIN, M32, PSH, RST, SYN, dss_opt, fastclose_opt, key_sha, mpc_opt
+from mpnet.network import MpNet
+from mpnet.options import add_addr_hmac8
 
 from mptcp_proxy.core.connection import ConnState
 from mptcp_proxy.core.forge import build_segment

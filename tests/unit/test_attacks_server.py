@@ -14,7 +14,9 @@ import struct
 
 import pytest
 from attack_kit import blob, flip_bit
-from peer_model import M32, RST, SYN, TcpRst, parse_seg, verdict_output
+from lockstep.decode import TcpRst, parse_seg
+from lockstep.pair import verdict_output
+from lockstep.wire import M32, RST, SYN
 from server_model import CLIENT_PORT, SERVER_PORT, JoinOpener, ServerPair
 
 from mptcp_proxy.core.connection import ConnState

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from mp_model import add_addr_hmac8, decode_other
-from peer_model import OtherMp
+from lockstep.decode import OtherMp
+from mpnet.options import add_addr_hmac8, decode_other
 from server_model import ServerPair
 from test_joins_listener import CLIENT2, joined
 

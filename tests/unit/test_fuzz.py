@@ -13,7 +13,8 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peer_model import ProxyPair, dss_opt
+from lockstep.pair import ProxyPair
+from lockstep.wire import dss_opt
 
 from mptcp_proxy.core.tcp import CSUM_OK
 from tests.fuzz import engine, snapshot, traces, wire

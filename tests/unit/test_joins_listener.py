@@ -2,23 +2,17 @@
 §3.3, §4.2): in the server role (the native client joins from its second address, to the
 server's address or to one we announced) and in the client role (a Linux server opening a
 join toward the client: issue 9 item 9). The joining side is scripted
-(server_model.JoinOpener), its HMACs computed with tests/unit/mp_model.py's own
+(server_model.JoinOpener), its HMACs computed with tests/unit/mpnet/'s own
 implementation.
 """
 
 from __future__ import annotations
 
 import pytest
-from mp_model import add_addr_hmac8, decode_other, prio_opt
-from peer_model import (
-    M32,
-    M64,
-    RST,
-    OtherMp,
-    ProxyPair,
-    TcpRst,
-    key_sha,
-)
+from lockstep.decode import OtherMp, TcpRst
+from lockstep.pair import ProxyPair
+from lockstep.wire import M32, M64, RST, key_sha
+from mpnet.options import add_addr_hmac8, decode_other, prio_opt
 from server_model import CLIENT_PORT, SERVER_PORT, ElsewhereMixin, JoinOpener, ServerPair
 
 from mptcp_proxy.core.policy import PathManager, PmConfig

@@ -1,19 +1,20 @@
-"""Mobility as it really happens, on the fake network of tests/unit/mp_model.py (30 ms one
+"""Mobility as it really happens, on the fake network of tests/unit/mpnet/ (30 ms one
 way per path, a Linux-like local stack and native MPTCP peer, a fake clock): paths that
 die silently (a blackhole upstream, the link up), outages of every path (the freeze),
 paths that return (back to the preferred interface), addresses that change, joins at
 the right moment and retried with back-off.
 
 Every test checks the byte streams both ways and ``net.assert_clean()`` (the oracles of
-mp_model: ACKs and SACKs shown on either side only for data really held; no data on a
+mpnet: ACKs and SACKs shown on either side only for data really held; no data on a
 join before its fourth ACK; the local stack never times out). Times are fake seconds.
 """
 
 from __future__ import annotations
 
 import pytest
-from mp_model import A0, A1, MpNet
-from test_multipath import blob, started
+from mpnet.addresses import A0, A1
+from mpnet.network import MpNet
+from multipath_kit import blob, started
 
 from mptcp_proxy.core.events import EventKind
 from mptcp_proxy.core.subflow import SubflowState

@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from peer_model import CAP_A, CAP_H, M32, M64, dss_csum_ok, key_sha, mpc_opt, opt_mss, parse_seg
+from lockstep.decode import parse_seg
+from lockstep.wire import CAP_A, CAP_H, M32, M64, dss_csum_ok, key_sha, mpc_opt, opt_mss
 from server_model import CLIENT_PORT, SERVER_PORT, ServerPair
 
 from mptcp_proxy.core.forge import build_segment

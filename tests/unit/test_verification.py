@@ -1,11 +1,12 @@
 """Verify before acting (issue 8): what the core takes from the wire, and what it never
 passes unconverted. Each test drives the sans-I/O core with the Linux-like peer model
-(tests/unit/peer_model.py) and asserts the outcome the RFC asks for."""
+(tests/unit/lockstep/) and asserts the outcome the RFC asks for."""
 
 import struct
 
-from peer_model import M64, PSH, ProxyPair, dss_opt, seeded_random_bytes
-from test_connection import blob, counters, established
+from connection_kit import blob, counters, established
+from lockstep.pair import ProxyPair, seeded_random_bytes
+from lockstep.wire import M64, PSH, dss_opt
 
 from mptcp_proxy.core.constants import TCP_ACK, TCP_RST, TCP_SYN
 from mptcp_proxy.core.forge import build_segment

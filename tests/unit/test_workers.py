@@ -6,7 +6,7 @@ docs/workers.md)."""
 import random
 
 import pytest
-from peer_model import ProxyPair
+from lockstep.pair import ProxyPair
 
 from mptcp_proxy.core import crypto
 from mptcp_proxy.core.proxy import ProxyConfig
