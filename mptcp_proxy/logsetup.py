@@ -14,11 +14,14 @@ events are logged.
 Whatever the target, the last :data:`RING_LINES` lines are also kept in memory for
 ``mptcpctl debug-dump`` (:class:`RingHandler`).
 
-The journal and syslog are sockets that can block (a datagram queue full while journald
-or the syslog daemon lags: ``net.unix.max_dgram_qlen`` is 10 by default): their records
-go through a queue to a thread of their own (:class:`Background`), so that no thread of
-the daemon — the packet path least of all — ever waits for the log. At exit the thread
-gets :data:`FLUSH_TIMEOUT` seconds to send what is left.
+The journal and syslog are datagram sockets that block while their queue is full (the
+reader lags; ``net.unix.max_dgram_qlen`` is 10 in a new network namespace): their
+records go through a queue to a thread of their own (:class:`Background`), so that a
+thread that logs never waits for the reader itself; at exit the log thread gets
+:data:`FLUSH_TIMEOUT` seconds to send what is left. For syslog that is the whole story.
+cysystemd 2.0 sends to the journal without releasing the interpreter lock, so a journald
+that stops reading still stalls the daemon (journald normally drains at once; the test
+of ``--log=journal`` reads its socket continuously, as journald does).
 
 A connection event is one line shaped like ``ip mptcp monitor``
 (:func:`~mptcp_proxy.eventfmt.format_event`): at INFO level for the kinds in

@@ -493,26 +493,30 @@ def test_bad_config_file_at_start_is_exit_2(bed, scratch) -> None:
 # ------------------------------------------------------------------ journal
 
 JOURNAL_HELPER = r"""
-import json, os, socket, subprocess, sys, time
+import json, os, socket, subprocess, sys, threading, time
 os.makedirs("/run/systemd/journal", exist_ok=True)
 rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 rx.bind("/run/systemd/journal/socket")
-rx.settimeout(1.0)
+records, closed = [], threading.Event()
+
+
+def drain():  # as journald does: always reading (a full queue would block the sender)
+    while True:
+        data = rx.recv(65536).decode(errors="replace")
+        rec = dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln)
+        records.append(rec)
+        if rec.get("MPTCP_EVENT") == "CLOSED":
+            closed.set()
+
+
+threading.Thread(target=drain, daemon=True).start()
 daemon = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
 print(json.dumps({"ready": daemon.stdout.readline().strip()}), flush=True)
-records, deadline = [], time.monotonic() + 40
-while time.monotonic() < deadline:
-    try:
-        data = rx.recv(65536).decode(errors="replace")
-    except socket.timeout:
-        continue
-    rec = dict(ln.split("=", 1) for ln in data.splitlines() if "=" in ln)
-    records.append(rec)
-    if rec.get("MPTCP_EVENT") == "CLOSED":
-        break
+closed.wait(40)
 daemon.terminate()
 daemon.wait(20)
-print(json.dumps({"records": records, "exit": daemon.returncode}), flush=True)
+time.sleep(0.2)
+print(json.dumps({"records": list(records), "exit": daemon.returncode}), flush=True)
 """
 
 
