@@ -43,8 +43,8 @@ def _state(topo: Topology) -> dict:
 
     rp = {i: cmd("cat", f"/proc/sys/net/ipv4/conf/{i}/rp_filter").strip()
           for i in topo.client_ifaces}
-    rules = sorted(cmd("ip", "-4", "rule", "show").splitlines()
-                   + cmd("ip", "-6", "rule", "show").splitlines())
+    rules = sorted([f"v4 {ln}" for ln in cmd("ip", "-4", "rule", "show").splitlines()]
+                   + [f"v6 {ln}" for ln in cmd("ip", "-6", "rule", "show").splitlines()])
     routes = sorted(cmd("ip", "-4", "route", "show", "table", str(FALLBACK_TABLE)).splitlines()
                     + cmd("ip", "-6", "route", "show", "table", str(FALLBACK_TABLE))
                     .splitlines())
