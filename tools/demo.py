@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nthe proxy's counters (mptcpctl stats --nonzero):")
         nz = {k: v for k, v in sorted(stats.items()) if v}
         print("  " + ", ".join(f"{k}={v}" for k, v in nz.items()))
+        check(not nz.get("ConnFrozen"), "no connection was frozen (a path was always there)")
         check(px.exit_code == 0 and px.rules_left == 0,
               f"mptcp-proxy stopped with exit {px.exit_code}, {px.rules_left} rules left")
     print(f"\ncleaned up (namespaces, processes, rules); {time.monotonic() - t_start:.1f}s")

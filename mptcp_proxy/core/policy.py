@@ -386,7 +386,10 @@ class PathManager(Mobility):
     def _failover(self, conn: "Connection", now: float, exclude: str | None = None) -> None:
         """The active subflow is gone: switch to the best usable one, else make sure a
         join is under way (not on ``exclude``, the interface just abandoned) and freeze the
-        connection until one is up."""
+        connection until one is up. Not once both DATA_FINs are out: nothing new can come
+        from either side (the subflows are closing one after the other)."""
+        if conn.snd_data_fin is not None and conn.rcv_data_fin is not None:
+            return
         live = self.usable(conn)
         if live:
             live.sort(key=self._order(conn))
