@@ -56,7 +56,7 @@ def freeze(conn: "Connection", now: float, why: str) -> None:
     if p.frozen_at is not None:
         return
     p.frozen_at = now
-    p.head_retx = []
+    p.head_retx = 0
     conn.counters.inc("ConnFrozen")
     conn.proxy.emit_event(EventKind.FROZEN, conn, reason=why)
     if conn.d_nxt <= conn.d_una and conn.snd_data_fin is None:
@@ -128,7 +128,7 @@ def frozen_segment(conn: "Connection", pkt: "TcpPacket", now: float, icmp: bool)
         # open window (its RTO then runs normally and the ICMPs below revert it)
         _zero_window(conn, False)
     if d <= conn.d_una < d + seq_len:  # its oldest byte again: an RTO retransmission
-        p.head_retx.append(now)
+        p.head_retx += 1
         p.quoted = bytes(pkt.buf[:pkt.th + QUOTE_TCP])
         if icmp:
             _unreachable(conn, p.quoted)

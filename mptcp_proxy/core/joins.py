@@ -180,7 +180,8 @@ def _reset_join(conn: "Connection", sf: Subflow, now: float, reason: int) -> Non
     conn.counters.inc("MPRstTx")
     closing.subflow_gone(conn, sf, now, "join failed")
     if reason == MPTCP_RST_EMPTCP:  # a protocol failure (HMAC): not tried again
-        conn.paths.retry.pop(sf.iface, None)
+        if conn.paths.retry is not None:
+            conn.paths.retry.pop(sf.iface, None)
 
 
 def join_timer(conn: "Connection", sf: Subflow, now: float) -> bool:

@@ -77,7 +77,7 @@ class Mobility:
         deadlines of those still waiting."""
         p = conn.paths
         due = []
-        for name, when in list(p.retry.items()):
+        for name, when in list((p.retry or {}).items()):
             if when > now + 1e-9:
                 due.append(when)
                 continue
@@ -108,9 +108,7 @@ class Mobility:
         """A join on ``name`` failed (refused, unanswered) or its path is stale: try again
         after a back-off, doubled per failure (reset by a join that comes up)."""
         p = conn.paths
-        delay = min(max(JOIN_RETRY_MIN, 2 * p.backoff.get(name, 0.0)), JOIN_RETRY_MAX)
-        p.backoff[name] = delay
-        p.retry[name] = now + delay
+        delay = p.retry_later(name, now, JOIN_RETRY_MIN, JOIN_RETRY_MAX)
         if p.timer is None or p.timer > now + delay:
             p.timer = now + delay
             conn.rearm()

@@ -17,31 +17,32 @@ class ConnPaths:
     """Path-policy state of one connection.
 
     ``timer``: when the path manager must look next (liveness, retries, freeze bound);
-    ``ids``: our address → the address ID this connection uses for it; ``used_ids``:
-    every ID it ever used (a removed address comes back under a new ID, so a late
+    ``ids``: our address → the address ID this connection uses for it; ``used``: a
+    bit per ID it ever used (a removed address comes back under a new ID, so a late
     REMOVE_ADDR for the old one can never take the new subflow with it);
     ``retry``: interface → when its next join attempt is due, ``backoff``: interface →
-    the delay after its last failed join (doubled per failure, dropped on success); ``pinned``: the
-    interface a handover command chose (preferred over the configured order);
-    ``frozen_at``: since when no path can carry new data (None: not frozen);
-    ``zero_window``: the TCP side was shown a zero window; ``head_retx``: times the
+    the delay after its last failed join (doubled per failure, dropped on success); both
+    None until a join fails (an idle connection stays small: docs/robustness.md §3);
+    ``pinned``: the interface a handover command chose (preferred over the configured
+    order); ``frozen_at``: since when no path can carry new data (None: not frozen);
+    ``zero_window``: the TCP side was shown a zero window; ``head_retx``: how often the
     TCP side re-sent its oldest unacknowledged byte while frozen (:mod:`.freeze`)."""
 
-    __slots__ = ("timer", "ids", "used_ids", "retry", "backoff", "pinned", "frozen_at",
+    __slots__ = ("timer", "ids", "used", "retry", "backoff", "pinned", "frozen_at",
                  "zero_window", "saved_win", "head_retx", "quoted", "icmp_sent", "icmp_at",
                  "sender")
 
     def __init__(self) -> None:
         self.timer: float | None = None
         self.ids: dict[bytes, int] = {}
-        self.used_ids: set[int] = set()
-        self.retry: dict[str, float] = {}
-        self.backoff: dict[str, float] = {}
+        self.used = 0  # bit i: address ID i was used
+        self.retry: dict[str, float] | None = None
+        self.backoff: dict[str, float] | None = None
         self.pinned: str | None = None
         self.frozen_at: float | None = None
         self.zero_window = False
         self.saved_win = 0xFFFF  # the window shown before the zero one (raw field)
-        self.head_retx: list[float] = []
+        self.head_retx = 0
         self.quoted = b""  # the start of the latest such retransmission (for an ICMP)
         self.icmp_sent = 0
         self.icmp_at = 0.0  # the next unsolicited ICMP while frozen
@@ -54,15 +55,26 @@ class ConnPaths:
         cur = self.ids.get(addr)
         if cur is not None:
             return cur
-        if initial and 0 not in self.used_ids:
+        used = self.used
+        if initial and not used & 1:
             i = 0
-        elif preferred not in self.used_ids:
+        elif not used >> preferred & 1:
             i = preferred
         else:
-            i = next((k for k in range(1, 256) if k not in self.used_ids), preferred)
+            i = next((k for k in range(1, 256) if not used >> k & 1), preferred)
         self.ids[addr] = i
-        self.used_ids.add(i)
+        self.used |= 1 << i
         return i
+
+    def retry_later(self, name: str, now: float, low: float, high: float) -> float:
+        """A join on interface ``name`` failed: its next attempt is due after a back-off
+        doubled per failure, between ``low`` and ``high`` seconds. Returns the delay."""
+        if self.retry is None:
+            self.retry, self.backoff = {}, {}
+        delay = min(max(low, 2 * self.backoff.get(name, 0.0)), high)
+        self.backoff[name] = delay
+        self.retry[name] = now + delay
+        return delay
 
     def forget_id(self, addr_id: int) -> None:
         """``addr_id`` was removed (REMOVE_ADDR sent): its address gets a new ID next."""

@@ -223,7 +223,7 @@ class PathManager(Mobility):
             raddr, rport = conn.sf0.raddr, conn.sf0.rport
         self.prune(conn, now)
         paths = conn.paths
-        if not paths.used_ids:
+        if not paths.used:
             paths.addr_id(conn.sf0.laddr, 0, initial=True)
         if replace is not None:  # (its ID is to be removed: the new subflow needs another)
             paths.forget_id(replace.addr_id)
@@ -234,7 +234,8 @@ class PathManager(Mobility):
         sf.remote_id = remote_id
         sf.backup = backup
         sf.replaces = replace
-        paths.retry.pop(iface.name, None)
+        if paths.retry is not None:
+            paths.retry.pop(iface.name, None)
         if conn.pending_signals:
             signalling.cancel_remove(conn, sf.addr_id)
         joins.start_join(conn, sf, now)
@@ -245,7 +246,8 @@ class PathManager(Mobility):
         peer resends what was lost there); new data moves here if nothing else can carry
         it (break before make, REMOVE_ADDR first and MP_PRIO after), if a handover waits
         for it, or if its interface is preferred to the current one's (it returned)."""
-        conn.paths.backoff.pop(sf.iface, None)
+        if conn.paths.backoff is not None:
+            conn.paths.backoff.pop(sf.iface, None)
         old = sf.replaces
         sf.replaces = None
         if old is not None and not old.gone:
