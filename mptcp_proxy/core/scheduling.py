@@ -209,8 +209,13 @@ def forget_acked_mappings(sf: Subflow) -> None:
     """Forget the mappings of subflow bytes the peer acknowledged."""
     sent = sf.sent
     una = sf.snd_una
-    while sent and sent[0].s + sent[0].n <= una:
-        sent.popleft()
+    k = 0
+    for m in sent:
+        if m.s + m.n > una:
+            break
+        k += 1
+    if k:
+        del sent[:k]
 
 
 def segment_size(conn: "Connection", sf: Subflow) -> int:
