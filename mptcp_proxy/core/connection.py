@@ -288,6 +288,9 @@ class Connection:
             closing.close(self, now, reset=True)
             return ACCEPT
         if sf is self.sf0 and flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK:
+            if flags & TCP_FIN:  # no TCP stack answers a SYN with a FIN
+                self.counters.inc("PktMalformed")
+                return DROP
             return handshake.receive_synack(self, pkt, now)
         if flags & TCP_SYN and not flags & TCP_ACK:
             self.counters.inc("SimultaneousOpen")

@@ -27,7 +27,7 @@ from .events import EventKind
 from .fallback import fallback
 from .options import MpCapable, pull_option, push_option
 from .states import ConnInput, SubflowInput
-from .tcp import TcpPacket, pad_options
+from .tcp import TcpPacket, pad_options, syn_option_length_ok
 from .verdict import ACCEPT
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def send_syn(conn: "Connection", pkt: TcpPacket, now: float):
         return ACCEPT
     flags = MPTCP_CAP_HMAC_SHA256 | (MPTCP_CAP_CHECKSUM_REQD if conn.csum_requested else 0)
     mpc = push_option(MpCapable(flags=flags))
-    old = used_options(pkt)
+    old = _valid_syn_options(conn, pkt)
     if len(old) + len(mpc) > TCP_MAX_OPTION_SPACE:
         conn.syn_mpc = False
         conn.counters.inc("MPCapableSYNTXDrop")
@@ -135,6 +135,9 @@ def _split_synack(conn: "Connection", pkt: TcpPacket):
     peer = {"mss_off": -1, "wscale": 0, "sack": False, "ts": False, "tsval": 0}
     for kind, off, olen in pkt.options() or ():
         raw = bytes(b[off:off + olen])
+        if not syn_option_length_ok(kind, olen):  # (left out, as Linux ignores it)
+            conn.counters.inc("OptMalformed")
+            continue
         if kind == TCPOPT_MPTCP:
             o = pull_option(raw, syn=True)
             if isinstance(o, MpCapable) and o.sndr_key is not None and o.rcvr_key is None:
@@ -188,6 +191,17 @@ def strip_mptcp(conn: "Connection", pkt: TcpPacket):
             keep += raw
     pkt.set_options(pad_options(bytes(keep)))
     return pkt.finish()
+
+
+def _valid_syn_options(conn: "Connection", pkt: TcpPacket) -> bytes:
+    """The TCP side's SYN options as they are, or without those of a wrong length
+    (counted ``OptMalformed``: Linux would ignore them, the peer need not see them)."""
+    opts = pkt.options() or ()
+    if all(syn_option_length_ok(k, n) for k, _o, n in opts):
+        return used_options(pkt)
+    conn.counters.inc("OptMalformed")
+    b = pkt.buf
+    return b"".join(bytes(b[o:o + n]) for k, o, n in opts if syn_option_length_ok(k, n))
 
 
 def used_options(pkt: TcpPacket) -> bytes:

@@ -45,7 +45,7 @@ from .handshake import clamp_mss
 from .options import MpCapable, MpJoinSyn, pack_dss, pull_option, push_option
 from .seq import MASK32, MASK64
 from .states import ConnInput, SubflowInput
-from .tcp import TcpPacket, build_ts, pad_options
+from .tcp import TcpPacket, build_ts, pad_options, syn_option_length_ok
 from .verdict import ACCEPT, DROP
 
 if TYPE_CHECKING:
@@ -130,13 +130,10 @@ def accept_syn(conn: "Connection", pkt: TcpPacket):
     return pkt.finish()
 
 
-_OPT_LEN = {TCPOPT_MSS: 4, TCPOPT_WINDOW: 3, TCPOPT_SACK_PERM: 2, TCPOPT_TIMESTAMP: 10}
-
-
 def _length_ok(conn: "Connection", kind: int, olen: int) -> bool:
     """Whether a SYN's option of ``kind`` has its one valid length (RFC 9293, RFC 7323,
     RFC 2018); one that has not is counted and left out (Linux ignores it anyway)."""
-    if _OPT_LEN.get(kind, olen) == olen:
+    if syn_option_length_ok(kind, olen):
         return True
     conn.counters.inc("OptMalformed")
     return False

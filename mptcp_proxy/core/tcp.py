@@ -516,3 +516,13 @@ def parse_packet(buf: bytearray) -> TcpPacket | None:
     if tot < n:
         del buf[tot:]
     return TcpPacket(buf, v6, th, hl, tot - th - hl, sport, dport, seq, ack, flags, win)
+
+
+# the one valid length of each option that a SYN may carry (RFC 9293, RFC 7323, RFC 2018)
+SYN_OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
+
+
+def syn_option_length_ok(kind: int, olen: int) -> bool:
+    """Whether option ``kind`` of a SYN or SYN/ACK has its one valid length (options
+    without a fixed length always pass)."""
+    return SYN_OPTION_LENGTHS.get(kind, olen) == olen
