@@ -50,6 +50,12 @@ CAPS = ["--inh-caps=+net_admin,+net_raw", "--ambient-caps=+net_admin,+net_raw"]
 # python-iptables imports, stats a path there and gets EACCES as an unprivileged user.
 # The standard library's distutils treats that as "absent". Nothing to do with the proxy.
 UNPRIV_ENV = {"SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+# What the daemon imports from the virtualenv: copied for the unprivileged runs, since the
+# checkout itself may sit in a directory only root can read (as an installed package
+# would be readable by its service user)
+RUNTIME_MODULES = ("pyroute2", "iptc", "fnfqueue", "netfilterqueue", "cffi", "cysystemd",
+                   "cysystemd.libs", "prometheus_client")
+RUNTIME_GLOBS = ("_cffi_backend*.so", "libxtwrapper*.so")
 
 
 # ------------------------------------------------------------------ beds and helpers
@@ -63,6 +69,34 @@ def bed(make_topology) -> Iterator[tuple[Topology, Any]]:
             emu.delay(link, DELAY_MS)
         srv = start_server(topo, PORT, mptcp=True, timeout=30)
         yield topo, srv
+
+
+@pytest.fixture(scope="module")
+def unpriv_runtime() -> Iterator[tuple[str, dict]]:
+    """``(interpreter, env)`` for running the daemon as an unprivileged user: the base
+    interpreter and a world-readable copy of the package and of what it imports from the
+    virtualenv (PYTHONPATH), whatever the permissions of the checkout's directory."""
+    import shutil
+    import sysconfig
+    site = Path(sysconfig.get_paths()["purelib"])
+    d = Path(tempfile.mkdtemp(prefix="mpsvc-rt-", dir="/tmp"))
+    try:
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO_ROOT / "mptcp_proxy", d / "mptcp_proxy", ignore=ignore)
+        for name in RUNTIME_MODULES:
+            if (site / name).is_dir():
+                shutil.copytree(site / name, d / name, ignore=ignore)
+        for pattern in RUNTIME_GLOBS:
+            for f in site.glob(pattern):
+                shutil.copy2(f, d / f.name)
+        for root, dirs, files in os.walk(d):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644 if not f.endswith(".so") else 0o755)
+        env = dict(os.environ, PYTHONPATH=str(d), PYTHONNOUSERSITE="1", **UNPRIV_ENV)
+        yield os.path.realpath(_py()), env
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -110,11 +144,13 @@ class Download:
 
 def start_daemon(topo: Topology, argv: list[str], control: str, ns: str | None = None,
                  pre: list[str] = (), env: dict | None = None,
-                 ready: bool = True) -> ProxyHandle:
-    """``[pre...] python -m mptcp_proxy.daemon ARGV`` in ``ns`` (default: the client)."""
+                 ready: bool = True, py: str | None = None) -> ProxyHandle:
+    """``[pre...] python -m mptcp_proxy.daemon ARGV`` in ``ns`` (default: the client);
+    ``py``/``env``: another interpreter and environment (an unprivileged run's)."""
     ns = ns or topo.client
-    full = [*pre, _py(), "-m", "mptcp_proxy.daemon", *argv]
-    e = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1", **(env or {}))
+    full = [*pre, py or _py(), "-m", "mptcp_proxy.daemon", *argv]
+    e = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    e.update(env or {})
     proc = topo.popen(ns, full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                       env=e)
     h = ProxyHandle(topo, ns, proc, control)
@@ -335,8 +371,10 @@ def test_debug_dump_is_readable_and_holds_no_key(bed, run_proxy, scratch) -> Non
 
 # ------------------------------------------------------------------ unprivileged daemon
 
-def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch) -> None:
+def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch,
+                                                unpriv_runtime) -> None:
     topo, srv = bed
+    py, unpriv_env = unpriv_runtime
     sockdir = scratch / "run"
     sockdir.mkdir()
     os.chown(sockdir, NOBODY, NOBODY)
@@ -348,7 +386,7 @@ def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch) -> None:
     # RuntimeDirectory gives the unit's user)
     argv = ["--iface", "c0", "--iface", "c1", "--subflows", "manual", "--control", control,
             "--control-group", str(group), "--state-dir", str(sockdir)]
-    px = start_daemon(topo, argv, control, pre=daemon_user, env=UNPRIV_ENV)
+    px = start_daemon(topo, argv, control, pre=daemon_user, env=unpriv_env, py=py)
     daemons.append(px)
     # it really is unprivileged, with exactly the two capabilities
     status = Path(f"/proc/{px.proc.pid}/status").read_text()
@@ -368,9 +406,9 @@ def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch) -> None:
     # the control socket: root yes (px.stats above), the group yes, anyone else no
     def ctl_as(uid: int, groups: str) -> subprocess.CompletedProcess:
         return topo.run(topo.client, ["setpriv", f"--reuid={uid}", f"--regid={uid}",
-                                      groups, _py(), "-m", "mptcp_proxy.ctl", "--socket",
+                                      groups, py, "-m", "mptcp_proxy.ctl", "--socket",
                                       control, "--json", "status"], check=False,
-                        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **UNPRIV_ENV))
+                        env=unpriv_env)
     member = ctl_as(12345, f"--groups={group}")
     assert member.returncode == 0 and json.loads(member.stdout)["connections"] >= 0, \
         member.stderr
@@ -381,14 +419,14 @@ def test_runs_unprivileged_with_two_capabilities(bed, daemons, scratch) -> None:
     assert not os.path.exists(control)
 
 
-def test_missing_capability_is_exit_3(bed, scratch) -> None:
+def test_missing_capability_is_exit_3(bed, scratch, unpriv_runtime) -> None:
     topo, _srv = bed
+    py, unpriv_env = unpriv_runtime
     control = str(scratch / "c.sock")
     only_admin = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                   "--inh-caps=+net_admin", "--ambient-caps=+net_admin"]
-    cp = topo.run(topo.client, [*only_admin, _py(), "-m", "mptcp_proxy.daemon", "--iface",
-                                "c0", "--control", control], check=False,
-                  env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **UNPRIV_ENV))
+    cp = topo.run(topo.client, [*only_admin, py, "-m", "mptcp_proxy.daemon", "--iface",
+                                "c0", "--control", control], check=False, env=unpriv_env)
     assert cp.returncode == 3, (cp.stdout, cp.stderr)
     (err,) = [ln for ln in cp.stderr.splitlines() if ln.startswith("mptcp-proxy: error:")]
     assert "missing CAP_NET_RAW" in err and "CAP_NET_ADMIN and CAP_NET_RAW" in err
