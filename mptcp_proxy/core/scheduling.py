@@ -25,7 +25,10 @@ __all__ = ["Piece", "assign", "pick_sender", "mapped", "find_sent", "sentmaps_ov
 
 MIN_SEGMENT = 500  # bytes: the least payload per forged segment
 DEFAULT_MSS = 536  # bytes: RFC 9293 §3.7.1, the send MSS without an MSS option
-MAX_SEGMENT = 0xFFFF - 40 - 60  # bytes: the most (IPv6 header, TCP header with options)
+# bytes: the most, a jumbo frame's payload (9,000-byte MTU less the IPv6 header and a TCP
+# header with options): no link the proxy serves carries more, so a larger MSS announced
+# by either side is not believed for segments we forge
+MAX_SEGMENT = 9000 - 40 - 60
 SEND_BURST = 16384  # bytes a sender may be ahead of another before new data moves
 
 

@@ -524,5 +524,5 @@ SYN_OPTION_LENGTHS = {2: 4, 3: 3, 4: 2, 8: 10}
 
 def syn_option_length_ok(kind: int, olen: int) -> bool:
     """Whether option ``kind`` of a SYN or SYN/ACK has its one valid length (options
-    without a fixed length always pass)."""
-    return SYN_OPTION_LENGTHS.get(kind, olen) == olen
+    without a fixed length pass; SACK blocks, kind 5, never belong on a SYN)."""
+    return kind != 5 and SYN_OPTION_LENGTHS.get(kind, olen) == olen
