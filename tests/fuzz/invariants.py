@@ -36,7 +36,8 @@ a verdict per packet, then the forged packets and events are pulled — and chec
 ``forged_unknown_tuple`` / ``forged_oversize``
     forged packets belong to a known subflow or go to the local socket (or answer the
     packet just fed, on its 4-tuple or the reverse), and carry no more payload than the
-    local stack's MSS (what its link can carry).
+    local stack's MSS (what its link can carry; an MSS above 9,000 bytes, a loopback's,
+    counts as a jumbo frame's payload, :data:`JUMBO_PAYLOAD`).
 ``timer_stuck``
     after ``handle_timer(now)``, ``get_timer()`` is None or later than ``now`` (a
     driver would spin otherwise).
@@ -62,6 +63,10 @@ from . import wire
 from .build import CSUM_UNVERIFIED, FULL_CSUM, IN_CSUM_DEFAULT, OUT_CSUM_DEFAULT, verdict_of
 
 ESTABLISHED = "ESTABLISHED"
+# bytes: a 9,000-byte frame less an IPv6 header and a TCP header with 40 bytes of
+# options -- the most payload a link the proxy serves carries (the recordings are made on
+# loopback, whose stacks announce an MSS near 65,535)
+JUMBO_PAYLOAD = 9000 - 40 - 60
 
 # containers with a documented cap of their own above the generic limit (1,024): the
 # anchor's stepped-aside 4-tuples (proxy.PASSED_MAX), the orphan table (orphans.MAX_ENTRIES)
@@ -459,7 +464,9 @@ class Checker:
                 break
             if k == 2 and n == 4 and i + 4 <= e:
                 mss = (data[i + 2] << 8) | data[i + 3]
-                if 536 <= mss <= 9000:
+                if mss > 9000:  # a loopback-sized MSS: believed up to a jumbo frame only
+                    mss = JUMBO_PAYLOAD
+                if mss >= 536:
                     self.local_mss = max(self.local_mss, mss)
             i += n
 

@@ -17,9 +17,9 @@ from lockstep.pair import ProxyPair
 from lockstep.wire import dss_opt
 
 from mptcp_proxy.core.tcp import CSUM_OK
-from tests.fuzz import engine, snapshot, traces, wire
+from tests.fuzz import craft, engine, snapshot, traces, wire
 from tests.fuzz.build import make_proxy
-from tests.fuzz.invariants import Checker
+from tests.fuzz.invariants import ESTABLISHED, JUMBO_PAYLOAD, Checker
 
 PACKETS = 30_000
 SEED = 20261207
@@ -107,6 +107,38 @@ def test_checker_catches_a_planted_defect(which, invariant):
         data = bytes(b)
     chk.packet("in", data, op[1], op[3])
     assert invariant in {v.invariant for v in chk.violations}, chk.violations
+
+
+@pytest.mark.parametrize("extra,caught", [(0, False), (1, True)])
+def test_forged_size_limit_counts_a_loopback_mss_as_a_jumbo_frame(extra, caught):
+    """A served TCP side that announces an MSS of 65,535 (a loopback's size; here the
+    SYN/ACK of ``srv_basic`` made to say so): forged segments of a jumbo frame's payload
+    (8,900 bytes) toward the peer are within the limit, one byte more is
+    ``forged_oversize``."""
+    tr = traces.record("srv_basic", 1)
+    proxy, pm = make_proxy(tr.setup)
+    chk = Checker(proxy, pm)
+    for op in tr.ops:
+        if op[0] not in ("out", "in"):
+            continue
+        data = op[2]
+        if op[0] == "out" and craft.tcp_flags(data) & 0x12 == 0x12:
+            opts = bytes(craft.rebuild(data, fix=False)[40:])  # IPv4, no IP options
+            assert opts.startswith(b"\x02\x04")
+            data = bytes(craft.rebuild(data, opts=b"\x02\x04\xff\xff" + opts[4:]))
+        chk.packet(op[0], data, op[1], op[3])
+        now = op[1]
+        conn = next((c for c in proxy.connections.values()
+                     if c.state.name == ESTABLISHED), None)
+        if conn is not None:
+            break
+    assert conn is not None and not chk.violations
+    src, sport, dst, dport = conn.subflows[0].key  # on the subflow, toward the peer
+    seg = wire.build(src, dst, sport, dport, 1, 1, 0x10, payload=bytes(JUMBO_PAYLOAD + extra))
+    proxy.send(seg)
+    chk.timer(now)
+    assert ("forged_oversize" in {v.invariant for v in chk.violations}) is caught, \
+        chk.violations
 
 
 def test_snapshot_sees_every_public_change_and_nothing_else():
