@@ -295,6 +295,9 @@ def peer_segment(conn: "Connection", pkt: TcpPacket, now: float):
         closing.close(conn, now, reset=True)
         return _without_mptcp(pkt)
     if flags & TCP_SYN:
+        if flags & TCP_FIN:  # never a connection request (as for the first SYN)
+            conn.counters.inc("PktMalformed")
+            return DROP
         if flags & TCP_ACK or pkt.seq != conn.tcp_rcv_isn:
             return DROP
         return accept_syn(conn, pkt)  # the peer did not get the SYN/ACK yet

@@ -25,6 +25,7 @@ from mptcp_proxy.core.policy import PathManager, PmConfig
 from mptcp_proxy.core.proxy import ProxyConfig
 from mptcp_proxy.core.states import SubflowState
 from mptcp_proxy.core.tcp import CSUM_UNVERIFIED
+from mptcp_proxy.core.verdict import DROP
 from tests.fuzz import snapshot, wire
 
 CLIENT2 = bytes([10, 0, 2, 2])  # the native client's second address
@@ -104,6 +105,27 @@ def test_syn_with_fin_to_a_served_port_is_no_connection_request():
     inject(pair, bytes(pkt))
     assert not pair.proxy.connections and pair.proxy.syn_sent == 0
     assert pair.proxy.counters["PktUnknownConn"] == before + 1
+
+
+def test_repeated_syn_with_fin_during_syn_rcvd_is_dropped():
+    """A repeat of the peer's SYN that also carries FIN, on a connection still in
+    SYN_RCVD, is no more a connection request than a first one: dropped and counted
+    ``PktMalformed``, never passed to the TCP side; the handshake then completes."""
+    pair = ServerPair()
+    pair.drop("from_peer", lambda s: s.ackf and not s.syn, count=1)  # third ACK lost
+    pair.handshake()
+    assert pair.conn.state == ConnState.SYN_RCVD
+    s = parse_seg(pair.peer.syn())
+    pkt = build_segment(s.src, s.dst, s.sport, s.dport, s.seq, 0, SYN | 0x01, s.win,
+                        s.opt_block)
+    before = pair.proxy.counters["PktMalformed"]
+    nfin = len([x for x in pair.segs("to_local") if x.fin])
+    assert inject(pair, bytes(pkt)) is DROP
+    assert pair.proxy.counters["PktMalformed"] == before + 1
+    assert len([x for x in pair.segs("to_local") if x.fin]) == nfin
+    assert pair.conn.state == ConnState.SYN_RCVD
+    pair.peer_send(b"GET / HTTP/1.1\r\n\r\n")  # its first data with MP_CAPABLE establishes
+    assert pair.conn.state == ConnState.ESTABLISHED
 
 
 def test_rst_outside_the_window_during_syn_rcvd_is_ignored():
