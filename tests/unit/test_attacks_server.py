@@ -16,7 +16,7 @@ import pytest
 from attack_kit import blob, flip_bit
 from lockstep.decode import TcpRst, parse_seg
 from lockstep.pair import verdict_output
-from lockstep.wire import M32, RST, SYN
+from lockstep.wire import FIN, M32, RST, SYN
 from server_model import CLIENT_PORT, SERVER_PORT, JoinOpener, ServerPair
 
 from mptcp_proxy.core.connection import ConnState
@@ -116,7 +116,7 @@ def test_repeated_syn_with_fin_during_syn_rcvd_is_dropped():
     pair.handshake()
     assert pair.conn.state == ConnState.SYN_RCVD
     s = parse_seg(pair.peer.syn())
-    pkt = build_segment(s.src, s.dst, s.sport, s.dport, s.seq, 0, SYN | 0x01, s.win,
+    pkt = build_segment(s.src, s.dst, s.sport, s.dport, s.seq, 0, SYN | FIN, s.win,
                         s.opt_block)
     before = pair.proxy.counters["PktMalformed"]
     nfin = len([x for x in pair.segs("to_local") if x.fin])

@@ -122,9 +122,10 @@ def test_forged_size_limit_counts_a_loopback_mss_as_a_jumbo_frame(extra, caught)
         if op[0] not in ("out", "in"):
             continue
         data = op[2]
-        if op[0] == "out" and craft.tcp_flags(data) & 0x12 == 0x12:
-            opts = bytes(craft.rebuild(data, fix=False)[40:])  # IPv4, no IP options
-            assert opts.startswith(b"\x02\x04")
+        if op[0] == "out" and craft.tcp_flags(data) & (wire.SYN | wire.ACK) == wire.SYN | wire.ACK:
+            _lo, th, hl = craft.offsets(data)
+            opts = bytes(data[th + 20:th + hl])
+            assert opts.startswith(b"\x02\x04")  # the MSS option comes first
             data = bytes(craft.rebuild(data, opts=b"\x02\x04\xff\xff" + opts[4:]))
         chk.packet(op[0], data, op[1], op[3])
         now = op[1]
@@ -134,7 +135,8 @@ def test_forged_size_limit_counts_a_loopback_mss_as_a_jumbo_frame(extra, caught)
             break
     assert conn is not None and not chk.violations
     src, sport, dst, dport = conn.subflows[0].key  # on the subflow, toward the peer
-    seg = wire.build(src, dst, sport, dport, 1, 1, 0x10, payload=bytes(JUMBO_PAYLOAD + extra))
+    seg = wire.build(src, dst, sport, dport, 1, 1, wire.ACK,
+                     payload=bytes(JUMBO_PAYLOAD + extra))
     proxy.send(seg)
     chk.timer(now)
     assert ("forged_oversize" in {v.invariant for v in chk.violations}) is caught, \
